@@ -1,0 +1,74 @@
+# Two commands matter: `make run` (whole local stack, serving gRPC) and `make test`.
+# Everything they need is installed by `make setup`, idempotently; downloads are
+# cached outside the clone (uv cache, ~/.m2, ~/.cache/nlp-platform).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_DIR := .run
+GATEWAY_PORT ?= 50051
+
+.PHONY: setup setup-system setup-python setup-kafka protos protos-check lint typecheck \
+        test test-unit test-integration run up down bench clean
+
+setup: setup-system setup-python setup-kafka
+
+# redis-server comes from Debian; Java 17 and Maven are expected on the machine.
+setup-system:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (apt)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@command -v java >/dev/null || { echo "Java 17+ is required for the local Kafka broker"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required to fetch the Kafka jars"; exit 1; }
+
+setup-python:
+	@command -v uv >/dev/null || [ -x $(UV) ] || $(PYTHON) -m pip install -q --user uv
+	@$(UV) sync --all-extras --frozen --quiet
+
+setup-kafka: setup-python
+	@$(PY) -m deploy.local.kafka fetch >/dev/null
+
+# Regenerate the Python code from protos/ (checked in under gen/python).
+protos: setup-python
+	@$(PY) -m shared.protogen
+
+# CI: the checked-in generated code must be exactly what `make protos` writes.
+protos-check: setup-python
+	@$(PY) -m shared.protogen --check
+
+lint: setup-python
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+typecheck: setup-python
+	@$(VENV)/bin/mypy shared services deploy tests bench
+
+test: setup protos-check lint typecheck
+	@$(PY) -m pytest tests
+
+test-unit: setup-python
+	@$(PY) -m pytest tests/unit
+
+test-integration: setup
+	@$(PY) -m pytest tests/integration
+
+# Foreground: the whole stack with the embedded default models, one demo request
+# per available kind, then serve until Ctrl-C.
+run: setup
+	@$(PY) -m deploy.local.stack run --gateway-port $(GATEWAY_PORT) --demo
+
+# Background: same stack, detached; `make down` stops it.
+up: setup
+	@$(PY) -m deploy.local.stack up --gateway-port $(GATEWAY_PORT) --state-dir $(RUN_DIR)
+
+down:
+	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)
+
+bench: setup
+	@$(PY) -m bench.classification
+
+clean:
+	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results

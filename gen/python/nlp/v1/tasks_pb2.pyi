@@ -1,0 +1,138 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from nlp.v1 import classification_pb2 as _classification_pb2
+from nlp.v1 import common_pb2 as _common_pb2
+from nlp.v1 import generation_pb2 as _generation_pb2
+from nlp.v1 import ner_pb2 as _ner_pb2
+from nlp.v1 import summarization_pb2 as _summarization_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReplyOptions(_message.Message):
+    __slots__ = ("publish_result", "correlation_id")
+    PUBLISH_RESULT_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    publish_result: bool
+    correlation_id: str
+    def __init__(self, publish_result: _Optional[bool] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+
+class TaskEnvelope(_message.Message):
+    __slots__ = ("task_id", "kind", "tenant", "created_at", "deadline", "priority", "model", "generation", "classification", "ner", "summarization", "reply")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    NER_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIZATION_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    kind: _common_pb2.Kind
+    tenant: str
+    created_at: _timestamp_pb2.Timestamp
+    deadline: _timestamp_pb2.Timestamp
+    priority: int
+    model: str
+    generation: _generation_pb2.GenerateRequest
+    classification: _classification_pb2.ClassifyRequest
+    ner: _ner_pb2.NerRequest
+    summarization: _summarization_pb2.SummarizeRequest
+    reply: ReplyOptions
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("task_id", "kind", "status", "generation", "classification", "ner", "summarization", "error", "model", "timings", "worker", "attempt", "correlation_id")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    NER_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIZATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    kind: _common_pb2.Kind
+    status: _common_pb2.TaskStatus
+    generation: _generation_pb2.GenerateResponse
+    classification: _classification_pb2.ClassifyResponse
+    ner: _ner_pb2.NerResponse
+    summarization: _summarization_pb2.SummarizeResponse
+    error: _common_pb2.Error
+    model: _common_pb2.ModelInfo
+    timings: _common_pb2.Timings
+    worker: str
+    attempt: int
+    correlation_id: str
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., generation: _Optional[_Union[_generation_pb2.GenerateResponse, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyResponse, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerResponse, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., correlation_id: _Optional[str] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("generation", "classification", "ner", "summarization", "priority", "deadline_ms", "reply", "tenant")
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    NER_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIZATION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    generation: _generation_pb2.GenerateRequest
+    classification: _classification_pb2.ClassifyRequest
+    ner: _ner_pb2.NerRequest
+    summarization: _summarization_pb2.SummarizeRequest
+    priority: int
+    deadline_ms: int
+    reply: ReplyOptions
+    tenant: str
+    def __init__(self, generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., priority: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class SubmitResponse(_message.Message):
+    __slots__ = ("task_id", "kind", "deadline")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    kind: _common_pb2.Kind
+    deadline: _timestamp_pb2.Timestamp
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class WaitTaskRequest(_message.Message):
+    __slots__ = ("task_id", "timeout_ms")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    timeout_ms: int
+    def __init__(self, task_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class CancelTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class CancelTaskResponse(_message.Message):
+    __slots__ = ("cancelled", "result")
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    result: TaskResult
+    def __init__(self, cancelled: _Optional[bool] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ...) -> None: ...
