@@ -1,0 +1,1 @@
+"""The project's common library: settings, names, envelopes, clients, intake and worker runtime."""

@@ -1,0 +1,1 @@
+"""Local (no Docker) runners for platform services, for tests and dev stacks."""

@@ -1,0 +1,419 @@
+"""Run a real single-node Apache Kafka broker (KRaft, combined broker+controller) locally.
+
+No Docker: the broker jars come from Maven Central via ``deploy/kafka/pom.xml`` and are
+cached under ``~/.cache/nlp-platform/kafka-<version>/libs``. Meant for integration tests
+and a local dev stack, always bound to 127.0.0.1.
+
+CLI::
+
+    python -m deploy.local.kafka fetch              # download jars, print the libs dir
+    python -m deploy.local.kafka run --data-dir D   # foreground broker until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import hashlib
+import importlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+POM_PATH = Path(__file__).resolve().parents[1] / "kafka" / "pom.xml"
+_POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
+_MARKER = ".complete"
+_NODE_ID = 1
+
+
+def _read_kafka_version(pom: Path = POM_PATH) -> str:
+    """Return ``<properties><kafka.version>`` from the POM (the one source of truth)."""
+    node = ET.parse(pom).getroot().find("m:properties/m:kafka.version", _POM_NS)
+    if node is None or not (node.text or "").strip():
+        raise RuntimeError(f"{pom} has no <properties><kafka.version>")
+    return (node.text or "").strip()
+
+
+KAFKA_VERSION: str = _read_kafka_version()
+
+
+def kafka_home(version: str = KAFKA_VERSION) -> Path:
+    """Default cache dir for one Kafka version's jars (outside the repo, survives clones)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "nlp-platform" / f"kafka-{version}"
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _pom_digest() -> str:
+    # Stored in the marker so an edited POM (e.g. an added jar) triggers a re-fetch even
+    # when the Kafka version, and so the cache dir, stays the same.
+    return hashlib.sha256(POM_PATH.read_bytes()).hexdigest()
+
+
+def ensure_jars(home: Path | None = None) -> Path:
+    """Make sure the broker jars are in ``<home>/libs`` and return that directory.
+
+    The marker file is written last, inside a temp dir that is then renamed into place,
+    so a killed download never looks complete.
+    """
+    home = home or kafka_home()
+    libs = home / "libs"
+    digest = _pom_digest()
+    marker = libs / _MARKER
+    if marker.is_file() and marker.read_text().strip() == digest:
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("mvn not found on PATH; install Maven (apt-get install maven) and Java 17")
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".libs-", dir=home))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared
+    try:
+        cmd = [mvn, "-q", "-B", "-f", str(POM_PATH), "dependency:copy-dependencies",
+               f"-DoutputDirectory={tmp}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+            raise RuntimeError(
+                f"mvn failed (exit {proc.returncode}) fetching Kafka {KAFKA_VERSION} jars:\n"
+                + _tail(proc.stdout + proc.stderr)
+            )
+        (tmp / _MARKER).write_text(digest + "\n")
+        if libs.exists():
+            # Stale or partial libs dir: move it aside first (rename is atomic, rmtree isn't).
+            old = Path(tempfile.mkdtemp(prefix=".libs-old-", dir=home))
+            libs.rename(old / "libs")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(libs)
+        except OSError:
+            # A concurrent ensure_jars() won the race; use its result if complete.
+            if not (marker.is_file() and marker.read_text().strip() == digest):
+                raise
+        return libs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def free_port() -> int:
+    """Return a currently free TCP port on 127.0.0.1 (racy by nature, fine for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("java not found (need Java 17+): set JAVA_HOME or put java on PATH")
+    return java
+
+
+def new_cluster_id() -> str:
+    """Kafka ``Uuid`` string: 16 random bytes, URL-safe base64 without padding.
+
+    Generated here rather than with ``StorageTool random-uuid`` to save a JVM start.
+    Kafka itself never hands out ids starting with '-' (they break CLI parsing).
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+_LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+# Same quietening as Kafka's shipped config/log4j2.yaml.
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = WARN
+"""
+
+# G1 settings from Kafka's kafka-run-class.sh; the rest are for a quick start on 2 cores.
+_JVM_FLAGS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
+
+
+@dataclass
+class KafkaBroker:
+    """One local KRaft broker+controller process; ``data_dir`` holds config, data and log."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    heap: str = "768m"
+    log_path: Path | None = None
+    home: Path | None = None
+    extra_config: dict[str, str] = field(default_factory=dict)
+    startup_seconds: float | None = field(default=None, init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _started_at: float = field(default=0.0, init=False, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for clients."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        """Where the broker's stdout/stderr (its whole log) goes."""
+        return self.log_path or self.data_dir / "kafka.log"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the broker JVM, if started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def _log_dir(self) -> Path:
+        return self.data_dir / "kraft"
+
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def server_properties(self) -> dict[str, str]:
+        """The broker config written to ``server.properties``."""
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": str(_NODE_ID),
+            # Static quorum, so StorageTool format runs without --standalone.
+            "controller.quorum.voters": f"{_NODE_ID}@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self._log_dir),
+            "num.partitions": "3",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "auto.create.topics.enable": "false",
+            # Internal topics: one broker, so RF 1; few partitions, since each one costs
+            # startup/first-use time and a single broker gains nothing from 50 of them.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Fewer threads than the defaults: the machines have 2 cores.
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "background.threads": "2",
+            # Unfence the broker sooner after start (default heartbeat is 2 s).
+            "broker.heartbeat.interval.ms": "500",
+        }
+        props.update(self.extra_config)
+        return props
+
+    def _write_configs(self) -> tuple[Path, Path]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text("".join(f"{k}={v}\n" for k, v in self.server_properties().items()))
+        log4j = self.data_dir / "log4j2.properties"
+        log4j.write_text(_LOG4J2)
+        return props, log4j
+
+    def start(self) -> None:
+        """Write config, format storage (if new) and launch the broker in its own process group."""
+        if self.running:
+            raise RuntimeError(f"broker already running (pid {self.pid})")
+        libs = ensure_jars(self.home)
+        props, log4j = self._write_configs()
+        java = _java()
+        base = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", str(libs / "*")]
+        # Format with a fresh cluster id, but only a new data_dir: an existing one keeps its
+        # cluster id and topics across restarts of `run --data-dir` (StorageTool refuses to
+        # re-format with another id, even with --ignore-formatted).
+        if not (self._log_dir / "meta.properties").exists():
+            fmt = subprocess.run(
+                [*base, "-Xmx256m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool",
+                 "format", "-t", new_cluster_id(), "-c", str(props)],
+                capture_output=True, text=True, timeout=180, check=False,
+            )
+            if fmt.returncode != 0:
+                raise RuntimeError(
+                    f"kafka StorageTool format failed (exit {fmt.returncode}):\n"
+                    + _tail(fmt.stdout + fmt.stderr)
+                )
+        cmd = [*base, f"-Xms{self.heap}", f"-Xmx{self.heap}", *_JVM_FLAGS,
+               "kafka.Kafka", str(props)]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self._started_at = time.monotonic()
+            # Own session/process group: Ctrl-C in a terminal or pytest doesn't hit the
+            # JVM directly, and stop() can signal the whole group.
+            self._proc = subprocess.Popen(
+                cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        # Don't leave an orphan JVM behind if the caller forgets stop() (not SIGKILL-proof).
+        atexit.register(self.stop)
+
+    def log_tail(self, lines: int = 60) -> str:
+        """Last lines of the broker log, for error messages."""
+        try:
+            return _tail(self.log_file.read_text(errors="replace"), lines)
+        except OSError:
+            return "(no log)"
+
+    def _check_alive(self) -> None:
+        if self._proc is None:
+            raise RuntimeError("broker not started")
+        rc = self._proc.poll()
+        if rc is not None:
+            raise RuntimeError(f"kafka broker exited with {rc}; log tail:\n{self.log_tail()}")
+
+    def _port_open(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def _metadata_ready(self, timeout_s: float) -> bool:
+        # Imported lazily (and untyped via importlib): `fetch` and `start` need no client lib.
+        admin_mod: Any = importlib.import_module("kafka.admin")
+        ms = max(500, int(timeout_s * 1000))
+        admin = admin_mod.KafkaAdminClient(
+            bootstrap_servers=self.bootstrap, bootstrap_timeout_ms=ms, request_timeout_ms=ms,
+            client_id="deploy-local-readiness",
+        )
+        try:
+            brokers = admin.describe_cluster().get("brokers", [])
+            # A broker is only usable (topic creation, produce) once the controller
+            # has unfenced it.
+            return any(
+                b.get("broker_id") == _NODE_ID and not b.get("is_fenced", False) for b in brokers
+            )
+        finally:
+            admin.close()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Block until a kafka-python client sees this broker, unfenced, in cluster metadata."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"kafka broker not ready after {timeout}s; log tail:\n{self.log_tail()}"
+                )
+            # Cheap TCP probe first so the client library doesn't log connection errors.
+            if self._port_open():
+                with contextlib.suppress(Exception):
+                    if self._metadata_ready(min(remaining, 5.0)):
+                        self.startup_seconds = time.monotonic() - self._started_at
+                        return
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the process group (clean shutdown), SIGKILL after ``timeout`` seconds."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (``fetch`` / ``run``)."""
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.kafka", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=None, help="jar cache dir")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fetch", help="download the broker jars and print the libs dir")
+    run = sub.add_parser("run", help="run a broker in the foreground until Ctrl-C")
+    run.add_argument("--data-dir", type=Path, required=True)
+    run.add_argument("--port", type=int, default=9092)
+    run.add_argument("--controller-port", type=int, default=0, help="0: pick a free one")
+    run.add_argument("--heap", default="768m")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "fetch":
+        print(ensure_jars(args.home))
+        return 0
+    # The JVM is in its own process group, so a SIGTERM/SIGHUP aimed at us would orphan it:
+    # turn them into KeyboardInterrupt so the finally below stops the broker.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    broker = KafkaBroker(
+        data_dir=args.data_dir.resolve(), port=args.port,
+        controller_port=args.controller_port or free_port(), heap=args.heap, home=args.home,
+    )
+    broker.start()
+    try:
+        broker.wait_ready()
+        print(f"kafka {KAFKA_VERSION} ready on {broker.bootstrap} in "
+              f"{broker.startup_seconds:.1f}s (pid {broker.pid}); log: {broker.log_file}",
+              flush=True)
+        while broker.running:
+            time.sleep(0.5)
+        print(f"broker exited; log tail:\n{broker.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping...", file=sys.stderr)
+        return 0
+    finally:
+        broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

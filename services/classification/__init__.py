@@ -1,0 +1,1 @@
+"""Classification worker: zero-shot text classification on an embedded MiniLM model."""

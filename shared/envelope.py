@@ -1,0 +1,289 @@
+"""Task envelopes and results: construction, validation, encoding, timestamps.
+
+Validation here is the single rule book: the gateway applies it to requests
+(INVALID_ARGUMENT) and the intake to every envelope read from Kafka (dead letter).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+import uuid
+from collections.abc import Sequence
+
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nlp.v1 import (
+    classification_pb2,
+    common_pb2,
+    generation_pb2,
+    ner_pb2,
+    summarization_pb2,
+    tasks_pb2,
+)
+from shared.errors import Code, InvalidRequestError
+from shared.names import KIND_NAMES, kind_name, kind_value
+from shared.settings import Limits
+
+TERMINAL_STATUSES = frozenset(
+    {
+        common_pb2.TASK_STATUS_SUCCEEDED,
+        common_pb2.TASK_STATUS_FAILED,
+        common_pb2.TASK_STATUS_CANCELLED,
+        common_pb2.TASK_STATUS_DEADLINE_EXCEEDED,
+    }
+)
+_TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+AnyRequest = (
+    generation_pb2.GenerateRequest
+    | classification_pb2.ClassifyRequest
+    | ner_pb2.NerRequest
+    | summarization_pb2.SummarizeRequest
+)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def valid_task_id(task_id: str) -> bool:
+    return bool(_TASK_ID_RE.match(task_id))
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def seconds(ts: Timestamp) -> float:
+    return float(ts.ToNanoseconds()) / 1e9
+
+
+def request_of(envelope: tasks_pb2.TaskEnvelope) -> AnyRequest | None:
+    """The typed request inside an envelope (the oneof field named after the kind)."""
+    field = envelope.WhichOneof("request")
+    return None if field is None else getattr(envelope, field)
+
+
+def make_envelope(
+    kind: str,
+    request: AnyRequest,
+    *,
+    deadline_s: float,
+    task_id: str | None = None,
+    tenant: str = "",
+    priority: int = 0,
+    reply: tasks_pb2.ReplyOptions | None = None,
+    now: float | None = None,
+) -> tasks_pb2.TaskEnvelope:
+    """Build an envelope for ``request`` that must start within ``deadline_s`` seconds."""
+    created = time.time() if now is None else now
+    envelope = tasks_pb2.TaskEnvelope(
+        task_id=task_id or new_task_id(),
+        kind=kind_value(kind),
+        tenant=tenant,
+        created_at=timestamp(created),
+        deadline=timestamp(created + deadline_s),
+        priority=priority,
+        model=request.model,
+    )
+    getattr(envelope, kind).CopyFrom(request)
+    if reply is not None:
+        envelope.reply.CopyFrom(reply)
+    return envelope
+
+
+def decode_envelope(data: bytes | None) -> tasks_pb2.TaskEnvelope:
+    """Parse envelope bytes; raises DecodeError for anything that is not a TaskEnvelope."""
+    if not data:
+        raise DecodeError("empty message")
+    envelope = tasks_pb2.TaskEnvelope()
+    envelope.ParseFromString(data)
+    return envelope
+
+
+def encode_b64(message: tasks_pb2.TaskEnvelope) -> str:
+    """Envelope as base64 text, the form it takes inside a (JSON) Celery message."""
+    return base64.b64encode(message.SerializeToString()).decode("ascii")
+
+
+def decode_b64(text: str) -> tasks_pb2.TaskEnvelope:
+    return decode_envelope(base64.b64decode(text, validate=True))
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _text_problems(name: str, text: str, limits: Limits) -> list[str]:
+    if not text.strip():
+        return [f"{name} must not be empty"]
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_text_bytes:
+        return [f"{name} is {size} bytes; the limit is {limits.max_text_bytes}"]
+    return []
+
+
+def _model_problems(model: str, limits: Limits) -> list[str]:
+    if len(model) > limits.max_model_name_chars:
+        return [f"model name longer than {limits.max_model_name_chars} characters"]
+    return []
+
+
+def _classification_problems(req: classification_pb2.ClassifyRequest, limits: Limits) -> list[str]:
+    problems = _text_problems("text", req.text, limits)
+    if not req.labels:
+        problems.append("at least one label is required")
+    elif len(req.labels) > limits.max_labels:
+        problems.append(f"{len(req.labels)} labels given; the limit is {limits.max_labels}")
+    seen: set[str] = set()
+    for i, label in enumerate(req.labels):
+        name = label.name.strip()
+        if not name:
+            problems.append(f"labels[{i}].name must not be empty")
+        elif len(name) > limits.max_label_chars:
+            problems.append(f"labels[{i}].name longer than {limits.max_label_chars} characters")
+        elif name in seen:
+            problems.append(f"labels[{i}].name {name!r} is duplicated")
+        seen.add(name)
+        if len(label.description) > limits.max_description_chars:
+            problems.append(
+                f"labels[{i}].description longer than {limits.max_description_chars} characters"
+            )
+    return problems
+
+
+def _ner_problems(req: ner_pb2.NerRequest, limits: Limits) -> list[str]:
+    problems = _text_problems("text", req.text, limits)
+    if len(req.labels) > limits.max_ner_labels:
+        problems.append(
+            f"{len(req.labels)} entity labels given; the limit is {limits.max_ner_labels}"
+        )
+    if any(not label.strip() for label in req.labels):
+        problems.append("entity labels must not be empty")
+    return problems
+
+
+def _summarization_problems(req: summarization_pb2.SummarizeRequest, limits: Limits) -> list[str]:
+    problems = _text_problems("text", req.text, limits)
+    which = req.WhichOneof("length")
+    if which == "max_sentences" and req.max_sentences <= 0:
+        problems.append("max_sentences must be positive")
+    if which == "ratio" and not 0.0 < req.ratio <= 1.0:
+        problems.append("ratio must be in (0, 1]")
+    return problems
+
+
+def _generation_problems(req: generation_pb2.GenerateRequest, limits: Limits) -> list[str]:
+    problems: list[str] = []
+    which = req.WhichOneof("input")
+    if which is None:
+        problems.append("one of prompt or messages is required")
+    elif which == "prompt":
+        problems += _text_problems("prompt", req.prompt, limits)
+    else:
+        messages: Sequence[generation_pb2.ChatMessage] = req.messages.messages
+        if not messages:
+            problems.append("messages must not be empty")
+        if len(messages) > limits.max_chat_messages:
+            problems.append(f"{len(messages)} messages; the limit is {limits.max_chat_messages}")
+        total = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in messages)
+        if total > limits.max_text_bytes:
+            problems.append(f"messages are {total} bytes; the limit is {limits.max_text_bytes}")
+        for i, m in enumerate(messages):
+            if m.role not in {"system", "user", "assistant"}:
+                problems.append(f"messages[{i}].role must be system, user or assistant")
+    s = req.sampling
+    if s.max_tokens < 0 or s.max_tokens > limits.max_new_tokens:
+        problems.append(f"sampling.max_tokens must be in [0, {limits.max_new_tokens}]")
+    if s.HasField("temperature") and not 0.0 <= s.temperature <= 2.0:
+        problems.append("sampling.temperature must be in [0, 2]")
+    if s.HasField("top_p") and not 0.0 < s.top_p <= 1.0:
+        problems.append("sampling.top_p must be in (0, 1]")
+    if s.HasField("top_k") and s.top_k < -1:
+        problems.append("sampling.top_k must be -1 (off) or positive")
+    if len(s.stop) > limits.max_stop_sequences:
+        problems.append(f"at most {limits.max_stop_sequences} stop sequences")
+    return problems
+
+
+def validate_request(kind: str, request: AnyRequest, limits: Limits) -> None:
+    """Raise InvalidRequestError listing every problem of a capability request."""
+    problems = _model_problems(request.model, limits)
+    if kind == "classification" and isinstance(request, classification_pb2.ClassifyRequest):
+        problems += _classification_problems(request, limits)
+    elif kind == "ner" and isinstance(request, ner_pb2.NerRequest):
+        problems += _ner_problems(request, limits)
+    elif kind == "summarization" and isinstance(request, summarization_pb2.SummarizeRequest):
+        problems += _summarization_problems(request, limits)
+    elif kind == "generation" and isinstance(request, generation_pb2.GenerateRequest):
+        problems += _generation_problems(request, limits)
+    else:
+        problems.append(f"request type {type(request).__name__} does not match kind {kind!r}")
+    if problems:
+        raise InvalidRequestError(problems)
+
+
+def validate_envelope(envelope: tasks_pb2.TaskEnvelope, expected_kind: str, limits: Limits) -> None:
+    """Raise InvalidRequestError unless ``envelope`` is a well-formed task of ``expected_kind``."""
+    problems: list[str] = []
+    if not valid_task_id(envelope.task_id):
+        problems.append(f"task_id {envelope.task_id[:64]!r} is missing or malformed")
+    if envelope.kind not in KIND_NAMES:
+        problems.append(f"kind {envelope.kind} is not a known kind")
+    elif kind_name(envelope.kind) != expected_kind:
+        problems.append(f"kind {kind_name(envelope.kind)!r} on the {expected_kind!r} topic")
+    if not envelope.HasField("created_at") or not envelope.HasField("deadline"):
+        problems.append("created_at and deadline are required")
+    elif seconds(envelope.deadline) < seconds(envelope.created_at):
+        problems.append("deadline is before created_at")
+    if not 0 <= envelope.priority <= 9:
+        problems.append("priority must be in [0, 9]")
+    which = envelope.WhichOneof("request")
+    if which is None:
+        problems.append("the envelope carries no request")
+    elif which != expected_kind:
+        problems.append(f"request {which!r} on the {expected_kind!r} topic")
+    if problems:
+        raise InvalidRequestError(problems)
+    request = request_of(envelope)
+    assert request is not None
+    validate_request(expected_kind, request, limits)
+
+
+def expired(envelope: tasks_pb2.TaskEnvelope, now: float | None = None) -> bool:
+    return (time.time() if now is None else now) > seconds(envelope.deadline)
+
+
+# --- results ----------------------------------------------------------------------------
+
+
+def error_result(
+    envelope: tasks_pb2.TaskEnvelope,
+    status: int,
+    code: Code,
+    message: str,
+    *,
+    retryable: bool = False,
+) -> tasks_pb2.TaskResult:
+    """A terminal result without output for ``envelope``."""
+    return tasks_pb2.TaskResult(
+        task_id=envelope.task_id,
+        kind=envelope.kind,
+        status=status,  # type: ignore[arg-type]
+        error=common_pb2.Error(code=int(code), message=message, retryable=retryable),
+        correlation_id=envelope.reply.correlation_id,
+    )
+
+
+def deadline_exceeded(envelope: tasks_pb2.TaskEnvelope, stage: str) -> tasks_pb2.TaskResult:
+    late = time.time() - seconds(envelope.deadline)
+    return error_result(
+        envelope,
+        common_pb2.TASK_STATUS_DEADLINE_EXCEEDED,
+        Code.DEADLINE_EXCEEDED,
+        f"deadline passed {late:.3f}s before the task could start ({stage})",
+    )

@@ -1,0 +1,220 @@
+"""The intake: Kafka consumer group of one kind → that kind's Celery queue.
+
+Guarantees (see the architecture): offsets are committed only after every
+record of a poll was handed to Celery, dead-lettered or finished; a record that
+cannot be decoded or validated goes to the dead-letter topic with the reason
+and never blocks its partition; expired tasks end as DEADLINE_EXCEEDED without
+running; the partitions are paused while the Celery queue is above the
+high-water mark (polling continues, so the group membership stays alive).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from nlp.v1 import common_pb2, tasks_pb2
+from shared.envelope import (
+    deadline_exceeded,
+    decode_envelope,
+    encode_b64,
+    error_result,
+    expired,
+    valid_task_id,
+    validate_envelope,
+)
+from shared.errors import Code, InvalidRequestError
+from shared.kafka import dead_letter_headers
+from shared.names import (
+    CELERY_KWARG_ENVELOPE,
+    CELERY_KWARG_HANDED_AT,
+    HEADER_TRACEPARENT,
+    HEADER_TRACESTATE,
+    Names,
+)
+from shared.results import ResultStore
+from shared.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Intake:
+    """Moves tasks of one kind from Kafka to Celery. Clients are built by the caller."""
+
+    kind: str
+    settings: WorkerSettings
+    consumer: KafkaConsumer
+    producer: KafkaProducer
+    celery: Celery
+    store: ResultStore
+    redis: redis.Redis
+    stats: Counter[str] = field(default_factory=Counter)
+    paused: bool = False
+
+    @property
+    def names(self) -> Names:
+        return self.settings.names
+
+    def queue_depth(self) -> int:
+        return int(self.redis.llen(self.names.celery_queue(self.kind)))
+
+    def run(self, stop: threading.Event, on_first_poll: Any = None) -> None:
+        """Poll until ``stop`` is set, then commit and return."""
+        self.consumer.subscribe([self.names.task_topic(self.kind)])
+        first = True
+        while not stop.is_set():
+            self.apply_backpressure()
+            batch = self.consumer.poll(
+                timeout_ms=self.settings.poll_timeout_ms,
+                max_records=self.settings.poll_max_records,
+            )
+            if first and on_first_poll is not None:
+                on_first_poll()
+                first = False
+            if batch:
+                self.handle_batch(batch)
+
+    def apply_backpressure(self) -> None:
+        depth = self.queue_depth()
+        assigned = self.consumer.assignment()
+        if not self.paused and depth >= self.settings.queue_high_water:
+            self.paused = True
+            self.stats["paused"] += 1
+            log.info("celery queue above high-water; pausing", extra={"depth": depth})
+        elif self.paused and depth <= self.settings.queue_low_water:
+            self.paused = False
+            self.consumer.resume(*assigned)
+            log.info("celery queue below low-water; resuming", extra={"depth": depth})
+        if self.paused and assigned:
+            # Re-applied every loop: partitions assigned by a rebalance start unpaused.
+            self.consumer.pause(*assigned)
+
+    def handle_batch(self, batch: dict[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+        """Hand off, dead-letter or finish every record, then commit; rewind on failure."""
+        pending: list[Any] = []
+        try:
+            for records in batch.values():
+                for record in records:
+                    future = self.handle_record(record)
+                    if future is not None:
+                        pending.append(future)
+            for future in pending:
+                future.get(timeout=30)  # the dead letter must be durable before we commit
+        except Exception:
+            log.exception("hand-off failed; rewinding the batch to retry it")
+            for tp, records in batch.items():
+                self.consumer.seek(tp, records[0].offset)
+            time.sleep(1.0)
+            return
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()
+        }
+        self.consumer.commit(offsets)
+
+    def handle_record(self, record: ConsumerRecord) -> Any:
+        """Process one record; returns a pending dead-letter send, if one was made."""
+        try:
+            envelope = decode_envelope(record.value)
+        except Exception as exc:
+            return self.dead_letter(record, f"undecodable: {type(exc).__name__}: {exc}")
+        try:
+            validate_envelope(envelope, self.kind, self.settings.limits)
+        except InvalidRequestError as exc:
+            if valid_task_id(envelope.task_id):
+                # Someone may be waiting on this id: tell them why it will never run.
+                self.store.finish(
+                    error_result(
+                        envelope,
+                        common_pb2.TASK_STATUS_FAILED,
+                        Code.INVALID_ARGUMENT,
+                        f"invalid task: {exc}",
+                    )
+                )
+            return self.dead_letter(record, f"invalid: {exc}")
+        if self.store.has_result(envelope.task_id):
+            self.stats["skipped"] += 1  # cancelled before it got here, or a replay
+            return None
+        if expired(envelope):
+            self.store.finish(deadline_exceeded(envelope, "intake"))
+            self.stats["expired"] += 1
+            return None
+        self.hand_off(envelope, record)
+        return None
+
+    def hand_off(self, envelope: tasks_pb2.TaskEnvelope, record: ConsumerRecord) -> None:
+        self.store.set_state(envelope.task_id, common_pb2.TASK_STATUS_QUEUED, envelope.kind)
+        trace_headers = {
+            k: v.decode("latin-1")
+            for k, v in (record.headers or ())
+            if k in (HEADER_TRACEPARENT, HEADER_TRACESTATE) and v
+        }
+        self.celery.send_task(
+            Names.celery_task(self.kind),
+            kwargs={
+                CELERY_KWARG_ENVELOPE: encode_b64(envelope),
+                CELERY_KWARG_HANDED_AT: time.time(),
+            },
+            task_id=envelope.task_id,
+            queue=self.names.celery_queue(self.kind),
+            headers=trace_headers,
+        )
+        self.stats["handed"] += 1
+
+    def dead_letter(self, record: ConsumerRecord, reason: str) -> Any:
+        self.stats["dead_lettered"] += 1
+        log.warning(
+            "dead-lettering record",
+            extra={"partition": record.partition, "offset": record.offset, "reason": reason},
+        )
+        headers = dead_letter_headers(
+            reason, "intake", record.topic, record.partition, record.offset, record.headers or ()
+        )
+        return self.producer.send(
+            self.names.dead_letter_topic, value=record.value or b"", key=record.key, headers=headers
+        )
+
+
+def serve(kind: str, settings: WorkerSettings) -> None:
+    """Entry point of a kind's intake process: build the clients, run until SIGTERM/SIGINT."""
+    import signal
+
+    from shared.celery_app import make_celery
+    from shared.kafka import make_consumer, make_producer
+    from shared.logs import configure_logging
+    from shared.readiness import mark_ready
+
+    configure_logging(f"{kind}-intake", settings.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    client = redis.Redis.from_url(settings.redis_url)
+    consumer = make_consumer(settings, settings.names.consumer_group(kind))
+    producer = make_producer(settings)
+    intake = Intake(
+        kind=kind,
+        settings=settings,
+        consumer=consumer,
+        producer=producer,
+        celery=make_celery(kind, settings),
+        store=ResultStore(client, settings.names, settings.result_ttl_s),
+        redis=client,
+    )
+    log.info("intake starting", extra={"topic": settings.names.task_topic(kind)})
+    try:
+        intake.run(stop, on_first_poll=lambda: mark_ready(settings))
+    finally:
+        consumer.close(autocommit=False)
+        producer.close(timeout=10)
+        log.info("intake stopped", extra={"stats": dict(intake.stats)})

@@ -1,0 +1,123 @@
+"""Kafka clients built from settings (kafka-python), topic creation and dead-lettering."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from shared import names
+from shared.names import ALL_KINDS
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+# Partitions per task topic: the most intake consumers one kind can use in parallel.
+TASK_TOPIC_PARTITIONS = 6
+
+
+def make_producer(settings: ServiceSettings, **overrides: Any) -> KafkaProducer:
+    """Idempotent producer with acks=all: an acknowledged send is durable in the broker."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "client_id": settings.service_name,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 2,
+        "max_block_ms": 10_000,
+        "request_timeout_ms": 15_000,
+        "delivery_timeout_ms": 30_000,
+        "max_request_size": settings.limits.max_text_bytes * 2 + 64 * 1024,
+        "allow_auto_create_topics": False,
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) -> KafkaConsumer:
+    """Consumer in ``group_id`` that commits only when told to."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "client_id": settings.service_name,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "allow_auto_create_topics": False,
+        "max_partition_fetch_bytes": settings.limits.max_text_bytes * 2 + 64 * 1024,
+        "session_timeout_ms": 20_000,
+        "heartbeat_interval_ms": 3_000,
+        "max_poll_interval_ms": 300_000,
+    }
+    config.update(overrides)
+    return KafkaConsumer(**config)
+
+
+def ensure_topics(
+    settings: ServiceSettings,
+    kinds: Iterable[str] = ALL_KINDS,
+    partitions: int = TASK_TOPIC_PARTITIONS,
+    replication: int = 1,
+) -> list[str]:
+    """Create the task, dead-letter and results topics of the namespace; returns their names."""
+    n = settings.names
+    wanted = [n.task_topic(kind) for kind in kinds] + [n.dead_letter_topic, n.results_topic]
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap.split(","), client_id=settings.service_name
+    )
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=partitions, replication_factor=replication)
+            for name in wanted
+            if name not in existing
+        ]
+        if new:
+            # Created concurrently by another process: the same outcome.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(new, timeout_ms=30_000, wait_for_metadata=True)
+    finally:
+        admin.close()
+    return wanted
+
+
+def task_headers(task_id: str, kind: str, extra: Sequence[tuple[str, bytes]] = ()) -> Headers:
+    return [
+        (names.HEADER_TASK_ID, task_id.encode()),
+        (names.HEADER_KIND, kind.encode()),
+        *extra,
+    ]
+
+
+def dead_letter_headers(
+    reason: str,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    original: Sequence[tuple[str, bytes | None]] = (),
+) -> Headers:
+    """Headers of a dead-lettered message: the original headers plus why and where from."""
+    kept = [(k, v or b"") for k, v in original if not k.startswith("nlp-dlq-")]
+    return [
+        *kept,
+        (names.HEADER_DLQ_REASON, reason.encode("utf-8", "replace")[:4096]),
+        (names.HEADER_DLQ_STAGE, stage.encode()),
+        (names.HEADER_DLQ_SOURCE_TOPIC, topic.encode()),
+        (names.HEADER_DLQ_SOURCE_PARTITION, str(partition).encode()),
+        (names.HEADER_DLQ_SOURCE_OFFSET, str(offset).encode()),
+    ]
+
+
+def header(headers: Sequence[tuple[str, bytes | None]] | None, key: str) -> str | None:
+    """First value of header ``key`` as text, or None."""
+    for k, v in headers or ():
+        if k == key:
+            return (v or b"").decode("utf-8", "replace")
+    return None

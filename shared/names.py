@@ -1,0 +1,110 @@
+"""Topic, consumer-group, queue, header and Redis key names: defined here and nowhere else.
+
+A non-empty namespace prefixes every name so that several stacks (a developer's
+stack and a test run, say) can share one Kafka broker and one Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nlp.v1 import common_pb2
+
+# Kind names as they appear in topics, queues, CLI arguments and the envelope oneof.
+KINDS_BY_NAME: dict[str, common_pb2.Kind] = {
+    "generation": common_pb2.KIND_GENERATION,
+    "classification": common_pb2.KIND_CLASSIFICATION,
+    "ner": common_pb2.KIND_NER,
+    "summarization": common_pb2.KIND_SUMMARIZATION,
+}
+KIND_NAMES: dict[int, str] = {int(kind): name for name, kind in KINDS_BY_NAME.items()}
+ALL_KINDS: tuple[str, ...] = tuple(KIND_NAMES.values())
+
+# Kafka message headers.
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
+HEADER_TASK_ID = "nlp-task-id"
+HEADER_KIND = "nlp-kind"
+HEADER_DLQ_REASON = "nlp-dlq-reason"
+HEADER_DLQ_STAGE = "nlp-dlq-stage"
+HEADER_DLQ_SOURCE_TOPIC = "nlp-dlq-source-topic"
+HEADER_DLQ_SOURCE_PARTITION = "nlp-dlq-source-partition"
+HEADER_DLQ_SOURCE_OFFSET = "nlp-dlq-source-offset"
+
+# Celery task headers/keyword arguments set by the intake.
+CELERY_KWARG_ENVELOPE = "envelope"
+CELERY_KWARG_HANDED_AT = "handed_at"
+
+_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def kind_name(kind: int) -> str:
+    """Name of a Kind enum value; ValueError for UNSPECIFIED or unknown values."""
+    try:
+        return KIND_NAMES[kind]
+    except KeyError:
+        raise ValueError(f"unknown kind {kind}") from None
+
+
+def kind_value(name: str) -> common_pb2.Kind:
+    """Kind enum value for a kind name; ValueError listing the valid names otherwise."""
+    try:
+        return KINDS_BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown kind {name!r}; expected one of {', '.join(ALL_KINDS)}") from None
+
+
+@dataclass(frozen=True)
+class Names:
+    """All externally visible names of one deployment (one namespace)."""
+
+    namespace: str = ""
+
+    def __post_init__(self) -> None:
+        if self.namespace and not _NAMESPACE_RE.match(self.namespace):
+            raise ValueError(
+                f"namespace {self.namespace!r} must match {_NAMESPACE_RE.pattern} (or be empty)"
+            )
+
+    def _kafka(self, name: str) -> str:
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+    def _redis(self, name: str) -> str:
+        return f"{self.namespace}:{name}" if self.namespace else name
+
+    def task_topic(self, kind: str) -> str:
+        return self._kafka(f"nlp.tasks.{kind}")
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self._kafka("nlp.dead-letter")
+
+    @property
+    def results_topic(self) -> str:
+        return self._kafka("nlp.results")
+
+    def consumer_group(self, kind: str) -> str:
+        return self._kafka(f"nlp.{kind}")
+
+    def celery_queue(self, kind: str) -> str:
+        return self._kafka(kind)
+
+    @staticmethod
+    def celery_task(kind: str) -> str:
+        """Celery task name; code names are not namespaced, queues are."""
+        return f"nlp.{kind}.run"
+
+    def result_key(self, task_id: str) -> str:
+        return self._redis(f"nlp:result:{task_id}")
+
+    def state_key(self, task_id: str) -> str:
+        return self._redis(f"nlp:state:{task_id}")
+
+    @property
+    def done_channel(self) -> str:
+        """Pub/sub channel that carries the id of every task that reached a terminal state."""
+        return self._redis("nlp:done")
+
+    def all_task_topics(self) -> list[str]:
+        return [self.task_topic(kind) for kind in ALL_KINDS]

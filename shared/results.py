@@ -1,0 +1,220 @@
+"""Task state and results in Redis, and the pub/sub notification of finished tasks.
+
+Keys (see :class:`shared.names.Names`):
+- ``nlp:state:<id>`` — hash with the current non-terminal status (PENDING/QUEUED/RUNNING).
+- ``nlp:result:<id>`` — the serialized terminal :class:`TaskResult`. Written with NX:
+  the first terminal outcome wins, so a cancel, a deadline or a re-run after a crash
+  never replaces a result that clients may already have seen.
+- ``nlp:done`` — channel; each message is the id of a task that just finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from nlp.v1 import tasks_pb2
+from shared.envelope import TERMINAL_STATUSES
+from shared.names import Names
+
+log = logging.getLogger(__name__)
+
+# Set the result only if none exists, then notify and drop the state hash, atomically.
+_FINISH_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  redis.call('PUBLISH', KEYS[3], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
+def _state_fields(status: int, kind: int, attempt: int) -> dict[Any, Any]:
+    return {
+        "status": str(status),
+        "kind": str(kind),
+        "attempt": str(attempt),
+        "updated_at": f"{time.time():.6f}",
+    }
+
+
+def _from_state(task_id: str, state: dict[Any, Any]) -> tasks_pb2.TaskResult | None:
+    if not state:
+        return None
+    text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in state.items()}
+    decoded = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in text.items()}
+    return tasks_pb2.TaskResult(
+        task_id=task_id,
+        kind=int(decoded.get("kind", 0)),  # type: ignore[arg-type]
+        status=int(decoded.get("status", 0)),  # type: ignore[arg-type]
+        attempt=int(decoded.get("attempt", 0)),
+    )
+
+
+def _parse(data: bytes | str | None) -> tasks_pb2.TaskResult | None:
+    if data is None:
+        return None
+    return tasks_pb2.TaskResult.FromString(data.encode() if isinstance(data, str) else data)
+
+
+class ResultStore:
+    """Synchronous store used by the intake and the Celery workers."""
+
+    def __init__(self, client: redis.Redis, names: Names, ttl_s: int) -> None:
+        self.client = client
+        self.names = names
+        self.ttl_s = ttl_s
+        self._finish = client.register_script(_FINISH_LUA)
+
+    def set_state(self, task_id: str, status: int, kind: int, attempt: int = 0) -> None:
+        key = self.names.state_key(task_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(key, mapping=_state_fields(status, kind, attempt))
+        pipe.expire(key, self.ttl_s)
+        pipe.execute()
+
+    def finish(self, result: tasks_pb2.TaskResult) -> bool:
+        """Store a terminal result; False if the task already had one (which is kept)."""
+        assert result.status in TERMINAL_STATUSES, result.status
+        n = self.names
+        keys = [n.result_key(result.task_id), n.state_key(result.task_id), n.done_channel]
+        return bool(self._finish(keys, [result.SerializeToString(), self.ttl_s, result.task_id]))
+
+    def result(self, task_id: str) -> tasks_pb2.TaskResult | None:
+        return _parse(self.client.get(self.names.result_key(task_id)))
+
+    def has_result(self, task_id: str) -> bool:
+        return bool(self.client.exists(self.names.result_key(task_id)))
+
+
+class AsyncResultStore:
+    """The gateway's asyncio view of the same keys."""
+
+    def __init__(self, client: aioredis.Redis, names: Names, ttl_s: int) -> None:
+        self.client = client
+        self.names = names
+        self.ttl_s = ttl_s
+        self._finish = client.register_script(_FINISH_LUA)
+
+    async def set_state(self, task_id: str, status: int, kind: int, attempt: int = 0) -> None:
+        key = self.names.state_key(task_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=_state_fields(status, kind, attempt))
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def clear_state(self, task_id: str) -> None:
+        await self.client.delete(self.names.state_key(task_id))
+
+    async def finish(self, result: tasks_pb2.TaskResult) -> bool:
+        assert result.status in TERMINAL_STATUSES, result.status
+        n = self.names
+        keys = [n.result_key(result.task_id), n.state_key(result.task_id), n.done_channel]
+        args: list[bytes | int | str] = [result.SerializeToString(), self.ttl_s, result.task_id]
+        return bool(await self._finish(keys, args))
+
+    async def result(self, task_id: str) -> tasks_pb2.TaskResult | None:
+        return _parse(await self.client.get(self.names.result_key(task_id)))
+
+    async def get(self, task_id: str) -> tasks_pb2.TaskResult | None:
+        """The terminal result, else the current state, else None (unknown task)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.names.result_key(task_id))
+        pipe.hgetall(self.names.state_key(task_id))
+        data, state = await pipe.execute()
+        return _parse(data) or _from_state(task_id, state)
+
+
+class ResultWaiter:
+    """Waits for task results over one shared pub/sub subscription.
+
+    The gateway subscribes once to the done channel; each waiting request
+    registers a future for its task id, then reads the store. A notification
+    (or a reconnect, which may have lost some) only wakes waiters to read the
+    store again, so no result can be missed between subscribe and read.
+    """
+
+    def __init__(self, client: aioredis.Redis, store: AsyncResultStore) -> None:
+        self.client = client
+        self.store = store
+        self._waiters: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="result-waiter")
+        await asyncio.wait_for(self._subscribed.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(futures) for futures in self._waiters.values())
+
+    async def wait(self, task_id: str, timeout: float) -> tasks_pb2.TaskResult | None:
+        """Terminal result of ``task_id`` within ``timeout`` seconds, else the latest state."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters[task_id].add(future)
+            try:
+                current = await self.store.get(task_id)
+                if current is not None and current.status in TERMINAL_STATUSES:
+                    return current
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return current
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, remaining)
+            finally:
+                futures = self._waiters.get(task_id)
+                if futures is not None:
+                    futures.discard(future)
+                    if not futures:
+                        del self._waiters[task_id]
+
+    def _wake(self, task_id: str | None) -> None:
+        targets = (
+            list(self._waiters.get(task_id, ()))
+            if task_id is not None
+            else [f for futures in self._waiters.values() for f in futures]
+        )
+        for future in targets:
+            if not future.done():
+                future.set_result(None)
+
+    async def _listen(self) -> None:
+        channel = self.store.names.done_channel
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                self._subscribed.set()
+                # Anything published while we were not subscribed is found by re-reading.
+                self._wake(None)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+            except asyncio.CancelledError:
+                raise
+            except (redis.RedisError, OSError) as exc:
+                log.warning("result subscription lost, reconnecting: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,77 @@
+"""Typed settings read from the environment (prefix ``NLP_``).
+
+Every service has one ``Settings`` class built on :class:`ServiceSettings`;
+nested models use ``__`` as delimiter, e.g. ``NLP_LIMITS__MAX_LABELS=32``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.names import Names
+
+
+class Limits(BaseModel):
+    """Input limits enforced by the gateway and again by the intake."""
+
+    max_text_bytes: int = Field(512 * 1024, gt=0, description="UTF-8 size of any text input")
+    max_labels: int = Field(64, gt=0)
+    max_label_chars: int = Field(200, gt=0)
+    max_description_chars: int = Field(1000, gt=0)
+    max_ner_labels: int = Field(64, gt=0)
+    max_chat_messages: int = Field(256, gt=0)
+    max_stop_sequences: int = Field(16, gt=0)
+    max_new_tokens: int = Field(4096, gt=0)
+    max_model_name_chars: int = Field(128, gt=0)
+
+
+class ServiceSettings(BaseSettings):
+    """What every process of the platform needs to know."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NLP_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    service_name: str = "nlp"
+    namespace: str = Field("", description="prefix for every topic, queue and key")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_ttl_s: int = Field(24 * 3600, gt=0, description="how long results stay in Redis")
+    limits: Limits = Limits()
+    log_level: str = "INFO"
+    ready_file: Path | None = Field(
+        None, description="touched once the process serves; the local stack waits on it"
+    )
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace)
+
+
+class WorkerSettings(ServiceSettings):
+    """Settings shared by the intake and the Celery worker of one kind."""
+
+    # Intake
+    poll_timeout_ms: int = Field(500, gt=0)
+    poll_max_records: int = Field(100, gt=0)
+    queue_high_water: int = Field(200, gt=0, description="pause Kafka above this Celery depth")
+    queue_low_water: int = Field(50, ge=0, description="resume Kafka below this Celery depth")
+    # Celery worker
+    concurrency: int = Field(4, gt=0, description="threads running tasks in one worker process")
+    visibility_timeout_s: int = Field(
+        600, gt=0, description="unacked tasks are redelivered after this; above the longest task"
+    )
+    max_retries: int = Field(3, ge=0)
+    retry_backoff_s: float = Field(1.0, ge=0)
+    publish_results: bool = Field(
+        False, description="produce every result to the results topic, not only when asked"
+    )
+
+    @model_validator(mode="after")
+    def _water_marks(self) -> WorkerSettings:
+        if self.queue_low_water >= self.queue_high_water:
+            raise ValueError("queue_low_water must be below queue_high_water")
+        return self

@@ -1,0 +1,200 @@
+"""The worker-side task runtime shared by every kind.
+
+A kind supplies a *handler* (request → output message and model info); the
+runtime does everything around it: skip tasks that already have a result
+(cancelled, or a redelivery), end expired ones as DEADLINE_EXCEEDED, record
+RUNNING, retry with backoff, store the terminal result, publish it when asked
+and dead-letter a copy of tasks that keep failing.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, Task
+from google.protobuf.message import Message
+from kafka import KafkaProducer
+
+from nlp.v1 import common_pb2, tasks_pb2
+from shared.envelope import (
+    AnyRequest,
+    deadline_exceeded,
+    decode_b64,
+    error_result,
+    expired,
+    request_of,
+    seconds,
+    timestamp,
+)
+from shared.errors import Code, InvalidRequestError
+from shared.kafka import dead_letter_headers, task_headers
+from shared.names import CELERY_KWARG_ENVELOPE, CELERY_KWARG_HANDED_AT, Names
+from shared.results import ResultStore
+from shared.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AnyRequest], tuple[Message, common_pb2.ModelInfo]]
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class WorkerRuntime:
+    """Runs one task of ``kind`` through ``handler`` with the platform's guarantees."""
+
+    kind: str
+    settings: WorkerSettings
+    store: ResultStore
+    handler: Handler
+    producer_factory: Callable[[], KafkaProducer]
+    worker_id: str = field(default_factory=worker_identity)
+    _producer: KafkaProducer | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def producer(self) -> KafkaProducer:
+        # Built on first use: most workers never dead-letter or publish.
+        with self._lock:
+            if self._producer is None:
+                self._producer = self.producer_factory()
+            return self._producer
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+
+    def execute(self, task: Task[Any, Any], envelope_b64: str, handed_at: float) -> str:
+        """Run one delivery of a task; returns the final status name (for logs and tests)."""
+        started = time.time()
+        try:
+            envelope = decode_b64(envelope_b64)
+        except Exception as exc:  # the intake validated it: this is a corrupted Celery message
+            log.error("undecodable envelope in Celery message", extra={"error": str(exc)})
+            self._dead_letter_raw(envelope_b64, f"undecodable envelope in worker: {exc}")
+            return "DEAD_LETTER"
+        task_id = envelope.task_id
+        attempt = int(task.request.retries) + 1
+        if self.store.has_result(task_id):
+            log.info("task already finished; skipping", extra={"task_id": task_id})
+            return "SKIPPED"
+        if expired(envelope, started):
+            self._finish(envelope, deadline_exceeded(envelope, "worker"), handed_at, started)
+            return "DEADLINE_EXCEEDED"
+        self.store.set_state(task_id, common_pb2.TASK_STATUS_RUNNING, envelope.kind, attempt)
+        request = request_of(envelope)
+        assert request is not None
+        try:
+            output, model = self.handler(request)
+        except InvalidRequestError as exc:
+            result = error_result(
+                envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(exc)
+            )
+        except Exception as exc:
+            if task.request.retries < self.settings.max_retries:
+                countdown = self.settings.retry_backoff_s * 2 ** int(task.request.retries)
+                log.warning(
+                    "task failed; retrying",
+                    extra={"task_id": task_id, "attempt": attempt, "error": repr(exc)},
+                )
+                raise task.retry(exc=exc, countdown=countdown) from exc
+            log.exception("task failed after retries", extra={"task_id": task_id})
+            result = error_result(
+                envelope,
+                common_pb2.TASK_STATUS_FAILED,
+                Code.INTERNAL,
+                f"failed after {attempt} attempts: {type(exc).__name__}: {exc}",
+                retryable=True,
+            )
+            self._dead_letter_envelope(envelope, result.error.message)
+        else:
+            result = tasks_pb2.TaskResult(
+                task_id=task_id,
+                kind=envelope.kind,
+                status=common_pb2.TASK_STATUS_SUCCEEDED,
+                model=model,
+                correlation_id=envelope.reply.correlation_id,
+            )
+            getattr(result, self.kind).CopyFrom(output)
+        result.attempt = attempt
+        self._finish(envelope, result, handed_at, started)
+        return common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
+
+    def _finish(
+        self,
+        envelope: tasks_pb2.TaskEnvelope,
+        result: tasks_pb2.TaskResult,
+        handed_at: float,
+        started: float,
+    ) -> None:
+        now = time.time()
+        created = seconds(envelope.created_at)
+        result.worker = self.worker_id
+        result.timings.queued_ms = max(0.0, (handed_at - created) * 1000)
+        result.timings.waited_ms = max(0.0, (started - handed_at) * 1000)
+        result.timings.ran_ms = (now - started) * 1000
+        result.timings.finished_at.CopyFrom(timestamp(now))
+        stored = self.store.finish(result)
+        if not stored:
+            log.info("task already had a result; kept it", extra={"task_id": result.task_id})
+            return
+        if envelope.reply.publish_result or self.settings.publish_results:
+            self.producer.send(
+                self.settings.names.results_topic,
+                value=result.SerializeToString(),
+                key=result.task_id.encode(),
+                headers=task_headers(result.task_id, self.kind),
+            ).get(timeout=30)
+
+    def _dead_letter_envelope(self, envelope: tasks_pb2.TaskEnvelope, reason: str) -> None:
+        headers = dead_letter_headers(
+            reason, "worker", self.settings.names.celery_queue(self.kind), -1, -1
+        )
+        headers += task_headers(envelope.task_id, self.kind)
+        self.producer.send(
+            self.settings.names.dead_letter_topic,
+            value=envelope.SerializeToString(),
+            key=envelope.task_id.encode(),
+            headers=headers,
+        ).get(timeout=30)
+
+    def _dead_letter_raw(self, envelope_b64: str, reason: str) -> None:
+        try:
+            raw = base64.b64decode(envelope_b64)
+        except Exception:
+            raw = str(envelope_b64).encode("utf-8", "replace")
+        self.producer.send(
+            self.settings.names.dead_letter_topic,
+            value=raw,
+            headers=dead_letter_headers(
+                reason, "worker", self.settings.names.celery_queue(self.kind), -1, -1
+            ),
+        ).get(timeout=30)
+
+
+def register_task(app: Celery, runtime: WorkerRuntime) -> Task[Any, Any]:
+    """Register the kind's Celery task (name from :meth:`Names.celery_task`) on ``app``."""
+
+    @app.task(
+        name=Names.celery_task(runtime.kind),
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=runtime.settings.max_retries,
+    )
+    def run(self: Task[Any, Any], /, **kwargs: Any) -> str:
+        return runtime.execute(
+            self, kwargs[CELERY_KWARG_ENVELOPE], float(kwargs[CELERY_KWARG_HANDED_AT])
+        )
+
+    return run
