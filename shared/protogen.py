@@ -23,6 +23,8 @@ def _generate(out: Path) -> None:
 
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
+    # mypy-protobuf's plugin types the gRPC stubs (*_pb2_grpc.pyi).
+    plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -30,6 +32,8 @@ def _generate(out: Path) -> None:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy_grpc={plugin}",
+        f"--mypy_grpc_out={out}",
         *protos,
     ]
     if protoc.main(args) != 0:

@@ -81,13 +81,22 @@ def ensure_jars(home: Path | None = None) -> Path:
         return libs
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise RuntimeError("mvn not found on PATH; install Maven (apt-get install maven) and Java 17")
+        raise RuntimeError(
+            "mvn not found on PATH; install Maven and Java 17 (apt-get install maven)"
+        )
     home.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".libs-", dir=home))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache may be shared
     try:
-        cmd = [mvn, "-q", "-B", "-f", str(POM_PATH), "dependency:copy-dependencies",
-               f"-DoutputDirectory={tmp}"]
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM_PATH),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
         if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
             raise RuntimeError(
@@ -95,6 +104,8 @@ def ensure_jars(home: Path | None = None) -> Path:
                 + _tail(proc.stdout + proc.stderr)
             )
         (tmp / _MARKER).write_text(digest + "\n")
+        if marker.is_file() and marker.read_text().strip() == digest:
+            return libs  # a concurrent ensure_jars() finished first; don't pull it away
         if libs.exists():
             # Stale or partial libs dir: move it aside first (rename is atomic, rmtree isn't).
             old = Path(tempfile.mkdtemp(prefix=".libs-old-", dir=home))
@@ -142,20 +153,23 @@ def new_cluster_id() -> str:
 
 _LOG4J2 = """\
 status = warn
+# Kafka logs its own shutdown from a JVM shutdown hook; log4j's hook would close the
+# appenders first and cut the end of the log off.
+shutdownHook = disable
 appender.out.type = Console
 appender.out.name = STDOUT
 appender.out.layout.type = PatternLayout
 appender.out.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.out.ref = STDOUT
-# Same quietening as Kafka's shipped config/log4j2.yaml.
+# Per-request and authorizer logs are noise for a local broker.
 logger.request.name = kafka.request.logger
 logger.request.level = WARN
 logger.authorizer.name = kafka.authorizer.logger
 logger.authorizer.level = WARN
 """
 
-# G1 settings from Kafka's kafka-run-class.sh; the rest are for a quick start on 2 cores.
+# GC settings as in Kafka's kafka-run-class.sh.
 _JVM_FLAGS = (
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
@@ -176,6 +190,7 @@ class KafkaBroker:
     log_path: Path | None = None
     home: Path | None = None
     extra_config: dict[str, str] = field(default_factory=dict)
+    jvm_opts: list[str] = field(default_factory=list)
     startup_seconds: float | None = field(default=None, init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _started_at: float = field(default=0.0, init=False, repr=False)
@@ -239,8 +254,6 @@ class KafkaBroker:
             "num.io.threads": "2",
             "num.recovery.threads.per.data.dir": "1",
             "background.threads": "2",
-            # Unfence the broker sooner after start (default heartbeat is 2 s).
-            "broker.heartbeat.interval.ms": "500",
         }
         props.update(self.extra_config)
         return props
@@ -266,35 +279,65 @@ class KafkaBroker:
         # re-format with another id, even with --ignore-formatted).
         if not (self._log_dir / "meta.properties").exists():
             fmt = subprocess.run(
-                [*base, "-Xmx256m", "-XX:TieredStopAtLevel=1", "kafka.tools.StorageTool",
-                 "format", "-t", new_cluster_id(), "-c", str(props)],
-                capture_output=True, text=True, timeout=180, check=False,
+                [
+                    *base,
+                    "-Xmx256m",
+                    "-XX:TieredStopAtLevel=1",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    new_cluster_id(),
+                    "-c",
+                    str(props),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
             )
             if fmt.returncode != 0:
                 raise RuntimeError(
                     f"kafka StorageTool format failed (exit {fmt.returncode}):\n"
                     + _tail(fmt.stdout + fmt.stderr)
                 )
-        cmd = [*base, f"-Xms{self.heap}", f"-Xmx{self.heap}", *_JVM_FLAGS,
-               "kafka.Kafka", str(props)]
+        cmd = [
+            *base,
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            *_JVM_FLAGS,
+            *self.jvm_opts,
+            "kafka.Kafka",
+            str(props),
+        ]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             self._started_at = time.monotonic()
             # Own session/process group: Ctrl-C in a terminal or pytest doesn't hit the
             # JVM directly, and stop() can signal the whole group.
             self._proc = subprocess.Popen(
-                cmd, cwd=self.data_dir, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                cmd,
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         # Don't leave an orphan JVM behind if the caller forgets stop() (not SIGKILL-proof).
         atexit.register(self.stop)
 
-    def log_tail(self, lines: int = 60) -> str:
-        """Last lines of the broker log, for error messages."""
+    def log_tail(self, lines: int = 40) -> str:
+        """ERROR lines plus the last lines of the broker log, for error messages.
+
+        The cause of a failed start is usually buried above a long shutdown sequence,
+        so the ERROR lines are pulled out first.
+        """
         try:
-            return _tail(self.log_file.read_text(errors="replace"), lines)
+            text = self.log_file.read_text(errors="replace")
         except OSError:
             return "(no log)"
+        errors = [ln for ln in text.splitlines() if " ERROR " in ln or ln.startswith("Caused by")]
+        head = "\n".join(errors[:15])
+        return (f"{head}\n...\n" if head else "") + _tail(text, lines)
 
     def _check_alive(self) -> None:
         if self._proc is None:
@@ -313,7 +356,9 @@ class KafkaBroker:
         admin_mod: Any = importlib.import_module("kafka.admin")
         ms = max(500, int(timeout_s * 1000))
         admin = admin_mod.KafkaAdminClient(
-            bootstrap_servers=self.bootstrap, bootstrap_timeout_ms=ms, request_timeout_ms=ms,
+            bootstrap_servers=self.bootstrap,
+            bootstrap_timeout_ms=ms,
+            request_timeout_ms=ms,
             client_id="deploy-local-readiness",
         )
         try:
@@ -363,7 +408,9 @@ class KafkaBroker:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -375,8 +422,11 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (``fetch`` / ``run``)."""
-    parser = argparse.ArgumentParser(prog="python -m deploy.local.kafka", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local.kafka",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--home", type=Path, default=None, help="jar cache dir")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fetch", help="download the broker jars and print the libs dir")
@@ -395,15 +445,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     broker = KafkaBroker(
-        data_dir=args.data_dir.resolve(), port=args.port,
-        controller_port=args.controller_port or free_port(), heap=args.heap, home=args.home,
+        data_dir=args.data_dir.resolve(),
+        port=args.port,
+        controller_port=args.controller_port or free_port(),
+        heap=args.heap,
+        home=args.home,
     )
     broker.start()
     try:
         broker.wait_ready()
-        print(f"kafka {KAFKA_VERSION} ready on {broker.bootstrap} in "
-              f"{broker.startup_seconds:.1f}s (pid {broker.pid}); log: {broker.log_file}",
-              flush=True)
+        print(
+            f"kafka {KAFKA_VERSION} ready on {broker.bootstrap} in "
+            f"{broker.startup_seconds:.1f}s (pid {broker.pid}); log: {broker.log_file}",
+            flush=True,
+        )
         while broker.running:
             time.sleep(0.5)
         print(f"broker exited; log tail:\n{broker.log_tail()}", file=sys.stderr)

@@ -1,0 +1,355 @@
+"""The local stack without Docker: Kafka (KRaft), Redis, the gateway and, per worker
+kind, its intake and Celery worker — all on 127.0.0.1 with free ports and a fresh
+data directory. The test suite uses the same class.
+
+    python -m deploy.local.stack run [--gateway-port 50051] [--demo]   # foreground
+    python -m deploy.local.stack up --state-dir .run                   # background
+    python -m deploy.local.stack down --state-dir .run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from deploy.local.kafka import KafkaBroker, ensure_jars, free_port
+from deploy.local.redis import RedisServer
+from shared.kafka import ensure_topics
+from shared.names import ALL_KINDS
+from shared.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A kind is served once its service folder has a worker.
+AVAILABLE_KINDS: tuple[str, ...] = tuple(
+    kind for kind in ALL_KINDS if (ROOT / "services" / kind / "worker.py").exists()
+)
+
+
+@dataclass
+class Service:
+    """One Python service process of the stack."""
+
+    name: str
+    module: str
+    env: dict[str, str]
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ready_file(self) -> Path:
+        return self.data_dir / "ready" / self.name
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "logs" / f"{self.name}.log"
+
+    def start(self) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, "NLP_READY_FILE": str(self.ready_file)}
+        with self.log_file.open("ab") as log:
+            # Own process group: a SIGKILL reaches the whole service and nothing else.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; log:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.name} not ready after {timeout}s; log:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no log)"
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+@dataclass
+class LocalStack:
+    """Everything the platform needs, as local processes. Use as a context manager."""
+
+    data_dir: Path | None = None
+    kinds: Iterable[str] = AVAILABLE_KINDS
+    gateway_port: int = 0
+    namespace: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_timeout: float = 180.0
+    keep_data: bool = False
+    kafka: KafkaBroker | None = field(default=None, init=False)
+    redis: RedisServer | None = field(default=None, init=False)
+    services: dict[str, Service] = field(default_factory=dict, init=False)
+    _own_dir: bool = field(default=False, init=False)
+
+    @property
+    def gateway_target(self) -> str:
+        return f"127.0.0.1:{self.gateway_port}"
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        """Environment every service process gets (also handy for in-process clients)."""
+        assert self.kafka is not None and self.redis is not None
+        return {
+            "NLP_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "NLP_REDIS_URL": self.redis.url,
+            "NLP_NAMESPACE": self.namespace,
+            "NLP_HOST": "127.0.0.1",
+            "NLP_PORT": str(self.gateway_port),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
+
+    def settings(self) -> ServiceSettings:
+        """Settings pointing at this stack, for clients built in the calling process."""
+        assert self.kafka is not None and self.redis is not None
+        return ServiceSettings(
+            kafka_bootstrap=self.kafka.bootstrap,
+            redis_url=self.redis.url,
+            namespace=self.namespace,
+        )
+
+    def start(self) -> None:
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="nlp-stack-"))
+            self._own_dir = True
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.gateway_port = self.gateway_port or free_port()
+        ensure_jars()
+        self.kafka = KafkaBroker(self.data_dir / "kafka")
+        self.redis = RedisServer(self.data_dir / "redis")
+        try:
+            self.kafka.start()
+            self.redis.start()
+            self.redis.wait_ready()
+            self.kafka.wait_ready()
+            ensure_topics(self.settings())
+            for kind in self.kinds:
+                self._add(f"{kind}-worker", f"services.{kind}.worker")
+                self._add(f"{kind}-intake", f"services.{kind}.intake")
+            self._add("gateway", "services.gateway")
+            for service in self.services.values():
+                service.start()
+            for service in self.services.values():
+                service.wait_ready(self.ready_timeout)
+            self._wait_serving()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _add(self, name: str, module: str) -> None:
+        assert self.data_dir is not None
+        self.services[name] = Service(name, module, self.service_env, self.data_dir)
+
+    def _wait_serving(self, timeout: float = 30.0) -> None:
+        with grpc.insecure_channel(self.gateway_target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError("gateway did not report SERVING")
+                time.sleep(0.1)
+
+    def restart(self, name: str) -> None:
+        """Start a (stopped or killed) service again and wait until it is ready."""
+        service = self.services[name]
+        service.stop()
+        service.start()
+        service.wait_ready(self.ready_timeout)
+
+    def stop(self) -> None:
+        # Reverse order: stop taking work before the things it needs go away.
+        for service in reversed(list(self.services.values())):
+            service.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.kafka is not None:
+            self.kafka.stop()
+        if self._own_dir and not self.keep_data and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stack = LocalStack(
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        gateway_port=args.gateway_port,
+        keep_data=args.keep_data,
+    )
+    print(f"starting Kafka, Redis, the gateway and workers for: {', '.join(stack.kinds)}")
+    started = time.monotonic()
+    stack.start()
+    try:
+        print(f"stack ready in {time.monotonic() - started:.1f}s; data in {stack.data_dir}")
+        print(f"  Kafka   {stack.kafka.bootstrap if stack.kafka else '?'}")
+        print(f"  Redis   {stack.redis.url if stack.redis else '?'}")
+        print(f"  gateway {stack.gateway_target} (gRPC; health + reflection on)")
+        if args.state_file:
+            state = {
+                "pid": os.getpid(),
+                "gateway": stack.gateway_target,
+                "data_dir": str(stack.data_dir),
+                **stack.service_env,
+            }
+            Path(args.state_file).write_text(json.dumps(state, indent=2))
+        if args.demo:
+            from shared.cli import demo
+
+            demo(stack.gateway_target, stack.kinds)
+        print(f"serving on {stack.gateway_target}; Ctrl-C stops everything", flush=True)
+        while not stop:
+            for service in stack.services.values():
+                if service.proc is not None and service.proc.poll() is not None:
+                    print(f"{service.name} exited; stopping:\n{service.log_tail()}", flush=True)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        print("stopping…", flush=True)
+        stack.stop()
+        print("stopped", flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_file, log_file = state_dir / "stack.json", state_dir / "stack.log"
+    if state_file.exists():
+        pid = json.loads(state_file.read_text())["pid"]
+        if _alive(pid):
+            print(f"already up (pid {pid}); `make down` first")
+            return 1
+        state_file.unlink()
+    argv = [sys.executable, "-m", "deploy.local.stack", "run", "--state-file", str(state_file)]
+    argv += ["--gateway-port", str(args.gateway_port)]
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + args.timeout
+    while not state_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            print(f"stack failed to start; see {log_file}:\n{log_file.read_text()[-3000:]}")
+            proc.kill()
+            return 1
+        time.sleep(0.2)
+    state = json.loads(state_file.read_text())
+    print(f"stack up (pid {state['pid']}); gateway on {state['gateway']}; logs: {log_file}")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _down(args: argparse.Namespace) -> int:
+    state_file = Path(args.state_dir) / "stack.json"
+    if not state_file.exists():
+        print("not up")
+        return 0
+    pid = int(json.loads(state_file.read_text())["pid"])
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    state_file.unlink(missing_ok=True)
+    print("stack down")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.local.stack", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the stack in the foreground until Ctrl-C")
+    run.add_argument("--gateway-port", type=int, default=50051)
+    run.add_argument("--data-dir", help="default: a fresh temporary directory")
+    run.add_argument("--keep-data", action="store_true")
+    run.add_argument("--demo", action="store_true", help="send one request per kind")
+    run.add_argument("--state-file", help=argparse.SUPPRESS)
+    up = sub.add_parser("up", help="start the stack in the background")
+    up.add_argument("--gateway-port", type=int, default=50051)
+    up.add_argument("--state-dir", default=".run")
+    up.add_argument("--timeout", type=float, default=300)
+    down = sub.add_parser("down", help="stop a stack started with up")
+    down.add_argument("--state-dir", default=".run")
+    args = parser.parse_args(argv)
+    handler = {"run": _run, "up": _up, "down": _down}[args.command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

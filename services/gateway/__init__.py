@@ -1,0 +1,1 @@
+"""The gRPC gateway: validates requests, publishes task envelopes to Kafka, returns results."""

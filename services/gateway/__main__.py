@@ -1,0 +1,41 @@
+"""Gateway process: ``python -m services.gateway``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import redis.asyncio as aioredis
+
+from services.gateway.server import serve
+from services.gateway.settings import Settings
+from shared.kafka import make_producer
+from shared.logs import configure_logging
+from shared.readiness import mark_ready
+
+
+async def main() -> None:
+    settings = Settings()
+    configure_logging("gateway", settings.log_level)
+    producer = make_producer(settings)
+    # Fetch topic metadata now so that the first request does not pay for it.
+    for topic in settings.names.all_task_topics():
+        producer.partitions_for(topic)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    stop, started = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = asyncio.create_task(serve(settings, producer, client, started=started, stop=stop))
+    await asyncio.wait([server, asyncio.create_task(started.wait())], return_when="FIRST_COMPLETED")
+    if started.is_set():
+        mark_ready(settings)
+    try:
+        await server
+    finally:
+        await client.aclose()
+        producer.close(timeout=10)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

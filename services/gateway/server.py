@@ -1,0 +1,401 @@
+"""The gateway's gRPC services on ``grpc.aio``.
+
+Synchronous RPCs (Classify, Recognize, Summarize, Generate) publish a task and
+wait for its result; the gRPC deadline becomes the envelope deadline. The Tasks
+service submits any kind and gets, waits for or cancels a task by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from kafka import KafkaProducer
+
+from nlp.v1 import (
+    classification_pb2,
+    classification_pb2_grpc,
+    common_pb2,
+    generation_pb2,
+    generation_pb2_grpc,
+    ner_pb2,
+    ner_pb2_grpc,
+    summarization_pb2,
+    summarization_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
+from services.gateway.settings import Settings
+from shared.envelope import (
+    TERMINAL_STATUSES,
+    AnyRequest,
+    error_result,
+    make_envelope,
+    valid_task_id,
+    validate_request,
+)
+from shared.errors import Code, InvalidRequestError
+from shared.kafka import task_headers
+from shared.names import kind_name
+from shared.results import AsyncResultStore, ResultWaiter
+
+log = logging.getLogger(__name__)
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+SERVICE_NAMES = [
+    classification_pb2.DESCRIPTOR.services_by_name["Classification"].full_name,
+    ner_pb2.DESCRIPTOR.services_by_name["Ner"].full_name,
+    summarization_pb2.DESCRIPTOR.services_by_name["Summarization"].full_name,
+    generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name,
+    tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name,
+]
+
+_STATUS_CODES = {
+    common_pb2.TASK_STATUS_CANCELLED: grpc.StatusCode.CANCELLED,
+    common_pb2.TASK_STATUS_DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+_GRPC_CODES = {int(c.value[0]): c for c in grpc.StatusCode}
+
+
+async def _abort(context: Ctx, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+class Gateway:
+    """What every servicer shares: validation, publishing, waiting."""
+
+    def __init__(self, settings: Settings, producer: KafkaProducer, client: aioredis.Redis) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
+        self.waiter = ResultWaiter(client, self.store)
+        # Kafka health as the last publish saw it (kafka-python has no cheap liveness probe).
+        self.kafka_ok = True
+
+    async def publish(self, envelope: tasks_pb2.TaskEnvelope) -> None:
+        """Produce the envelope and wait for the broker's acks=all acknowledgement."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        kind = kind_name(envelope.kind)
+
+        def settle(exc: BaseException | None) -> None:
+            if not done.done():
+                if exc is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(exc)
+
+        def send() -> None:
+            # send() can block on metadata or a full buffer, so it runs off the event loop.
+            future = self.producer.send(
+                self.settings.names.task_topic(kind),
+                value=envelope.SerializeToString(),
+                key=envelope.task_id.encode(),
+                headers=task_headers(envelope.task_id, kind),
+            )
+            future.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
+            future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
+
+        try:
+            await loop.run_in_executor(None, send)
+            await asyncio.wait_for(done, self.settings.publish_timeout_s)
+        except Exception:
+            self.kafka_ok = False
+            raise
+        self.kafka_ok = True
+
+    async def submit(
+        self,
+        context: Ctx,
+        kind: str,
+        request: AnyRequest,
+        deadline_s: float,
+        *,
+        priority: int = 0,
+        tenant: str = "",
+        reply: tasks_pb2.ReplyOptions | None = None,
+    ) -> tasks_pb2.TaskEnvelope:
+        """Validate, record PENDING and publish; the task id is valid once this returns."""
+        try:
+            validate_request(kind, request, self.settings.limits)
+        except InvalidRequestError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not 0 <= priority <= 9:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "priority must be in [0, 9]")
+        envelope = make_envelope(
+            kind, request, deadline_s=deadline_s, priority=priority, tenant=tenant, reply=reply
+        )
+        # Recorded first so that a Get right after Submit never says NOT_FOUND.
+        await self.store.set_state(envelope.task_id, common_pb2.TASK_STATUS_PENDING, envelope.kind)
+        try:
+            await self.publish(envelope)
+        except Exception as exc:
+            await self.store.clear_state(envelope.task_id)
+            log.error("publish failed", extra={"task_id": envelope.task_id, "error": repr(exc)})
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"could not enqueue the task: {exc}")
+        return envelope
+
+    async def run_sync(self, context: Ctx, kind: str, request: AnyRequest) -> Any:
+        """Publish a task, wait for it and return its typed output (or the matching error)."""
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline already passed")
+        deadline_s = min(
+            remaining if remaining is not None else self.settings.sync_deadline_s,
+            self.settings.max_deadline_s,
+        )
+        started = time.monotonic()
+        envelope = await self.submit(context, kind, request, deadline_s)
+        result = await self.waiter.wait(envelope.task_id, deadline_s - (time.monotonic() - started))
+        if result is None or result.status not in TERMINAL_STATUSES:
+            await _abort(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no result within {deadline_s:.1f}s (task {envelope.task_id})",
+            )
+        return await self.output(context, result)
+
+    async def output(self, context: Ctx, result: tasks_pb2.TaskResult) -> Any:
+        if result.status == common_pb2.TASK_STATUS_SUCCEEDED:
+            output = getattr(result, kind_name(result.kind))
+            output.task_id = result.task_id
+            return output
+        code = _STATUS_CODES.get(result.status) or _GRPC_CODES.get(
+            result.error.code, grpc.StatusCode.INTERNAL
+        )
+        await _abort(context, code, f"{result.error.message} (task {result.task_id})")
+
+    async def health_loop(self, health: HealthServicer, client: aioredis.Redis) -> None:
+        """Report NOT_SERVING while Redis or Kafka is unreachable."""
+        status = None
+        while True:
+            try:
+                ok = bool(await client.ping()) and self.kafka_ok
+            except Exception:
+                ok = False
+            new = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            if new != status:
+                status = new
+                for name in ["", *SERVICE_NAMES]:
+                    await health.set(name, new)
+                log.info("health changed", extra={"serving": ok})
+            await asyncio.sleep(self.settings.health_interval_s)
+
+
+class ClassificationService(classification_pb2_grpc.ClassificationServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Classify(  # noqa: N802 (gRPC method name)
+        self,
+        request: classification_pb2.ClassifyRequest,
+        context: Ctx,
+    ) -> classification_pb2.ClassifyResponse:
+        response: classification_pb2.ClassifyResponse = await self.gateway.run_sync(
+            context, "classification", request
+        )
+        return response
+
+
+class NerService(ner_pb2_grpc.NerServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Recognize(  # noqa: N802
+        self, request: ner_pb2.NerRequest, context: Ctx
+    ) -> ner_pb2.NerResponse:
+        response: ner_pb2.NerResponse = await self.gateway.run_sync(context, "ner", request)
+        return response
+
+
+class SummarizationService(summarization_pb2_grpc.SummarizationServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Summarize(  # noqa: N802
+        self,
+        request: summarization_pb2.SummarizeRequest,
+        context: Ctx,
+    ) -> summarization_pb2.SummarizeResponse:
+        response: summarization_pb2.SummarizeResponse = await self.gateway.run_sync(
+            context, "summarization", request
+        )
+        return response
+
+
+class GenerationService(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Generate(  # noqa: N802
+        self, request: generation_pb2.GenerateRequest, context: Ctx
+    ) -> generation_pb2.GenerateResponse:
+        response: generation_pb2.GenerateResponse = await self.gateway.run_sync(
+            context, "generation", request
+        )
+        return response
+
+    async def GenerateStream(  # noqa: N802
+        self, request: generation_pb2.GenerateRequest, context: Ctx
+    ) -> AsyncIterator[generation_pb2.GenerateChunk]:
+        await _abort(
+            context,
+            grpc.StatusCode.UNIMPLEMENTED,
+            "token streaming is not served yet; use Generate or Tasks.Submit",
+        )
+        yield generation_pb2.GenerateChunk()  # makes this an async generator
+
+
+class TasksService(tasks_pb2_grpc.TasksServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+
+    async def Submit(  # noqa: N802
+        self, request: tasks_pb2.SubmitRequest, context: Ctx
+    ) -> tasks_pb2.SubmitResponse:
+        kind = request.WhichOneof("request")
+        if kind is None:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "one of generation, classification, ner or summarization is required",
+            )
+        if request.deadline_ms < 0:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be >= 0")
+        deadline_s = min(
+            request.deadline_ms / 1000 if request.deadline_ms else self.settings.task_deadline_s,
+            self.settings.max_deadline_s,
+        )
+        envelope = await self.gateway.submit(
+            context,
+            kind,
+            getattr(request, kind),
+            deadline_s,
+            priority=request.priority,
+            tenant=request.tenant,
+            reply=request.reply,
+        )
+        return tasks_pb2.SubmitResponse(
+            task_id=envelope.task_id, kind=envelope.kind, deadline=envelope.deadline
+        )
+
+    async def _checked_id(self, task_id: str, context: Ctx) -> str:
+        if not valid_task_id(task_id):
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "task_id is missing or malformed"
+            )
+        return task_id
+
+    async def _existing(self, task_id: str, context: Ctx) -> tasks_pb2.TaskResult:
+        current = await self.gateway.store.get(await self._checked_id(task_id, context))
+        if current is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no task {task_id}")
+        return current
+
+    async def Get(  # noqa: N802
+        self, request: tasks_pb2.GetTaskRequest, context: Ctx
+    ) -> tasks_pb2.TaskResult:
+        return await self._existing(request.task_id, context)
+
+    async def Wait(  # noqa: N802
+        self, request: tasks_pb2.WaitTaskRequest, context: Ctx
+    ) -> tasks_pb2.TaskResult:
+        if request.timeout_ms < 0:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "timeout_ms must be >= 0")
+        await self._existing(request.task_id, context)
+        timeout = min(
+            request.timeout_ms / 1000 if request.timeout_ms else self.settings.wait_default_s,
+            self.settings.wait_max_s,
+        )
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # Answer with the current state just before the caller's own deadline.
+            timeout = min(timeout, max(0.0, remaining - 0.05))
+        result = await self.gateway.waiter.wait(request.task_id, timeout)
+        if result is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no task {request.task_id}")
+        return result
+
+    async def Cancel(  # noqa: N802
+        self, request: tasks_pb2.CancelTaskRequest, context: Ctx
+    ) -> tasks_pb2.CancelTaskResponse:
+        current = await self._existing(request.task_id, context)
+        if current.status not in TERMINAL_STATUSES:
+            envelope = tasks_pb2.TaskEnvelope(task_id=current.task_id, kind=current.kind)
+            cancelled = error_result(
+                envelope, common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, "cancelled by request"
+            )
+            if await self.gateway.store.finish(cancelled):
+                return tasks_pb2.CancelTaskResponse(cancelled=True, result=cancelled)
+        final = await self.gateway.store.get(request.task_id)
+        return tasks_pb2.CancelTaskResponse(cancelled=False, result=final)
+
+
+async def serve(
+    settings: Settings,
+    producer: KafkaProducer,
+    client: aioredis.Redis,
+    started: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the gateway until ``stop`` is set (or forever)."""
+    gateway = Gateway(settings, producer, client)
+    await gateway.waiter.start()
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    classification_pb2_grpc.add_ClassificationServicer_to_server(
+        ClassificationService(gateway), server
+    )
+    ner_pb2_grpc.add_NerServicer_to_server(NerService(gateway), server)
+    summarization_pb2_grpc.add_SummarizationServicer_to_server(
+        SummarizationService(gateway), server
+    )
+    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationService(gateway), server)
+    tasks_pb2_grpc.add_TasksServicer_to_server(TasksService(gateway), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    await server.start()
+    health_task = asyncio.create_task(gateway.health_loop(health, client))
+    log.info("gateway serving", extra={"address": f"{settings.host}:{port}"})
+    if started is not None:
+        started.set()
+    try:
+        if stop is None:
+            await server.wait_for_termination()
+        else:
+            await stop.wait()
+    finally:
+        await health.enter_graceful_shutdown()
+        await server.stop(settings.grace_s)
+        health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await health_task
+        await gateway.waiter.stop()
