@@ -30,7 +30,13 @@ def make_celery(kind: str, settings: WorkerSettings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu sweeps for abandoned (unacked) messages every interval * throttle
+            # seconds (100 s by default); keep that well under the visibility timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        },
         enable_utc=True,
     )
     return app

@@ -111,6 +111,8 @@ def ensure_jars(home: Path | None = None) -> Path:
             old = Path(tempfile.mkdtemp(prefix=".libs-old-", dir=home))
             libs.rename(old / "libs")
             shutil.rmtree(old, ignore_errors=True)
+        for stale in home.glob("broker-*.jsa"):
+            stale.unlink(missing_ok=True)  # CDS archives only match the jars they came from
         try:
             tmp.rename(libs)
         except OSError:
@@ -137,6 +139,13 @@ def _java() -> str:
     if java is None:
         raise RuntimeError("java not found (need Java 17+): set JAVA_HOME or put java on PATH")
     return java
+
+
+def _cds_archive(libs: Path, java: str) -> Path:
+    """CDS archive path for these jars and this JVM binary (a JVM upgrade gets a new one)."""
+    st = Path(java).resolve().stat()
+    key = hashlib.sha256(f"{Path(java).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return libs.parent / f"broker-{key.hexdigest()[:12]}.jsa"
 
 
 def new_cluster_id() -> str:
@@ -191,9 +200,14 @@ class KafkaBroker:
     home: Path | None = None
     extra_config: dict[str, str] = field(default_factory=dict)
     jvm_opts: list[str] = field(default_factory=list)
+    # Class-data-sharing archive of the broker's classes, dumped by the first clean stop and
+    # reused after: cuts JVM start by ~1.3 s (3.5 s -> 2.2 s on 2 cores), costs ~3 s once.
+    cds: bool = True
     startup_seconds: float | None = field(default=None, init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _started_at: float = field(default=0.0, init=False, repr=False)
+    _cds_dump: Path | None = field(default=None, init=False, repr=False)
+    _cds_target: Path = field(default=Path(), init=False, repr=False)
 
     @property
     def bootstrap(self) -> str:
@@ -274,6 +288,12 @@ class KafkaBroker:
         props, log4j = self._write_configs()
         java = _java()
         base = [java, f"-Dlog4j2.configurationFile={log4j}", "-cp", str(libs / "*")]
+        # The archive is only valid for this exact classpath and JVM; the JVM checks that
+        # itself and just warns and runs without it on a mismatch.
+        archive = _cds_archive(libs, java)
+        self._cds_dump = None
+        if self.cds and archive.is_file():
+            base.append(f"-XX:SharedArchiveFile={archive}")
         # Format with a fresh cluster id, but only a new data_dir: an existing one keeps its
         # cluster id and topics across restarts of `run --data-dir` (StorageTool refuses to
         # re-format with another id, even with --ignore-formatted).
@@ -306,6 +326,7 @@ class KafkaBroker:
             f"-Xmx{self.heap}",
             *_JVM_FLAGS,
             *self.jvm_opts,
+            *self._cds_dump_opts(archive),
             "kafka.Kafka",
             str(props),
         ]
@@ -324,6 +345,24 @@ class KafkaBroker:
             )
         # Don't leave an orphan JVM behind if the caller forgets stop() (not SIGKILL-proof).
         atexit.register(self.stop)
+
+    def _cds_dump_opts(self, archive: Path) -> list[str]:
+        if not self.cds or archive.is_file():
+            return []
+        # Dump to a private file, renamed into place by stop(): concurrent brokers may
+        # each dump, and a half-written archive must never be picked up.
+        self._cds_target = archive
+        self._cds_dump = archive.with_name(f".{archive.stem}-{os.getpid()}-{id(self)}.jsa")
+        return [f"-XX:ArchiveClassesAtExit={self._cds_dump}"]
+
+    def _finish_cds_dump(self, clean_exit: bool) -> None:
+        dump, self._cds_dump = self._cds_dump, None
+        if dump is None:
+            return
+        if clean_exit and dump.is_file() and dump.stat().st_size > 0:
+            os.replace(dump, self._cds_target)
+        else:
+            dump.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 40) -> str:
         """ERROR lines plus the last lines of the broker log, for error messages.
@@ -392,16 +431,20 @@ class KafkaBroker:
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM the process group (clean shutdown), SIGKILL after ``timeout`` seconds."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        # The JVM exits 143 (128 + SIGTERM) after its shutdown hooks ran; a CDS dump is
+        # whole only after such a clean exit, never after SIGKILL.
+        self._finish_cds_dump(proc.returncode in (0, 128 + signal.SIGTERM))
 
     def __enter__(self) -> KafkaBroker:
         self.start()

@@ -1,0 +1,69 @@
+"""Helpers for the integration tests (plain functions; fixtures live in conftest)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from kafka import KafkaConsumer
+
+from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from shared.envelope import TERMINAL_STATUSES
+
+
+def submit_classification(
+    text: str, labels: str = "sports,politics,technology"
+) -> tasks_pb2.SubmitRequest:
+    request = tasks_pb2.SubmitRequest()
+    request.classification.text = text
+    for name in labels.split(","):
+        request.classification.labels.add(name=name)
+    return request
+
+
+def wait_terminal(
+    tasks: tasks_pb2_grpc.TasksStub, task_id: str, timeout: float = 60.0
+) -> tasks_pb2.TaskResult:
+    """Tasks.Wait until the task is terminal (or fail the test).
+
+    A task written straight to Kafka is unknown (NOT_FOUND) until the intake has
+    seen it, so NOT_FOUND is retried until the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"task {task_id} not finished in {timeout}s"
+        window = min(remaining, 20.0)
+        try:
+            result = tasks.Wait(
+                tasks_pb2.WaitTaskRequest(task_id=task_id, timeout_ms=int(window * 1000)),
+                timeout=window + 5,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            time.sleep(0.2)
+            continue
+        if result.status in TERMINAL_STATUSES:
+            return result
+
+
+@dataclass
+class TopicTail:
+    """Reads what arrives on a topic after the moment it was created."""
+
+    consumer: KafkaConsumer
+
+    def read(self, count: int, timeout: float = 30.0) -> list[Any]:
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+
+
+def status_name(status: int) -> str:
+    return str(common_pb2.TaskStatus.Name(status))
