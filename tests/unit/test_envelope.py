@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from google.protobuf.message import DecodeError
+
+from nlp.v1 import classification_pb2, common_pb2, generation_pb2, ner_pb2, summarization_pb2
+from shared.envelope import (
+    decode_b64,
+    decode_envelope,
+    encode_b64,
+    expired,
+    make_envelope,
+    validate_envelope,
+    validate_request,
+)
+from shared.errors import InvalidRequestError
+from shared.settings import Limits
+
+LIMITS = Limits()
+
+
+def classify(
+    text: str = "hello", labels: tuple[str, ...] = ("a", "b")
+) -> classification_pb2.ClassifyRequest:
+    return classification_pb2.ClassifyRequest(
+        text=text, labels=[classification_pb2.Label(name=n) for n in labels]
+    )
+
+
+def problems(kind: str, request: object) -> str:
+    with pytest.raises(InvalidRequestError) as info:
+        validate_request(kind, request, LIMITS)  # type: ignore[arg-type]
+    return str(info.value)
+
+
+def test_valid_requests_pass() -> None:
+    validate_request("classification", classify(), LIMITS)
+    validate_request("ner", ner_pb2.NerRequest(text="Paris", labels=["GPE"]), LIMITS)
+    validate_request(
+        "summarization", summarization_pb2.SummarizeRequest(text="A. B.", ratio=0.5), LIMITS
+    )
+    validate_request("generation", generation_pb2.GenerateRequest(prompt="Hi"), LIMITS)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    message = problems("classification", classify("", ("a", "a", "")))
+    assert "text must not be empty" in message
+    assert "duplicated" in message
+    assert "labels[2].name must not be empty" in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "request_", "expected"),
+    [
+        ("classification", classify(labels=()), "at least one label"),
+        ("classification", classify(labels=tuple(f"l{i}" for i in range(65))), "65 labels"),
+        ("classification", classify("x" * (LIMITS.max_text_bytes + 1)), "bytes"),
+        ("classification", classify("é" * (LIMITS.max_text_bytes // 2 + 1)), "bytes"),
+        ("ner", ner_pb2.NerRequest(text=" \n"), "empty"),
+        ("ner", ner_pb2.NerRequest(text="x", labels=[""]), "entity labels"),
+        ("summarization", summarization_pb2.SummarizeRequest(text="x", ratio=1.5), "ratio"),
+        (
+            "summarization",
+            summarization_pb2.SummarizeRequest(text="x", max_sentences=0),
+            "max_sentences",
+        ),
+        ("generation", generation_pb2.GenerateRequest(), "prompt or messages"),
+        (
+            "generation",
+            generation_pb2.GenerateRequest(
+                prompt="x", sampling=generation_pb2.SamplingParams(max_tokens=10**6)
+            ),
+            "max_tokens",
+        ),
+        (
+            "generation",
+            generation_pb2.GenerateRequest(
+                messages=generation_pb2.ChatMessages(
+                    messages=[generation_pb2.ChatMessage(role="robot", content="x")]
+                )
+            ),
+            "role",
+        ),
+        ("ner", classify(), "does not match"),
+    ],
+)
+def test_invalid_requests(kind: str, request_: object, expected: str) -> None:
+    assert expected in problems(kind, request_)
+
+
+def test_envelope_round_trip_and_validation() -> None:
+    envelope = make_envelope("classification", classify(), deadline_s=30, priority=3, tenant="acme")
+    assert envelope.kind == common_pb2.KIND_CLASSIFICATION
+    assert decode_b64(encode_b64(envelope)) == envelope
+    assert decode_envelope(envelope.SerializeToString()) == envelope
+    validate_envelope(envelope, "classification", LIMITS)
+    with pytest.raises(InvalidRequestError, match="on the 'ner' topic"):
+        validate_envelope(envelope, "ner", LIMITS)
+
+
+def test_malformed_envelopes() -> None:
+    with pytest.raises(DecodeError):
+        decode_envelope(b"")
+    with pytest.raises(DecodeError):
+        decode_envelope(b"\xff\xff\xff\xff")
+    blank = decode_envelope(b"\x08\x02")  # only kind=2: parses, but is not a task
+    with pytest.raises(InvalidRequestError) as info:
+        validate_envelope(blank, "classification", LIMITS)
+    assert "task_id" in str(info.value)
+    assert "no request" in str(info.value)
+    assert "deadline" in str(info.value)
+
+
+def test_expiry() -> None:
+    now = time.time()
+    envelope = make_envelope("classification", classify(), deadline_s=10, now=now)
+    assert not expired(envelope, now + 9.9)
+    assert expired(envelope, now + 10.1)
