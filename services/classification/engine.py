@@ -71,6 +71,7 @@ class MiniLMEmbedder:
             max_length=settings.max_tokens, stride=settings.window_stride
         )
         self.max_windows = settings.max_windows
+        self.batch_windows = settings.batch_windows
 
     def _windows(self, text: str) -> list[Encoding]:
         encoding = self.tokenizer.encode(text)
@@ -98,8 +99,8 @@ class MiniLMEmbedder:
         # Sorting by length keeps padding small when texts of mixed length share a batch.
         order = sorted(range(len(flat)), key=lambda i: len(flat[i].ids))
         parts = [
-            self._run([flat[i] for i in order[start : start + 32]])
-            for start in range(0, len(order), 32)
+            self._run([flat[i] for i in order[start : start + self.batch_windows]])
+            for start in range(0, len(order), self.batch_windows)
         ]
         vectors = np.empty_like(np.concatenate(parts))
         vectors[order] = np.concatenate(parts)

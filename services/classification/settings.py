@@ -21,6 +21,9 @@ class Settings(WorkerSettings):
     max_tokens: int = Field(256, gt=8, le=512, description="window length in word pieces")
     window_stride: int = Field(32, ge=0, description="overlap between windows of long texts")
     max_windows: int = Field(64, gt=0, description="windows embedded per text at most")
+    batch_windows: int = Field(
+        16, gt=0, description="windows per model call; bounds the activation memory of one call"
+    )
     hypothesis_template: str = Field(
         "This text is about {}.", description="how a label becomes a sentence to compare with"
     )
