@@ -61,6 +61,9 @@ class MiniLMEmbedder:
         options = ort.SessionOptions()
         if settings.onnx_threads:
             options.intra_op_num_threads = settings.onnx_threads
+        # Several Celery threads share the session: idle intra-op threads must sleep,
+        # not spin, or they burn the cores the other calls need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -1,0 +1,1 @@
+"""Benchmarks of the platform, run against the local stack (``python -m bench.<name>``)."""
