@@ -74,7 +74,14 @@ class Intake:
         """Poll until ``stop`` is set, then commit and return."""
         self.consumer.subscribe([self.names.task_topic(self.kind)])
         first = True
+        next_sweep = time.monotonic() + self.settings.sweep_interval_s
         while not stop.is_set():
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.settings.sweep_interval_s
+                try:
+                    self.redeliver_silent()
+                except Exception:
+                    log.exception("redelivery sweep failed; will retry")
             self.apply_backpressure()
             batch = self.consumer.poll(
                 timeout_ms=self.settings.poll_timeout_ms,
@@ -150,14 +157,39 @@ class Intake:
             self.store.finish(deadline_exceeded(envelope, "intake"))
             self.stats["expired"] += 1
             return None
-        self.hand_off(envelope, record)
+        self.hand_off(envelope, record.headers or ())
         return None
 
-    def hand_off(self, envelope: tasks_pb2.TaskEnvelope, record: ConsumerRecord) -> None:
-        self.store.set_state(envelope.task_id, common_pb2.TASK_STATUS_QUEUED, envelope.kind)
+    def redeliver_silent(self) -> None:
+        """Hand off again tasks that went silent after hand-off (lost by a dead worker).
+
+        Tasks are idempotent by id, so a task that was only slow runs at most twice
+        and keeps its first result.
+        """
+        silent_for = self.settings.visibility_timeout_s + self.settings.sweep_interval_s
+        for data in self.store.silent_tasks(self.kind, silent_for):
+            envelope = decode_envelope(data)
+            if expired(envelope):
+                self.store.finish(deadline_exceeded(envelope, "redelivery"))
+                continue
+            log.warning("re-sending a silent task", extra={"task_id": envelope.task_id})
+            self.stats["redelivered"] += 1
+            self.hand_off(envelope)
+
+    def hand_off(
+        self,
+        envelope: tasks_pb2.TaskEnvelope,
+        headers: Sequence[tuple[str, bytes | None]] = (),
+    ) -> None:
+        self.store.set_state(
+            envelope.task_id,
+            common_pb2.TASK_STATUS_QUEUED,
+            envelope.kind,
+            envelope=envelope.SerializeToString(),
+        )
         trace_headers = {
             k: v.decode("latin-1")
-            for k, v in (record.headers or ())
+            for k, v in headers
             if k in (HEADER_TRACEPARENT, HEADER_TRACESTATE) and v
         }
         self.celery.send_task(

@@ -101,6 +101,10 @@ class Names:
     def state_key(self, task_id: str) -> str:
         return self._redis(f"nlp:state:{task_id}")
 
+    def inflight_key(self, kind: str) -> str:
+        """Sorted set of handed-off, unfinished task ids of ``kind``, scored by last sign of life."""
+        return self._redis(f"nlp:inflight:{kind}")
+
     @property
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""

@@ -1,7 +1,12 @@
 """Task state and results in Redis, and the pub/sub notification of finished tasks.
 
 Keys (see :class:`shared.names.Names`):
-- ``nlp:state:<id>`` — hash with the current non-terminal status (PENDING/QUEUED/RUNNING).
+- ``nlp:state:<id>`` — hash with the current non-terminal status (PENDING/QUEUED/RUNNING)
+  and, once handed to Celery, the envelope itself.
+- ``nlp:inflight:<kind>`` — ids handed to Celery and not finished, scored by their last
+  sign of life (hand-off, start). The intake re-sends those silent for too long: the
+  Celery Redis transport can lose a message that a killed worker had popped but not
+  yet recorded as unacked, and this closes that gap.
 - ``nlp:result:<id>`` — the serialized terminal :class:`TaskResult`. Written with NX:
   the first terminal outcome wins, so a cancel, a deadline or a re-run after a crash
   never replaces a result that clients may already have seen.
@@ -20,21 +25,32 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from nlp.v1 import tasks_pb2
+from nlp.v1 import common_pb2, tasks_pb2
 from shared.envelope import TERMINAL_STATUSES
-from shared.names import Names
+from shared.names import KIND_NAMES, Names, kind_name
 
 log = logging.getLogger(__name__)
 
-# Set the result only if none exists, then notify and drop the state hash, atomically.
+# Set the result only if none exists, then drop the state and in-flight entry and
+# notify, atomically.
 _FINISH_LUA = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[4], ARGV[3])
   redis.call('PUBLISH', KEYS[3], ARGV[3])
   return 1
 end
 return 0
 """
+
+
+def _finish_keys(names: Names, result: tasks_pb2.TaskResult) -> list[str]:
+    return [
+        names.result_key(result.task_id),
+        names.state_key(result.task_id),
+        names.done_channel,
+        names.inflight_key(KIND_NAMES.get(result.kind, "unknown")),
+    ]
 
 
 def _state_fields(status: int, kind: int, attempt: int) -> dict[Any, Any]:
@@ -46,16 +62,13 @@ def _state_fields(status: int, kind: int, attempt: int) -> dict[Any, Any]:
     }
 
 
-def _from_state(task_id: str, state: dict[Any, Any]) -> tasks_pb2.TaskResult | None:
-    if not state:
-        return None
-    text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in state.items()}
-    decoded = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in text.items()}
+def _from_state(task_id: str, status: Any, kind: Any, attempt: Any) -> tasks_pb2.TaskResult:
+    """A result message carrying only the non-terminal state (raw Redis hash values)."""
     return tasks_pb2.TaskResult(
         task_id=task_id,
-        kind=int(decoded.get("kind", 0)),  # type: ignore[arg-type]
-        status=int(decoded.get("status", 0)),  # type: ignore[arg-type]
-        attempt=int(decoded.get("attempt", 0)),
+        kind=int(kind or 0),  # type: ignore[arg-type]
+        status=int(status),  # type: ignore[arg-type]
+        attempt=int(attempt or 0),
     )
 
 
@@ -74,19 +87,49 @@ class ResultStore:
         self.ttl_s = ttl_s
         self._finish = client.register_script(_FINISH_LUA)
 
-    def set_state(self, task_id: str, status: int, kind: int, attempt: int = 0) -> None:
+    def set_state(
+        self, task_id: str, status: int, kind: int, attempt: int = 0, envelope: bytes | None = None
+    ) -> None:
+        """Record a non-terminal status; QUEUED/RUNNING also mark the task in flight."""
         key = self.names.state_key(task_id)
+        fields = _state_fields(status, kind, attempt)
+        if envelope is not None:
+            fields["envelope"] = envelope
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping=_state_fields(status, kind, attempt))
+        pipe.hset(key, mapping=fields)
         pipe.expire(key, self.ttl_s)
+        if status in (common_pb2.TASK_STATUS_QUEUED, common_pb2.TASK_STATUS_RUNNING):
+            pipe.zadd(self.names.inflight_key(kind_name(kind)), {task_id: time.time()})
         pipe.execute()
 
     def finish(self, result: tasks_pb2.TaskResult) -> bool:
         """Store a terminal result; False if the task already had one (which is kept)."""
         assert result.status in TERMINAL_STATUSES, result.status
-        n = self.names
-        keys = [n.result_key(result.task_id), n.state_key(result.task_id), n.done_channel]
+        keys = _finish_keys(self.names, result)
         return bool(self._finish(keys, [result.SerializeToString(), self.ttl_s, result.task_id]))
+
+    def silent_tasks(self, kind: str, silent_for_s: float, limit: int = 100) -> list[bytes]:
+        """Envelopes of in-flight tasks with no sign of life for ``silent_for_s`` seconds.
+
+        Each returned task is marked alive again (so it is returned at most once per
+        period); entries whose task finished or expired from Redis are dropped.
+        """
+        key = self.names.inflight_key(kind)
+        now = time.time()
+        ids = self.client.zrangebyscore(key, "-inf", now - silent_for_s, start=0, num=limit)
+        envelopes: list[bytes] = []
+        for raw_id in ids:
+            task_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(self.names.result_key(task_id))
+            pipe.hget(self.names.state_key(task_id), "envelope")
+            done, envelope = pipe.execute()
+            if done or envelope is None:
+                self.client.zrem(key, task_id)
+            else:
+                self.client.zadd(key, {task_id: now}, xx=True)
+                envelopes.append(envelope)
+        return envelopes
 
     def result(self, task_id: str) -> tasks_pb2.TaskResult | None:
         return _parse(self.client.get(self.names.result_key(task_id)))
@@ -116,8 +159,7 @@ class AsyncResultStore:
 
     async def finish(self, result: tasks_pb2.TaskResult) -> bool:
         assert result.status in TERMINAL_STATUSES, result.status
-        n = self.names
-        keys = [n.result_key(result.task_id), n.state_key(result.task_id), n.done_channel]
+        keys = _finish_keys(self.names, result)
         args: list[bytes | int | str] = [result.SerializeToString(), self.ttl_s, result.task_id]
         return bool(await self._finish(keys, args))
 
@@ -128,9 +170,13 @@ class AsyncResultStore:
         """The terminal result, else the current state, else None (unknown task)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.names.result_key(task_id))
-        pipe.hgetall(self.names.state_key(task_id))
-        data, state = await pipe.execute()
-        return _parse(data) or _from_state(task_id, state)
+        pipe.hmget(self.names.state_key(task_id), ["status", "kind", "attempt"])
+        data, (status, kind, attempt) = await pipe.execute()
+        if data is not None:
+            return _parse(data)
+        if status is None:
+            return None
+        return _from_state(task_id, status, kind, attempt)
 
 
 class ResultWaiter:

@@ -64,6 +64,9 @@ class WorkerSettings(ServiceSettings):
     visibility_timeout_s: int = Field(
         600, gt=0, description="unacked tasks are redelivered after this; above the longest task"
     )
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="how often the intake looks for tasks lost by dead workers"
+    )
     max_retries: int = Field(3, ge=0)
     retry_backoff_s: float = Field(1.0, ge=0)
     publish_results: bool = Field(

@@ -24,8 +24,10 @@ from shared.settings import ServiceSettings
 from tests.integration.support import TopicTail
 
 STACK_ENV = {
-    # Unacked Celery messages of a killed worker come back after this many seconds.
-    "NLP_VISIBILITY_TIMEOUT_S": "6",
+    # Unacked Celery messages of a killed worker come back after this many seconds,
+    # and tasks lost outright are re-sent by the intake's sweep soon after.
+    "NLP_VISIBILITY_TIMEOUT_S": "10",
+    "NLP_SWEEP_INTERVAL_S": "1",
     "NLP_QUEUE_HIGH_WATER": "20",
     "NLP_QUEUE_LOW_WATER": "5",
     "NLP_POLL_MAX_RECORDS": "10",

@@ -240,3 +240,24 @@ def test_sigkilled_worker_loses_no_task(
     for task_id in running:
         result = tasks.Get(tasks_pb2.GetTaskRequest(task_id=task_id), timeout=10)
         assert not result.worker.endswith(f":{killed_pid}"), result.worker
+
+
+def test_task_lost_by_the_celery_broker_is_sent_again(
+    stack: LocalStack,
+    tasks: tasks_pb2_grpc.TasksStub,
+    redis_client: redis.Redis,
+    settings: ServiceSettings,
+    paused_worker: Callable[[], None],
+) -> None:
+    """A message a dying worker popped from Redis but never recorded is gone from the
+    Celery queue; the intake's sweep must notice the silent task and send it again."""
+    submitted = tasks.Submit(submit_classification("The striker scored twice."), timeout=10)
+    queue = settings.names.celery_queue(KIND)
+    deadline = time.monotonic() + 30
+    while not redis_client.llen(queue):
+        assert time.monotonic() < deadline, "the task never reached the Celery queue"
+        time.sleep(0.05)
+    redis_client.delete(queue)  # the loss
+    paused_worker()
+    result = wait_terminal(tasks, submitted.task_id, timeout=60)
+    assert status_name(result.status) == "TASK_STATUS_SUCCEEDED"
