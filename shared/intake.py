@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,7 @@ class Intake:
     def queue_depth(self) -> int:
         return int(self.redis.llen(self.names.celery_queue(self.kind)))
 
-    def run(self, stop: threading.Event, on_first_poll: Any = None) -> None:
+    def run(self, stop: threading.Event, on_first_poll: Callable[[], None] | None = None) -> None:
         """Poll until ``stop`` is set, then commit and return."""
         self.consumer.subscribe([self.names.task_topic(self.kind)])
         first = True

@@ -15,14 +15,12 @@ from shared.envelope import AnyRequest
 from shared.errors import InvalidRequestError
 from shared.kafka import make_producer
 from shared.results import ResultStore
-from shared.worker import WorkerRuntime, register_task
+from shared.worker import Handler, WorkerRuntime, register_task
 
 KIND = "classification"
 
 
-def make_handler(
-    engine: ZeroShotClassifier,
-) -> Any:
+def make_handler(engine: ZeroShotClassifier) -> Handler:
     def handle(request: AnyRequest) -> tuple[Message, common_pb2.ModelInfo]:
         if not isinstance(request, classification_pb2.ClassifyRequest):
             raise InvalidRequestError([f"expected a ClassifyRequest, got {type(request).__name__}"])

@@ -130,7 +130,9 @@ def test_grpc_deadline_becomes_the_envelope_deadline(
     envelope = tasks_pb2.TaskEnvelope.FromString(record.value)
     budget = envelope.deadline.ToMilliseconds() - envelope.created_at.ToMilliseconds()
     assert 500 < budget <= 1100  # gRPC rounds the propagated deadline up slightly
-    paused_worker()  # the worker now finds the task expired and must not run it
+    # Thaw only once the deadline has surely passed: the worker must then not run it.
+    time.sleep(max(0.0, envelope.deadline.ToMilliseconds() / 1000 - time.time()) + 0.2)
+    paused_worker()
     result = wait_terminal(tasks, envelope.task_id)
     assert status_name(result.status) == "TASK_STATUS_DEADLINE_EXCEEDED"
 
