@@ -131,9 +131,6 @@ class ResultStore:
                 envelopes.append(envelope)
         return envelopes
 
-    def result(self, task_id: str) -> tasks_pb2.TaskResult | None:
-        return _parse(self.client.get(self.names.result_key(task_id)))
-
     def has_result(self, task_id: str) -> bool:
         return bool(self.client.exists(self.names.result_key(task_id)))
 
@@ -162,9 +159,6 @@ class AsyncResultStore:
         keys = _finish_keys(self.names, result)
         args: list[bytes | int | str] = [result.SerializeToString(), self.ttl_s, result.task_id]
         return bool(await self._finish(keys, args))
-
-    async def result(self, task_id: str) -> tasks_pb2.TaskResult | None:
-        return _parse(await self.client.get(self.names.result_key(task_id)))
 
     async def get(self, task_id: str) -> tasks_pb2.TaskResult | None:
         """The terminal result, else the current state, else None (unknown task)."""
@@ -204,10 +198,6 @@ class ResultWaiter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-    @property
-    def waiting(self) -> int:
-        return sum(len(futures) for futures in self._waiters.values())
 
     async def wait(self, task_id: str, timeout: float) -> tasks_pb2.TaskResult | None:
         """Terminal result of ``task_id`` within ``timeout`` seconds, else the latest state."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
-from celery import Celery, Task
+from celery import Celery
 from google.protobuf.message import Message
 
 from nlp.v1 import classification_pb2, common_pb2
@@ -33,8 +31,8 @@ def make_handler(engine: ZeroShotClassifier) -> Handler:
     return handle
 
 
-def register(app: Celery, settings: Settings, engine: ZeroShotClassifier) -> Task[Any, Any]:
-    """Register the classification task on ``app``, wired to ``engine``."""
+def register(app: Celery, settings: Settings, engine: ZeroShotClassifier) -> WorkerRuntime:
+    """Register the classification task on ``app``, wired to ``engine``; returns its runtime."""
     runtime = WorkerRuntime(
         kind=KIND,
         settings=settings,
@@ -44,4 +42,5 @@ def register(app: Celery, settings: Settings, engine: ZeroShotClassifier) -> Tas
         handler=make_handler(engine),
         producer_factory=lambda: make_producer(settings),
     )
-    return register_task(app, runtime)
+    register_task(app, runtime)
+    return runtime

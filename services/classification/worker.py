@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 from services.classification.engine import ZeroShotClassifier
 from services.classification.settings import Settings
@@ -23,11 +23,15 @@ def main() -> None:
     settings = Settings()
     configure_logging(f"{KIND}-worker", settings.log_level)
     app = make_celery(KIND, settings)
-    register(app, settings, ZeroShotClassifier(settings))
+    runtime = register(app, settings, ZeroShotClassifier(settings))
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
         mark_ready(settings)
+
+    @worker_shutdown.connect(weak=False)
+    def _shutdown(**_: Any) -> None:
+        runtime.close()  # flushes dead letters and published results still buffered
 
     app.worker_main(
         [
