@@ -5,7 +5,7 @@
 Three measurements over one deterministic corpus, all in one run so that their
 ratios compare like with like on this machine:
 
-1. direct: ``ZeroShotClassifier.classify_batch`` in this process, batch 1, 8, 32;
+1. direct: ``ZeroShotClassifier.run_batch`` in this process, batch 1, 8, 32;
 2. gateway saturation: concurrent ``Classification.Classify`` RPCs through a
    ``LocalStack`` (gRPC → Kafka → intake → Celery → Redis), at several client counts;
 3. gateway low-load latency, and the per-stage timings that task results carry.
@@ -55,12 +55,11 @@ SEED = 20240611
 RPC_TIMEOUT_S = 30.0
 # Settings of the classification worker that shape its throughput.
 REPORTED_SETTINGS = {
-    "model_name",
-    "max_tokens",
-    "window_stride",
-    "max_windows",
-    "onnx_threads",
+    "models",
+    "default_model",
     "concurrency",
+    "batch_max_size",
+    "batch_max_wait_ms",
     "poll_max_records",
     "queue_high_water",
     "queue_low_water",
@@ -290,21 +289,22 @@ def run_direct(
     requests: Sequence[classification_pb2.ClassifyRequest], plan: Plan
 ) -> tuple[list[DirectRun], str]:
     """Docs/s of the engine in this process per batch size, and the model version."""
-    engine = ZeroShotClassifier(Settings())
+    settings = Settings()
+    engine = ZeroShotClassifier(settings.default_model, settings.models[settings.default_model])
     # Warm-up: onnxruntime allocates on the first runs; label embeddings get cached
     # (the worker's engine caches them too, so steady state is the fair comparison).
-    engine.classify_batch(requests[: max(plan.batch_sizes)])
+    engine.run_batch(requests[: max(plan.batch_sizes)])
     runs = []
     for batch_size in plan.batch_sizes:
         done = 0
         started = time.perf_counter()
         while done < plan.docs and time.perf_counter() - started < plan.budget_s:
-            engine.classify_batch([requests[(done + k) % len(requests)] for k in range(batch_size)])
+            engine.run_batch([requests[(done + k) % len(requests)] for k in range(batch_size)])
             done += batch_size
         seconds = time.perf_counter() - started
         runs.append(DirectRun(batch_size, done, seconds, done / seconds))
         note(f"direct batch {batch_size}: {done / seconds:.1f} docs/s")
-    return runs, engine.model.version
+    return runs, engine.info.version
 
 
 # --- through the gateway ----------------------------------------------------------------
@@ -486,7 +486,7 @@ def render(report: Report) -> str:
         f"  corpus: {c['docs']} docs, {c['words_min']}-{c['words_max']} words "
         f"(mean {c['words_mean']:.0f}), labels {','.join(LABELS)}",
         "",
-        "direct: ZeroShotClassifier.classify_batch in-process",
+        "direct: ZeroShotClassifier.run_batch in-process",
         table(
             ["batch", "docs", "seconds", "docs/s"],
             [[r.batch_size, r.docs, r.seconds, r.docs_per_s] for r in report.direct],

@@ -105,6 +105,10 @@ class Names:
         """Sorted set of handed-off, unfinished task ids of ``kind``, scored by last sign of life."""
         return self._redis(f"nlp:inflight:{kind}")
 
+    def models_key(self, kind: str) -> str:
+        """Hash of the models the workers of ``kind`` serve (name → JSON descriptor)."""
+        return self._redis(f"nlp:models:{kind}")
+
     @property
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""

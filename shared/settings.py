@@ -7,6 +7,7 @@ nested models use ``__`` as delimiter, e.g. ``NLP_LIMITS__MAX_LABELS=32``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,14 @@ class Limits(BaseModel):
     max_stop_sequences: int = Field(16, gt=0)
     max_new_tokens: int = Field(4096, gt=0)
     max_model_name_chars: int = Field(128, gt=0)
+
+
+class ModelSpec(BaseModel):
+    """One configured model: ``NLP_MODELS='{"name": {"engine": "...", "path": "..."}}'``."""
+
+    engine: str = Field(description="engine implementation, e.g. spacy or minilm-zero-shot")
+    path: Path | None = Field(None, description="local weights; None: the packaged default")
+    params: dict[str, Any] = Field(default_factory=dict, description="engine parameters")
 
 
 class ServiceSettings(BaseSettings):
@@ -60,7 +69,17 @@ class WorkerSettings(ServiceSettings):
     queue_high_water: int = Field(200, gt=0, description="pause Kafka above this Celery depth")
     queue_low_water: int = Field(50, ge=0, description="resume Kafka below this Celery depth")
     # Celery worker
-    concurrency: int = Field(4, gt=0, description="threads running tasks in one worker process")
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict, description="served models by name (each kind has defaults)"
+    )
+    default_model: str = Field("", description="model for requests that name none")
+    concurrency: int = Field(
+        32, gt=0, description="task threads per worker process; at least batch_max_size"
+    )
+    batch_max_size: int = Field(16, gt=0, description="most tasks in one micro-batch")
+    batch_max_wait_ms: float = Field(
+        5.0, ge=0, description="how long a micro-batch waits for more tasks after its first"
+    )
     visibility_timeout_s: int = Field(
         600, gt=0, description="unacked tasks are redelivered after this; above the longest task"
     )
@@ -74,7 +93,11 @@ class WorkerSettings(ServiceSettings):
     )
 
     @model_validator(mode="after")
-    def _water_marks(self) -> WorkerSettings:
+    def _consistent(self) -> WorkerSettings:
         if self.queue_low_water >= self.queue_high_water:
             raise ValueError("queue_low_water must be below queue_high_water")
+        if self.concurrency < self.batch_max_size:
+            raise ValueError("concurrency must be at least batch_max_size to fill a batch")
+        if self.models and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in models")
         return self

@@ -1,10 +1,10 @@
 """The worker-side task runtime shared by every kind.
 
-A kind supplies a *handler* (request → output message and model info); the
-runtime does everything around it: skip tasks that already have a result
-(cancelled, or a redelivery), end expired ones as DEADLINE_EXCEEDED, record
-RUNNING, retry with backoff, store the terminal result, publish it when asked
-and dead-letter a copy of tasks that keep failing.
+A kind supplies its engines (:mod:`shared.engines`); the runtime does everything
+around them: skip tasks that already have a result (cancelled, or a redelivery),
+end expired ones as DEADLINE_EXCEEDED, record RUNNING, run the request in a
+micro-batch of its model, retry with backoff, store the terminal result, publish it
+when asked and dead-letter a copy of tasks that keep failing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from google.protobuf.message import Message
 from kafka import KafkaProducer
 
 from nlp.v1 import common_pb2, tasks_pb2
+from shared.batching import MicroBatcher
+from shared.engines import EngineFactory, ModelRegistry
 from shared.envelope import (
     AnyRequest,
     deadline_exceeded,
@@ -42,8 +45,6 @@ from shared.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[AnyRequest], tuple[Message, common_pb2.ModelInfo]]
-
 
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -51,16 +52,33 @@ def worker_identity() -> str:
 
 @dataclass
 class WorkerRuntime:
-    """Runs one task of ``kind`` through ``handler`` with the platform's guarantees."""
+    """Runs one task of ``kind`` on the registry's engines with the platform's guarantees."""
 
     kind: str
     settings: WorkerSettings
     store: ResultStore
-    handler: Handler
+    registry: ModelRegistry
     producer_factory: Callable[[], KafkaProducer]
     worker_id: str = field(default_factory=worker_identity)
     _producer: KafkaProducer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    batchers: dict[str, MicroBatcher[AnyRequest, Message]] = field(init=False, repr=False)
+    batch_sizes: Counter[int] = field(default_factory=Counter, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batchers = {
+            name: MicroBatcher(
+                engine.run_batch,
+                self.settings.batch_max_size,
+                self.settings.batch_max_wait_ms,
+                name=f"batcher-{name}",
+                on_batch=self._count_batch,
+            )
+            for name, engine in self.registry.engines.items()
+        }
+
+    def _count_batch(self, size: int) -> None:
+        self.batch_sizes[size] += 1
 
     @property
     def producer(self) -> KafkaProducer:
@@ -71,8 +89,11 @@ class WorkerRuntime:
             return self._producer
 
     def close(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.close()
         if self._producer is not None:
             self._producer.close(timeout=10)
+        log.info("worker runtime closed", extra={"batch_sizes": dict(self.batch_sizes)})
 
     def execute(self, task: Task[Any, Any], envelope_b64: str, handed_at: float) -> str:
         """Run one delivery of a task; returns the final status name (for logs and tests)."""
@@ -95,7 +116,8 @@ class WorkerRuntime:
         request = request_of(envelope)
         assert request is not None
         try:
-            output, model = self.handler(request)
+            model_name, engine = self.registry.resolve(request.model)
+            batched = self.batchers[model_name](request)
         except InvalidRequestError as exc:
             result = error_result(
                 envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(exc)
@@ -122,10 +144,11 @@ class WorkerRuntime:
                 task_id=task_id,
                 kind=envelope.kind,
                 status=common_pb2.TASK_STATUS_SUCCEEDED,
-                model=model,
+                model=engine.info,
                 correlation_id=envelope.reply.correlation_id,
+                batch_size=batched.batch_size,
             )
-            getattr(result, self.kind).CopyFrom(output)
+            getattr(result, self.kind).CopyFrom(batched.output)
         result.attempt = attempt
         self._finish(envelope, result, handed_at, started)
         return common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
@@ -198,3 +221,60 @@ def register_task(app: Celery, runtime: WorkerRuntime) -> Task[Any, Any]:
         )
 
     return run
+
+
+def serve_worker(
+    kind: str, settings: WorkerSettings, factories: Mapping[str, EngineFactory]
+) -> None:
+    """Entry point of a kind's Celery worker process.
+
+    Loads every configured model once, before the thread pool starts (the threads
+    share them), advertises the served models, then consumes the kind's queue.
+    """
+    import redis
+    from celery.signals import worker_ready, worker_shutdown
+
+    from shared.celery_app import make_celery
+    from shared.kafka import make_producer
+    from shared.logs import configure_logging
+    from shared.readiness import mark_ready
+
+    configure_logging(f"{kind}-worker", settings.log_level)
+    client = redis.Redis.from_url(settings.redis_url)
+    registry = ModelRegistry.build(kind, settings.models, settings.default_model, factories)
+    registry.advertise(client, settings.names)
+    runtime = WorkerRuntime(
+        kind=kind,
+        settings=settings,
+        store=ResultStore(client, settings.names, settings.result_ttl_s),
+        registry=registry,
+        producer_factory=lambda: make_producer(settings),
+    )
+    app = make_celery(kind, settings)
+    register_task(app, runtime)
+
+    @worker_ready.connect(weak=False)
+    def _ready(**_: Any) -> None:
+        mark_ready(settings)
+
+    @worker_shutdown.connect(weak=False)
+    def _shutdown(**_: Any) -> None:
+        runtime.close()  # flushes dead letters and published results still buffered
+
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            settings.names.celery_queue(kind),
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(settings.concurrency),
+            "--hostname",
+            f"{kind}@{socket.gethostname()}",
+            "--loglevel",
+            settings.log_level,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

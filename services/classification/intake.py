@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from services.classification.settings import Settings
-from services.classification.tasks import KIND
 from shared.intake import serve
 
 if __name__ == "__main__":
-    serve(KIND, Settings())
+    serve("classification", Settings())

@@ -27,6 +27,8 @@ from nlp.v1 import (
     common_pb2,
     generation_pb2,
     generation_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
     ner_pb2,
     ner_pb2_grpc,
     summarization_pb2,
@@ -35,6 +37,7 @@ from nlp.v1 import (
     tasks_pb2_grpc,
 )
 from services.gateway.settings import Settings
+from shared.engines import ModelCatalog
 from shared.envelope import (
     TERMINAL_STATUSES,
     AnyRequest,
@@ -45,7 +48,7 @@ from shared.envelope import (
 )
 from shared.errors import Code, InvalidRequestError
 from shared.kafka import task_headers
-from shared.names import kind_name
+from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
 from shared.results import AsyncResultStore, ResultWaiter
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ SERVICE_NAMES = [
     summarization_pb2.DESCRIPTOR.services_by_name["Summarization"].full_name,
     generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name,
     tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name,
+    models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
 ]
 
 _STATUS_CODES = {
@@ -80,6 +84,7 @@ class Gateway:
         self.producer = producer
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
         self.waiter = ResultWaiter(client, self.store)
+        self.catalog = ModelCatalog(client, settings.names)
         # Kafka health as the last publish saw it (kafka-python has no cheap liveness probe).
         self.kafka_ok = True
 
@@ -129,6 +134,7 @@ class Gateway:
         """Validate, record PENDING and publish; the task id is valid once this returns."""
         try:
             validate_request(kind, request, self.settings.limits)
+            await self.catalog.check(kind, request.model)
         except InvalidRequestError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if not 0 <= priority <= 9:
@@ -261,6 +267,29 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         yield generation_pb2.GenerateChunk()  # makes this an async generator
 
 
+class ModelsService(models_pb2_grpc.ModelsServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def List(  # noqa: N802
+        self, request: models_pb2.ListModelsRequest, context: Ctx
+    ) -> models_pb2.ListModelsResponse:
+        if request.kind and request.kind not in KIND_NAMES:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown kind {request.kind}")
+        kinds = [kind_name(request.kind)] if request.kind else list(ALL_KINDS)
+        response = models_pb2.ListModelsResponse()
+        for kind in kinds:
+            for model in await self.gateway.catalog.models(kind):
+                response.models.add(
+                    kind=kind_value(kind),
+                    name=model["name"],
+                    version=model["version"],
+                    engine=model["engine"],
+                    default=model["default"],
+                )
+        return response
+
+
 class TasksService(tasks_pb2_grpc.TasksServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -371,6 +400,7 @@ async def serve(
     )
     generation_pb2_grpc.add_GenerationServicer_to_server(GenerationService(gateway), server)
     tasks_pb2_grpc.add_TasksServicer_to_server(TasksService(gateway), server)
+    models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(gateway), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -13,6 +13,8 @@ from nlp.v1 import (
     classification_pb2,
     classification_pb2_grpc,
     common_pb2,
+    models_pb2,
+    models_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
 )
@@ -158,6 +160,7 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
         "nlp.v1.Summarization",
         "nlp.v1.Generation",
         "nlp.v1.Tasks",
+        "nlp.v1.Models",
         "grpc.health.v1.Health",
     } <= services
 
@@ -172,3 +175,28 @@ def test_cli_classify_json(stack: object, capsys: pytest.CaptureFixture[str]) ->
     assert out["top_label"] == "sports"
     assert cli_main(["--target", target, "classify", "--labels", "a,a", "text"]) == 2
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+def test_models_are_listed_and_chosen_by_name(
+    channel: grpc.Channel,
+    classifier: classification_pb2_grpc.ClassificationStub,
+    tasks: tasks_pb2_grpc.TasksStub,
+) -> None:
+    listing = models_pb2_grpc.ModelsStub(channel).List(
+        models_pb2.ListModelsRequest(kind=common_pb2.KIND_CLASSIFICATION), timeout=10
+    )
+    (model,) = listing.models
+    assert (model.name, model.engine, model.default) == (
+        "minilm-l6-v2-int8",
+        "minilm-zero-shot",
+        True,
+    )
+    request = classification_pb2.ClassifyRequest(text="A goal!", labels=LABELS, model=model.name)
+    assert classifier.Classify(request, timeout=30).model.version == model.version
+    request.model = "no-such-model"
+    with pytest.raises(grpc.RpcError) as info:
+        classifier.Classify(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "available: minilm-l6-v2-int8" in (info.value.details() or "")
+    submitted = tasks.Submit(submit_classification("The striker scored twice."), timeout=30)
+    assert wait_terminal(tasks, submitted.task_id).batch_size >= 1

@@ -13,7 +13,8 @@ LABELS = ("sports", "politics", "technology")
 
 @pytest.fixture(scope="module")
 def engine() -> ZeroShotClassifier:
-    return ZeroShotClassifier(Settings())
+    settings = Settings()
+    return ZeroShotClassifier(settings.default_model, settings.models[settings.default_model])
 
 
 def request(text: str, multi: bool = False) -> classification_pb2.ClassifyRequest:
@@ -36,6 +37,7 @@ def test_top_label(engine: ZeroShotClassifier, text: str, label: str) -> None:
     assert response.scores[0].label == label
     assert sum(s.score for s in response.scores) == pytest.approx(1.0, abs=1e-4)
     assert response.model.name == "minilm-l6-v2-int8"
+    assert "sha256:" in response.model.version
 
 
 def test_multi_label_scores_are_independent(engine: ZeroShotClassifier) -> None:
@@ -47,7 +49,7 @@ def test_multi_label_scores_are_independent(engine: ZeroShotClassifier) -> None:
 
 def test_batch_equals_one_by_one(engine: ZeroShotClassifier) -> None:
     texts = ["Goal!", "A much longer text about elections, parliaments and votes " * 5, "GPUs."]
-    batched = engine.classify_batch([request(t) for t in texts])
+    batched = engine.run_batch([request(t) for t in texts])
     single = [engine.classify(request(t)) for t in texts]
     for b, s in zip(batched, single, strict=True):
         assert b.top_label == s.top_label

@@ -1,0 +1,135 @@
+"""Models by name: what a worker serves, how a request picks one, what clients are told.
+
+A kind's settings hold ``models`` (name → :class:`ModelSpec`) and a ``default_model``.
+Each spec names an *engine* (an implementation the worker knows how to build) plus
+a local ``path`` and engine ``params``; nothing is ever fetched from a hub. The worker
+builds one :class:`Engine` per spec, serves requests by name, and advertises what it
+serves in Redis so the gateway can list models and reject unknown names early.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+from google.protobuf.message import Message
+
+from nlp.v1 import common_pb2
+from shared.errors import InvalidRequestError
+from shared.names import Names
+from shared.settings import ModelSpec
+
+
+class Engine(Protocol):
+    """A loaded model that runs batches of one kind's requests."""
+
+    @property
+    def info(self) -> common_pb2.ModelInfo: ...
+
+    def run_batch(self, requests: Sequence[Any]) -> Sequence[Message]:
+        """One output per request, in order. Raise InvalidRequestError for bad input."""
+        ...
+
+
+EngineFactory = Callable[[str, ModelSpec], Engine]
+
+
+@dataclass
+class ModelRegistry:
+    """The engines one worker serves, by model name."""
+
+    kind: str
+    engines: dict[str, Engine]
+    engine_types: dict[str, str]
+    default: str
+
+    @classmethod
+    def build(
+        cls,
+        kind: str,
+        specs: Mapping[str, ModelSpec],
+        default: str,
+        factories: Mapping[str, EngineFactory],
+    ) -> ModelRegistry:
+        """Load every configured model; configuration errors fail at start, not per task."""
+        if default not in specs:
+            raise ValueError(f"default model {default!r} is not among {sorted(specs)}")
+        engines: dict[str, Engine] = {}
+        for name, spec in specs.items():
+            factory = factories.get(spec.engine)
+            if factory is None:
+                raise ValueError(
+                    f"model {name!r}: unknown engine {spec.engine!r}; "
+                    f"this worker has {', '.join(sorted(factories))}"
+                )
+            engines[name] = factory(name, spec)
+        return cls(kind, engines, {n: s.engine for n, s in specs.items()}, default)
+
+    def resolve(self, name: str) -> tuple[str, Engine]:
+        """The engine for a requested model name ('' means the default)."""
+        chosen = name or self.default
+        engine = self.engines.get(chosen)
+        if engine is None:
+            raise InvalidRequestError(
+                [
+                    f"unknown {self.kind} model {name!r}; available: {', '.join(sorted(self.engines))}"
+                ]
+            )
+        return chosen, engine
+
+    def descriptors(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "version": engine.info.version,
+                "engine": self.engine_types[name],
+                "default": name == self.default,
+            }
+            for name, engine in sorted(self.engines.items())
+        ]
+
+    def advertise(self, client: redis.Redis, names: Names) -> None:
+        """Publish the served models (replacing what an earlier worker said)."""
+        key = names.models_key(self.kind)
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping={d["name"]: json.dumps(d) for d in self.descriptors()})
+        pipe.execute()
+
+
+def parse_advertised(raw: Mapping[Any, Any]) -> list[dict[str, Any]]:
+    """Decode the hash written by :meth:`ModelRegistry.advertise`."""
+    return [json.loads(v) for _, v in sorted(raw.items())]
+
+
+class ModelCatalog:
+    """The gateway's view of advertised models, cached for ``ttl_s`` seconds."""
+
+    def __init__(self, client: Any, names: Names, ttl_s: float = 5.0) -> None:
+        self.client = client  # redis.asyncio.Redis
+        self.names = names
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+
+    async def models(self, kind: str) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        cached = self._cache.get(kind)
+        if cached is not None and now - cached[0] < self.ttl_s:
+            return cached[1]
+        models = parse_advertised(await self.client.hgetall(self.names.models_key(kind)))
+        self._cache[kind] = (now, models)
+        return models
+
+    async def check(self, kind: str, model: str) -> None:
+        """Reject a model name the kind's workers do not serve (when they said what they serve)."""
+        if not model:
+            return
+        served = {m["name"] for m in await self.models(kind)}
+        if served and model not in served:
+            raise InvalidRequestError(
+                [f"unknown {kind} model {model!r}; available: {', '.join(sorted(served))}"]
+            )
