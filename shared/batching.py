@@ -41,6 +41,7 @@ class MicroBatcher(Generic[Req, Resp]):
         max_wait_ms: float,
         name: str = "batcher",
         on_batch: Callable[[int], None] | None = None,
+        runners: int = 1,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -51,8 +52,13 @@ class MicroBatcher(Generic[Req, Resp]):
         self._queue: queue.SimpleQueue[tuple[Req, Future[Batched[Resp]]] | None] = (
             queue.SimpleQueue()
         )
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        # Several runners: a long batch (a huge document) does not stall every other.
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+            for i in range(runners)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, request: Req) -> Future[Batched[Resp]]:
         future: Future[Batched[Resp]] = Future()
@@ -64,8 +70,9 @@ class MicroBatcher(Generic[Req, Resp]):
         return self.submit(request).result()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        self._queue.put(None)  # each runner passes it on before it stops
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     def _collect(self, first: tuple[Req, Future[Batched[Resp]]]) -> list[Any]:
         batch = [first]
@@ -90,6 +97,7 @@ class MicroBatcher(Generic[Req, Resp]):
         while True:
             first = self._queue.get()
             if first is None:
+                self._queue.put(None)  # the other runners stop too
                 return
             batch = self._collect(first)
             if self.on_batch is not None:

@@ -1,11 +1,16 @@
 """``nlp``: the command-line client of the gateway.
 
     nlp classify --labels sports,politics,technology "The striker scored twice."
-    nlp task submit classification --labels a,b "some text"
+    nlp ner "Barack Obama visited Paris in 2015 with Angela Merkel."
+    nlp summarize --max-sentences 2 report.txt
+    nlp models
+    nlp task submit classification|ner|summarization ...   (prints the task id)
     nlp task get|wait|cancel TASK_ID
     nlp health
 
-``--json`` prints results as JSON; ``--target`` (or ``NLP_TARGET``) picks the gateway.
+Text comes from the positional argument (a path to an existing file is read),
+``--file``, or standard input (``-`` or nothing). ``--json`` prints JSON;
+``--target`` (or ``NLP_TARGET``) picks the gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +32,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from nlp.v1 import (
     classification_pb2,
     classification_pb2_grpc,
+    common_pb2,
+    models_pb2,
+    models_pb2_grpc,
+    ner_pb2,
+    ner_pb2_grpc,
+    summarization_pb2,
+    summarization_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
 )
@@ -44,59 +58,34 @@ def _as_dict(message: Message) -> dict[str, Any]:
 
 
 def _print(message: Message, as_json: bool, human: Callable[[Any], str]) -> None:
-    print(json.dumps(_as_dict(message), indent=2) if as_json else human(message))
+    print(
+        json.dumps(_as_dict(message), indent=2, ensure_ascii=False) if as_json else human(message)
+    )
 
 
 def _read_text(args: argparse.Namespace) -> str:
     if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            return f.read()
+        return Path(args.file).read_text(encoding="utf-8")
     if args.text == "-" or args.text is None:
         return sys.stdin.read()
-    return str(args.text)
+    text = str(args.text)
+    # A short argument naming an existing file means the file (FILE_OR_TEXT).
+    if len(text) < 4096 and "\n" not in text and Path(text).is_file():
+        return Path(text).read_text(encoding="utf-8")
+    return text
 
 
-def _labels(spec: str, descriptions: Iterable[str] = ()) -> list[classification_pb2.Label]:
-    """``a,b,c`` plus optional ``name=description`` pairs."""
-    described = dict(d.split("=", 1) for d in descriptions)
-    return [
-        classification_pb2.Label(name=name.strip(), description=described.get(name.strip(), ""))
-        for name in spec.split(",")
-        if name.strip()
-    ]
-
-
-def classify_request(args: argparse.Namespace) -> classification_pb2.ClassifyRequest:
-    return classification_pb2.ClassifyRequest(
-        text=_read_text(args),
-        labels=_labels(args.labels, args.describe),
-        multi_label=args.multi_label,
-        model=args.model or "",
-    )
-
-
-def _human_classification(response: classification_pb2.ClassifyResponse) -> str:
-    width = max(len(s.label) for s in response.scores)
-    lines = [f"{s.label:<{width}}  {s.score:.3f}" for s in response.scores]
-    return "\n".join([f"top: {response.top_label}", *lines, f"model: {response.model.name}"])
-
-
-def _human_result(result: tasks_pb2.TaskResult) -> str:
-    from nlp.v1 import common_pb2
-
-    status = common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
-    lines = [f"task {result.task_id}: {status}"]
-    if result.HasField("error") and result.error.message:
-        lines.append(f"error: {result.error.message}")
-    output = result.WhichOneof("output")
-    if output:
-        lines.append(json.dumps(_as_dict(getattr(result, output)), indent=2))
-    return "\n".join(lines)
-
-
-def _add_classify_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("text", nargs="?", help="text to classify ('-' or omitted: stdin)")
+def _add_text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help="text, or a file to read ('-' or omitted: stdin)")
     p.add_argument("--file", help="read the text from this file")
+    p.add_argument("--model", default="", help="model name (default: the kind's default)")
+
+
+# --- per kind: arguments, request, sync call, human output ------------------------------
+
+
+def _classify_args(p: argparse.ArgumentParser) -> None:
+    _add_text_args(p)
     p.add_argument("--labels", required=True, help="comma-separated candidate labels")
     p.add_argument(
         "--describe",
@@ -106,7 +95,138 @@ def _add_classify_args(p: argparse.ArgumentParser) -> None:
         help="what a label means (repeatable)",
     )
     p.add_argument("--multi-label", action="store_true", help="score labels independently")
-    p.add_argument("--model", help="model name (default: the kind's default)")
+
+
+def classify_request(args: argparse.Namespace) -> classification_pb2.ClassifyRequest:
+    described = dict(d.split("=", 1) for d in args.describe)
+    names = [name.strip() for name in args.labels.split(",") if name.strip()]
+    return classification_pb2.ClassifyRequest(
+        text=_read_text(args),
+        labels=[
+            classification_pb2.Label(name=name, description=described.get(name, ""))
+            for name in names
+        ],
+        multi_label=args.multi_label,
+        model=args.model,
+    )
+
+
+def _classification_text(response: classification_pb2.ClassifyResponse) -> str:
+    width = max(len(s.label) for s in response.scores)
+    lines = [f"{s.label:<{width}}  {s.score:.3f}" for s in response.scores]
+    return "\n".join([f"top: {response.top_label}", *lines, f"model: {response.model.name}"])
+
+
+def _ner_args(p: argparse.ArgumentParser) -> None:
+    _add_text_args(p)
+    p.add_argument("--labels", default="", help="keep only these entity labels (comma-separated)")
+
+
+def ner_request(args: argparse.Namespace) -> ner_pb2.NerRequest:
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    return ner_pb2.NerRequest(text=_read_text(args), labels=labels, model=args.model)
+
+
+def _ner_text(response: ner_pb2.NerResponse) -> str:
+    lines = [f"{e.start:>7}-{e.end:<7} {e.label:<12} {e.text}" for e in response.entities]
+    return "\n".join([*lines, f"{len(lines)} entities; model: {response.model.name}"])
+
+
+def _summarize_args(p: argparse.ArgumentParser) -> None:
+    _add_text_args(p)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--max-sentences", type=int, help="sentences to keep")
+    length.add_argument("--ratio", type=float, help="fraction of the sentences to keep")
+    p.add_argument("--abstractive", action="store_true", help="write new text (needs an LLM)")
+
+
+def summarize_request(args: argparse.Namespace) -> summarization_pb2.SummarizeRequest:
+    request = summarization_pb2.SummarizeRequest(
+        text=_read_text(args),
+        model=args.model,
+        mode=summarization_pb2.SUMMARY_MODE_ABSTRACTIVE
+        if args.abstractive
+        else summarization_pb2.SUMMARY_MODE_EXTRACTIVE,
+    )
+    if args.max_sentences is not None:
+        request.max_sentences = args.max_sentences
+    elif args.ratio is not None:
+        request.ratio = args.ratio
+    return request
+
+
+def _summary_text(response: summarization_pb2.SummarizeResponse) -> str:
+    return f"{response.summary}\n(model: {response.model.name})"
+
+
+@dataclass(frozen=True)
+class KindCommand:
+    """How the CLI handles one kind: its command, arguments, request and sync RPC."""
+
+    command: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    request: Callable[[argparse.Namespace], Message]
+    call: Callable[[grpc.Channel, Any, float], Message]
+    human: Callable[[Any], str]
+
+
+KINDS: dict[str, KindCommand] = {
+    "classification": KindCommand(
+        "classify",
+        "zero-shot classification",
+        _classify_args,
+        classify_request,
+        lambda ch, r, t: classification_pb2_grpc.ClassificationStub(ch).Classify(r, timeout=t),
+        _classification_text,
+    ),
+    "ner": KindCommand(
+        "ner",
+        "named entities with character offsets",
+        _ner_args,
+        ner_request,
+        lambda ch, r, t: ner_pb2_grpc.NerStub(ch).Recognize(r, timeout=t),
+        _ner_text,
+    ),
+    "summarization": KindCommand(
+        "summarize",
+        "summary (extractive by default)",
+        _summarize_args,
+        summarize_request,
+        lambda ch, r, t: summarization_pb2_grpc.SummarizationStub(ch).Summarize(r, timeout=t),
+        _summary_text,
+    ),
+}
+_BY_COMMAND = {k.command: kind for kind, k in KINDS.items()}
+
+
+def _human_result(result: tasks_pb2.TaskResult) -> str:
+    status = common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
+    lines = [f"task {result.task_id}: {status}"]
+    if result.HasField("error") and result.error.message:
+        lines.append(f"error: {result.error.message}")
+    output = result.WhichOneof("output")
+    if output:
+        lines.append(json.dumps(_as_dict(getattr(result, output)), indent=2, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def _cancel_text(response: tasks_pb2.CancelTaskResponse) -> str:
+    verdict = "cancelled" if response.cancelled else "not cancelled"
+    return f"{verdict}\n{_human_result(response.result)}"
+
+
+def _health_text(response: health_pb2.HealthCheckResponse) -> str:
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+def _models_text(response: models_pb2.ListModelsResponse) -> str:
+    lines = [
+        f"{common_pb2.Kind.Name(m.kind).removeprefix('KIND_').lower():<15} {m.name:<22} "
+        f"{m.engine:<20} {m.version}{'  (default)' if m.default else ''}"
+        for m in response.models
+    ]
+    return "\n".join(lines) or "no models advertised (no worker running?)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,9 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    _add_classify_args(
-        sub.add_parser("classify", parents=[common], help="zero-shot classification")
-    )
+    for kind in KINDS.values():
+        kind.add_args(sub.add_parser(kind.command, parents=[common], help=kind.help))
+    sub.add_parser("models", parents=[common], help="models the workers serve")
     sub.add_parser("health", parents=[common], help="gateway health")
 
     task = sub.add_parser("task", help="asynchronous tasks").add_subparsers(
@@ -138,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit = task.add_parser("submit", help="submit a task; prints its id").add_subparsers(
         dest="kind", required=True
     )
-    classify = submit.add_parser("classification", parents=[common])
-    _add_classify_args(classify)
-    for p in submit.choices.values():
+    for name, kind in KINDS.items():
+        p = submit.add_parser(name, parents=[common], help=kind.help)
+        kind.add_args(p)
         p.add_argument("--priority", type=int, default=0)
         p.add_argument("--deadline", type=float, default=0, help="seconds it may wait to start")
         p.add_argument("--publish", action="store_true", help="also publish to the results topic")
@@ -151,15 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "wait":
             p.add_argument("--wait", type=float, default=30.0, help="seconds to wait at most")
     return parser
-
-
-def _cancel_text(response: tasks_pb2.CancelTaskResponse) -> str:
-    verdict = "cancelled" if response.cancelled else "not cancelled"
-    return f"{verdict}\n{_human_result(response.result)}"
-
-
-def _health_text(response: health_pb2.HealthCheckResponse) -> str:
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> None:
@@ -173,7 +284,7 @@ def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> None:
                 publish_result=args.publish, correlation_id=args.correlation_id
             ),
         )
-        request.classification.CopyFrom(classify_request(args))
+        getattr(request, args.kind).CopyFrom(KINDS[args.kind].request(args))
         _print(tasks.Submit(request, timeout=timeout), args.json, lambda s: s.task_id)
     elif command == "get":
         result = tasks.Get(tasks_pb2.GetTaskRequest(task_id=task_id), timeout=timeout)
@@ -188,10 +299,14 @@ def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     with grpc.insecure_channel(args.target) as channel:
-        if args.command == "classify":
-            stub = classification_pb2_grpc.ClassificationStub(channel)
-            response = stub.Classify(classify_request(args), timeout=args.timeout)
-            _print(response, args.json, _human_classification)
+        if args.command in _BY_COMMAND:
+            kind = KINDS[_BY_COMMAND[args.command]]
+            response = kind.call(channel, kind.request(args), args.timeout)
+            _print(response, args.json, kind.human)
+        elif args.command == "models":
+            stub = models_pb2_grpc.ModelsStub(channel)
+            listing = stub.List(models_pb2.ListModelsRequest(), timeout=args.timeout)
+            _print(listing, args.json, _models_text)
         elif args.command == "health":
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=args.timeout
@@ -224,6 +339,16 @@ DEMOS: dict[str, list[str]] = {
         "sports,politics,technology",
         "The striker scored twice in the final.",
     ],
+    "ner": ["ner", "Barack Obama visited Paris in 2015 with Angela Merkel."],
+    "summarization": [
+        "summarize",
+        "--max-sentences",
+        "2",
+        "The city council met on Monday to debate the new transit plan. "
+        "Residents filled the hall and many spoke against the proposed fare increase. "
+        "The plan adds three bus lines and extends the tram to the airport. "
+        "The council will vote on the plan next month after a final public hearing.",
+    ],
 }
 
 
@@ -233,9 +358,8 @@ def demo(target: str, kinds: Iterable[str]) -> None:
         argv = DEMOS.get(kind)
         if argv is None:
             continue
-        print(
-            f"\n$ nlp --target {target} --json {' '.join(repr(a) if ' ' in a else a for a in argv)}"
-        )
+        shown = " ".join(repr(a) if " " in a else a for a in argv)
+        print(f"\n$ nlp --target {target} --json {shown}")
         main(["--target", target, "--json", *argv])
     print()
 

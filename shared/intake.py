@@ -166,8 +166,10 @@ class Intake:
         Tasks are idempotent by id, so a task that was only slow runs at most twice
         and keeps its first result.
         """
-        silent_for = self.settings.visibility_timeout_s + self.settings.sweep_interval_s
-        for data in self.store.silent_tasks(self.kind, silent_for):
+        silent = self.store.silent_tasks(
+            self.kind, self.settings.redeliver_after_s, queue_empty=self.queue_depth() == 0
+        )
+        for data in silent:
             envelope = decode_envelope(data)
             if expired(envelope):
                 self.store.finish(deadline_exceeded(envelope, "redelivery"))

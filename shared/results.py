@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -108,11 +109,23 @@ class ResultStore:
         keys = _finish_keys(self.names, result)
         return bool(self._finish(keys, [result.SerializeToString(), self.ttl_s, result.task_id]))
 
-    def silent_tasks(self, kind: str, silent_for_s: float, limit: int = 100) -> list[bytes]:
+    def heartbeat(self, kind: str, task_ids: Iterable[str]) -> None:
+        """Mark running tasks alive so the intake's sweep leaves them alone."""
+        now = time.time()
+        beats = {task_id: now for task_id in task_ids}
+        if beats:
+            self.client.zadd(self.names.inflight_key(kind), beats, xx=True)
+
+    def silent_tasks(
+        self, kind: str, silent_for_s: float, queue_empty: bool, limit: int = 100
+    ) -> list[bytes]:
         """Envelopes of in-flight tasks with no sign of life for ``silent_for_s`` seconds.
 
-        Each returned task is marked alive again (so it is returned at most once per
-        period); entries whose task finished or expired from Redis are dropped.
+        RUNNING tasks are kept alive by their worker's heartbeat, so silence means the
+        worker died. A QUEUED task is silent while it waits in the Celery queue, so it
+        counts as lost only when that queue is empty. Each returned task is marked
+        alive again (returned at most once per period); entries of finished or
+        expired tasks are dropped.
         """
         key = self.names.inflight_key(kind)
         now = time.time()
@@ -122,11 +135,11 @@ class ResultStore:
             task_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             pipe = self.client.pipeline(transaction=False)
             pipe.exists(self.names.result_key(task_id))
-            pipe.hget(self.names.state_key(task_id), "envelope")
-            done, envelope = pipe.execute()
+            pipe.hmget(self.names.state_key(task_id), ["status", "envelope"])
+            done, (status, envelope) = pipe.execute()
             if done or envelope is None:
                 self.client.zrem(key, task_id)
-            else:
+            elif queue_empty or int(status) != common_pb2.TASK_STATUS_QUEUED:
                 self.client.zadd(key, {task_id: now}, xx=True)
                 envelopes.append(envelope)
         return envelopes

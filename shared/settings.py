@@ -80,8 +80,17 @@ class WorkerSettings(ServiceSettings):
     batch_max_wait_ms: float = Field(
         5.0, ge=0, description="how long a micro-batch waits for more tasks after its first"
     )
+    batch_runners: int = Field(
+        2, gt=0, description="batches of one model running at once (a long one blocks no other)"
+    )
     visibility_timeout_s: int = Field(
-        600, gt=0, description="unacked tasks are redelivered after this; above the longest task"
+        3600,
+        gt=0,
+        description="Celery's own redelivery of unacked tasks: a backstop above the longest task",
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="how often workers mark running tasks alive")
+    redeliver_after_s: float = Field(
+        30.0, gt=0, description="a task silent this long after hand-off is sent again"
     )
     sweep_interval_s: float = Field(
         5.0, gt=0, description="how often the intake looks for tasks lost by dead workers"
@@ -98,6 +107,8 @@ class WorkerSettings(ServiceSettings):
             raise ValueError("queue_low_water must be below queue_high_water")
         if self.concurrency < self.batch_max_size:
             raise ValueError("concurrency must be at least batch_max_size to fill a batch")
+        if self.redeliver_after_s <= 2 * self.heartbeat_s:
+            raise ValueError("redeliver_after_s must exceed two heartbeats")
         if self.models and self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         return self

@@ -64,8 +64,11 @@ class WorkerRuntime:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     batchers: dict[str, MicroBatcher[AnyRequest, Message]] = field(init=False, repr=False)
     batch_sizes: Counter[int] = field(default_factory=Counter, init=False, repr=False)
+    _active: set[str] = field(default_factory=set, init=False, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         self.batchers = {
             name: MicroBatcher(
                 engine.run_batch,
@@ -73,12 +76,22 @@ class WorkerRuntime:
                 self.settings.batch_max_wait_ms,
                 name=f"batcher-{name}",
                 on_batch=self._count_batch,
+                runners=self.settings.batch_runners,
             )
             for name, engine in self.registry.engines.items()
         }
 
     def _count_batch(self, size: int) -> None:
         self.batch_sizes[size] += 1
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_s):
+            with self._lock:
+                running = list(self._active)
+            try:
+                self.store.heartbeat(self.kind, running)
+            except Exception as exc:  # Redis away: the next beat tries again
+                log.warning("heartbeat failed", extra={"error": repr(exc)})
 
     @property
     def producer(self) -> KafkaProducer:
@@ -89,6 +102,7 @@ class WorkerRuntime:
             return self._producer
 
     def close(self) -> None:
+        self._stop.set()
         for batcher in self.batchers.values():
             batcher.close()
         if self._producer is not None:
@@ -113,6 +127,21 @@ class WorkerRuntime:
             self._finish(envelope, deadline_exceeded(envelope, "worker"), handed_at, started)
             return "DEADLINE_EXCEEDED"
         self.store.set_state(task_id, common_pb2.TASK_STATUS_RUNNING, envelope.kind, attempt)
+        with self._lock:
+            self._active.add(task_id)
+        try:
+            result = self._run(task, envelope, attempt)
+        finally:
+            with self._lock:
+                self._active.discard(task_id)
+        self._finish(envelope, result, handed_at, started)
+        return common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
+
+    def _run(
+        self, task: Task[Any, Any], envelope: tasks_pb2.TaskEnvelope, attempt: int
+    ) -> tasks_pb2.TaskResult:
+        """Run the request on its model; the result to store, or raise to retry."""
+        task_id = envelope.task_id
         request = request_of(envelope)
         assert request is not None
         try:
@@ -150,8 +179,7 @@ class WorkerRuntime:
             )
             getattr(result, self.kind).CopyFrom(batched.output)
         result.attempt = attempt
-        self._finish(envelope, result, handed_at, started)
-        return common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
+        return result
 
     def _finish(
         self,

@@ -24,9 +24,10 @@ from shared.settings import ServiceSettings
 from tests.integration.support import TopicTail
 
 STACK_ENV = {
-    # Unacked Celery messages of a killed worker come back after this many seconds,
-    # and tasks lost outright are re-sent by the intake's sweep soon after.
-    "NLP_VISIBILITY_TIMEOUT_S": "10",
+    # Tasks of a killed worker (silent: no heartbeat) are re-sent by the intake's
+    # sweep after a few seconds rather than half a minute.
+    "NLP_HEARTBEAT_S": "1",
+    "NLP_REDELIVER_AFTER_S": "4",
     "NLP_SWEEP_INTERVAL_S": "1",
     "NLP_QUEUE_HIGH_WATER": "20",
     "NLP_QUEUE_LOW_WATER": "5",
@@ -38,7 +39,7 @@ STACK_ENV = {
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     data_dir = tmp_path_factory.mktemp("stack")
-    with LocalStack(data_dir=data_dir, kinds=("classification",), env=STACK_ENV) as s:
+    with LocalStack(data_dir=data_dir, env=STACK_ENV) as s:
         yield s
 
 

@@ -141,11 +141,11 @@ def test_task_ids_are_checked(tasks: tasks_pb2_grpc.TasksStub) -> None:
 
 def test_kind_without_a_worker_waits_in_kafka(tasks: tasks_pb2_grpc.TasksStub) -> None:
     request = tasks_pb2.SubmitRequest()
-    request.ner.text = "Angela Merkel visited Paris."
+    request.generation.prompt = "Write a haiku about queues."
     submitted = tasks.Submit(request, timeout=30)
     result = tasks.Get(tasks_pb2.GetTaskRequest(task_id=submitted.task_id), timeout=10)
     assert status_name(result.status) == "TASK_STATUS_PENDING"
-    assert result.kind == common_pb2.KIND_NER
+    assert result.kind == common_pb2.KIND_GENERATION
 
 
 def test_health_and_reflection(channel: grpc.Channel) -> None:

@@ -1,0 +1,1 @@
+"""Summarization worker: extractive summaries on MiniLM sentence embeddings, abstractive on a local LLM."""

@@ -1,0 +1,10 @@
+"""Summarization Celery worker: ``python -m services.summarization.worker``."""
+
+from __future__ import annotations
+
+from services.summarization.engine import FACTORIES
+from services.summarization.settings import Settings
+from shared.worker import serve_worker
+
+if __name__ == "__main__":
+    serve_worker("summarization", Settings(), FACTORIES)
