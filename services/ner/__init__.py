@@ -1,0 +1,1 @@
+"""Named-entity recognition: spaCy pipelines and local Hugging Face token classifiers."""

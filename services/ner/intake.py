@@ -1,0 +1,9 @@
+"""NER intake: ``python -m services.ner.intake``."""
+
+from __future__ import annotations
+
+from services.ner.settings import Settings
+from shared.intake import serve
+
+if __name__ == "__main__":
+    serve("ner", Settings())
