@@ -110,13 +110,8 @@ class Intake:
 
     def handle_batch(self, batch: dict[TopicPartition, Sequence[ConsumerRecord]]) -> None:
         """Hand off, dead-letter or finish every record, then commit; rewind on failure."""
-        pending: list[Any] = []
         try:
-            for records in batch.values():
-                for record in records:
-                    future = self.handle_record(record)
-                    if future is not None:
-                        pending.append(future)
+            pending = self.process([r for records in batch.values() for r in records])
             for future in pending:
                 future.get(timeout=30)  # the dead letter must be durable before we commit
         except Exception:
@@ -130,8 +125,36 @@ class Intake:
         }
         self.consumer.commit(offsets)
 
-    def handle_record(self, record: ConsumerRecord) -> Any:
-        """Process one record; returns a pending dead-letter send, if one was made."""
+    def process(self, records: Sequence[ConsumerRecord]) -> list[Any]:
+        """Process a poll's records together (one Redis round trip per step, not per
+        record); returns the pending dead-letter sends."""
+        pending: list[Any] = []
+        valid: list[tuple[tasks_pb2.TaskEnvelope, ConsumerRecord]] = []
+        for record in records:
+            checked = self.check(record)
+            if isinstance(checked, tasks_pb2.TaskEnvelope):
+                valid.append((checked, record))
+            elif checked is not None:
+                pending.append(checked)
+        if not valid:
+            return pending
+        finished = self.store.finished([envelope.task_id for envelope, _ in valid])
+        now = time.time()
+        ready: list[tuple[tasks_pb2.TaskEnvelope, Sequence[tuple[str, bytes | None]]]] = []
+        for envelope, record in valid:
+            if envelope.task_id in finished:
+                self.stats["skipped"] += 1  # cancelled before it got here, or a replay
+            elif expired(envelope, now):
+                self.store.finish(deadline_exceeded(envelope, "intake"))
+                self.stats["expired"] += 1
+            else:
+                ready.append((envelope, record.headers or ()))
+        self.hand_off(ready)
+        return pending
+
+    def check(self, record: ConsumerRecord) -> tasks_pb2.TaskEnvelope | Any:
+        """The record's envelope if it is a valid task; else dead-letter it and return
+        the pending send."""
         try:
             envelope = decode_envelope(record.value)
         except Exception as exc:
@@ -150,15 +173,7 @@ class Intake:
                     )
                 )
             return self.dead_letter(record, f"invalid: {exc}")
-        if self.store.has_result(envelope.task_id):
-            self.stats["skipped"] += 1  # cancelled before it got here, or a replay
-            return None
-        if expired(envelope):
-            self.store.finish(deadline_exceeded(envelope, "intake"))
-            self.stats["expired"] += 1
-            return None
-        self.hand_off(envelope, record.headers or ())
-        return None
+        return envelope
 
     def redeliver_silent(self) -> None:
         """Hand off again tasks that went silent after hand-off (lost by a dead worker).
@@ -176,35 +191,36 @@ class Intake:
                 continue
             log.warning("re-sending a silent task", extra={"task_id": envelope.task_id})
             self.stats["redelivered"] += 1
-            self.hand_off(envelope)
+            self.hand_off([(envelope, ())])
 
     def hand_off(
-        self,
-        envelope: tasks_pb2.TaskEnvelope,
-        headers: Sequence[tuple[str, bytes | None]] = (),
+        self, tasks: Sequence[tuple[tasks_pb2.TaskEnvelope, Sequence[tuple[str, bytes | None]]]]
     ) -> None:
-        self.store.set_state(
-            envelope.task_id,
-            common_pb2.TASK_STATUS_QUEUED,
-            envelope.kind,
-            envelope=envelope.SerializeToString(),
-        )
-        trace_headers = {
-            k: v.decode("latin-1")
-            for k, v in headers
-            if k in (HEADER_TRACEPARENT, HEADER_TRACESTATE) and v
-        }
-        self.celery.send_task(
-            Names.celery_task(self.kind),
-            kwargs={
-                CELERY_KWARG_ENVELOPE: encode_b64(envelope),
-                CELERY_KWARG_HANDED_AT: time.time(),
-            },
-            task_id=envelope.task_id,
-            queue=self.names.celery_queue(self.kind),
-            headers=trace_headers,
-        )
-        self.stats["handed"] += 1
+        """Record the tasks as QUEUED (in flight), then publish them to Celery."""
+        if not tasks:
+            return
+        self.store.mark_queued([envelope for envelope, _ in tasks])
+        handed_at = time.time()
+        # One broker connection for the whole poll instead of one per message.
+        with self.celery.producer_or_acquire() as producer:
+            for envelope, headers in tasks:
+                trace_headers = {
+                    k: v.decode("latin-1")
+                    for k, v in headers
+                    if k in (HEADER_TRACEPARENT, HEADER_TRACESTATE) and v
+                }
+                self.celery.send_task(
+                    Names.celery_task(self.kind),
+                    kwargs={
+                        CELERY_KWARG_ENVELOPE: encode_b64(envelope),
+                        CELERY_KWARG_HANDED_AT: handed_at,
+                    },
+                    task_id=envelope.task_id,
+                    queue=self.names.celery_queue(self.kind),
+                    headers=trace_headers,
+                    producer=producer,
+                )
+        self.stats["handed"] += len(tasks)
 
     def dead_letter(self, record: ConsumerRecord, reason: str) -> Any:
         self.stats["dead_lettered"] += 1

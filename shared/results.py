@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -42,6 +42,19 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   return 1
 end
 return 0
+"""
+
+
+# Mark RUNNING only if no terminal result exists (a cancel or a re-run may have won).
+_START_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'status', ARGV[1], 'kind', ARGV[2], 'attempt', ARGV[3],
+           'updated_at', ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+return 1
 """
 
 
@@ -87,21 +100,45 @@ class ResultStore:
         self.names = names
         self.ttl_s = ttl_s
         self._finish = client.register_script(_FINISH_LUA)
+        self._start = client.register_script(_START_LUA)
 
-    def set_state(
-        self, task_id: str, status: int, kind: int, attempt: int = 0, envelope: bytes | None = None
-    ) -> None:
-        """Record a non-terminal status; QUEUED/RUNNING also mark the task in flight."""
-        key = self.names.state_key(task_id)
-        fields = _state_fields(status, kind, attempt)
-        if envelope is not None:
-            fields["envelope"] = envelope
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self.ttl_s)
-        if status in (common_pb2.TASK_STATUS_QUEUED, common_pb2.TASK_STATUS_RUNNING):
-            pipe.zadd(self.names.inflight_key(kind_name(kind)), {task_id: time.time()})
+    def mark_queued(self, envelopes: Sequence[tasks_pb2.TaskEnvelope]) -> None:
+        """QUEUED state, the envelope (for redelivery) and the in-flight entry, for many
+        tasks in one round trip."""
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for envelope in envelopes:
+            key = self.names.state_key(envelope.task_id)
+            fields = _state_fields(common_pb2.TASK_STATUS_QUEUED, envelope.kind, 0)
+            fields["envelope"] = envelope.SerializeToString()
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.ttl_s)
+            pipe.zadd(self.names.inflight_key(kind_name(envelope.kind)), {envelope.task_id: now})
         pipe.execute()
+
+    def start(self, task_id: str, kind: int, attempt: int) -> bool:
+        """Mark a task RUNNING unless it already has a result; False means skip it."""
+        keys = [
+            self.names.result_key(task_id),
+            self.names.state_key(task_id),
+            self.names.inflight_key(kind_name(kind)),
+        ]
+        args: list[int | float | str] = [
+            common_pb2.TASK_STATUS_RUNNING,
+            kind,
+            attempt,
+            time.time(),
+            self.ttl_s,
+            task_id,
+        ]
+        return bool(self._start(keys, args))
+
+    def finished(self, task_ids: Sequence[str]) -> set[str]:
+        """Which of ``task_ids`` already have a terminal result (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.exists(self.names.result_key(task_id))
+        return {task_id for task_id, n in zip(task_ids, pipe.execute(), strict=True) if n}
 
     def finish(self, result: tasks_pb2.TaskResult) -> bool:
         """Store a terminal result; False if the task already had one (which is kept)."""
@@ -143,9 +180,6 @@ class ResultStore:
                 self.client.zadd(key, {task_id: now}, xx=True)
                 envelopes.append(envelope)
         return envelopes
-
-    def has_result(self, task_id: str) -> bool:
-        return bool(self.client.exists(self.names.result_key(task_id)))
 
 
 class AsyncResultStore:

@@ -120,13 +120,12 @@ class WorkerRuntime:
             return "DEAD_LETTER"
         task_id = envelope.task_id
         attempt = int(task.request.retries) + 1
-        if self.store.has_result(task_id):
-            log.info("task already finished; skipping", extra={"task_id": task_id})
-            return "SKIPPED"
         if expired(envelope, started):
             self._finish(envelope, deadline_exceeded(envelope, "worker"), handed_at, started)
             return "DEADLINE_EXCEEDED"
-        self.store.set_state(task_id, common_pb2.TASK_STATUS_RUNNING, envelope.kind, attempt)
+        if not self.store.start(task_id, envelope.kind, attempt):
+            log.info("task already finished; skipping", extra={"task_id": task_id})
+            return "SKIPPED"
         with self._lock:
             self._active.add(task_id)
         try:
