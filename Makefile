@@ -68,7 +68,7 @@ down:
 	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)
 
 bench: setup
-	@$(PY) -m bench.classification
+	@$(PY) -m bench.analysis
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -36,8 +36,11 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     handler.addFilter(_ServiceFilter(service))
     root.setLevel(level)
-    # kafka-python is chatty at INFO (every reconnect and rebalance step).
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # kafka-python is chatty at INFO (every reconnect and rebalance step); Celery logs
+    # every task received and succeeded with its arguments (the whole envelope), which
+    # costs more CPU than many models.
+    for name in ("kafka", "celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 class _ServiceFilter(logging.Filter):

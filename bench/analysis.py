@@ -1,0 +1,968 @@
+"""Throughput, batching and latency of every kind: the engine in-process vs. the platform.
+
+    python -m bench.analysis [--quick] [--kinds K1,K2] [--env KEY=VALUE ...] [--out PATH]
+
+For classification, NER and summarization, each over its deterministic corpus
+(``bench.corpora``), all in one run so that ratios compare like with like here:
+
+1. direct: the kind's default engine, built as its worker builds it, called in this
+   process with batches of 1, 4, 8, 16 and 32; the best is the baseline. It runs
+   before the stack starts, so that no stack process takes CPU from it.
+2. saturation: concurrent synchronous RPCs through one ``LocalStack`` (gRPC → Kafka →
+   intake → Celery → micro-batcher → Redis), one kind at a time while the others
+   idle, at several client counts; the best is saturation. CPU seconds of every stack
+   process are read around each level, to show where the time goes.
+3. batches and stages: Tasks.Submit + Tasks.Wait at the saturation client count and
+   at one client: the size of the micro-batch each task ran in and its stage timings.
+4. latency: sequential single RPCs, whose answers are also checked against the
+   direct engine's answers for the same documents.
+
+Prints tables (progress goes to stderr) and writes JSON (default
+``bench-results/analysis.json``). ``--env`` reaches every stack service, e.g.
+``--env NLP_BATCH_MAX_SIZE=32`` to compare worker settings. Every loop is bounded by a
+count and a time budget; traffic stays on 127.0.0.1. Exit status 1 when any request
+failed (the numbers are suspect then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from bench.corpora import CORPORA, SEED, Corpus
+from bench.harness import (
+    TaskFailedError,
+    cpu_delta,
+    drive,
+    environ,
+    format_errors,
+    machine_cpu_s,
+    machine_info,
+    mean,
+    note,
+    percentiles,
+    stack_cpu,
+    table,
+)
+from deploy.local.stack import AVAILABLE_KINDS, LocalStack
+from nlp.v1 import (
+    classification_pb2,
+    classification_pb2_grpc,
+    common_pb2,
+    ner_pb2,
+    ner_pb2_grpc,
+    summarization_pb2,
+    summarization_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
+from shared.engines import Engine, EngineFactory
+from shared.settings import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench-results" / "analysis.json"
+# Per-RPC deadline: bounds how far a measurement can overrun its time budget.
+RPC_TIMEOUT_S = 30.0
+# Documents whose direct answers the sequential RPCs are compared with.
+CHECKED_DOCS = 100
+# Worker settings that shape throughput, reported per kind.
+REPORTED_SETTINGS = {
+    "default_model",
+    "models",
+    "concurrency",
+    "batch_max_size",
+    "batch_max_wait_ms",
+    "batch_runners",
+    "poll_max_records",
+    "queue_high_water",
+    "queue_low_water",
+}
+# CPU columns, in table order; see group_cpu.
+CPU_GROUPS = ("gateway", "intake", "worker", "kafka", "redis", "idle", "client", "other")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each measurement to run; every one stops at its count or its budget."""
+
+    corpus_docs: int = 400
+    batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
+    direct_docs: int = 2000
+    direct_budget_s: float = 5.0
+    concurrency: tuple[int, ...] = (8, 32, 64)
+    load_docs: int = 5000
+    load_budget_s: float = 15.0
+    warmup_requests: int = 96
+    sample_tasks: int = 400
+    sample_budget_s: float = 10.0
+    idle_tasks: int = 30
+    latency_requests: int = 200
+    # Sequential requests take the longest, so latency gets a budget of its own.
+    latency_budget_s: float = 15.0
+    latency_pause_s: float = 0.02
+
+
+QUICK = Plan(
+    corpus_docs=100,
+    direct_docs=300,
+    direct_budget_s=1.0,
+    concurrency=(8, 32, 64),
+    load_docs=1000,
+    load_budget_s=3.0,
+    warmup_requests=32,
+    sample_tasks=128,
+    sample_budget_s=3.0,
+    idle_tasks=10,
+    latency_requests=40,
+    latency_budget_s=4.0,
+)
+
+
+# --- kinds --------------------------------------------------------------------------------
+
+Rpc = Callable[[Any, float], Awaitable[Message]]
+
+
+def _classify_rpc(channel: grpc.aio.Channel) -> Rpc:
+    stub = classification_pb2_grpc.ClassificationStub(channel)
+
+    async def call(request: Any, timeout: float) -> Message:
+        return await stub.Classify(request, timeout=timeout)
+
+    return call
+
+
+def _ner_rpc(channel: grpc.aio.Channel) -> Rpc:
+    stub = ner_pb2_grpc.NerStub(channel)
+
+    async def call(request: Any, timeout: float) -> Message:
+        return await stub.Recognize(request, timeout=timeout)
+
+    return call
+
+
+def _summarize_rpc(channel: grpc.aio.Channel) -> Rpc:
+    stub = summarization_pb2_grpc.SummarizationStub(channel)
+
+    async def call(request: Any, timeout: float) -> Message:
+        return await stub.Summarize(request, timeout=timeout)
+
+    return call
+
+
+def _classification_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
+    responses: Sequence[classification_pb2.ClassifyResponse] = outputs
+    hits = [r.top_label == topic for r, topic in zip(responses, corpus.topics, strict=False)]
+    return {"top_label_accuracy": mean(float(h) for h in hits)}
+
+
+def _ner_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
+    responses: Sequence[ner_pb2.NerResponse] = outputs
+    found, planted = 0, 0
+    for response, names in zip(responses, corpus.truth, strict=False):
+        texts = [e.text for e in response.entities if e.text]
+        planted += len(names)
+        # Overlap, not equality: "the United Nations" may come back as "United Nations".
+        found += sum(any(t in name or name in t for t in texts) for name in names)
+    return {
+        "entities_per_doc": mean(float(len(r.entities)) for r in responses),
+        "planted_name_recall": found / planted if planted else float("nan"),
+    }
+
+
+def _summarization_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
+    responses: Sequence[summarization_pb2.SummarizeResponse] = outputs
+    kept = [len(r.sentences) for r in responses]
+    return {
+        "summary_sentences_mean": mean(float(k) for k in kept),
+        "kept_fraction": mean(k / n for k, n in zip(kept, corpus.truth, strict=False)),
+    }
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """How to call one kind through the gateway and judge its answers."""
+
+    name: str
+    rpc: Callable[[grpc.aio.Channel], Rpc]
+    # What must agree between a direct answer and the platform's for the same text.
+    key: Callable[[Any], object]
+    check: Callable[[Corpus, Sequence[Any]], dict[str, float]]
+
+
+KINDS: dict[str, KindSpec] = {
+    "classification": KindSpec(
+        "classification", _classify_rpc, lambda r: r.top_label, _classification_check
+    ),
+    "ner": KindSpec(
+        "ner",
+        _ner_rpc,
+        lambda r: tuple((e.start, e.end, e.label) for e in r.entities),
+        _ner_check,
+    ),
+    "summarization": KindSpec(
+        "summarization",
+        _summarize_rpc,
+        lambda r: tuple((s.start, s.end) for s in r.sentences),
+        _summarization_check,
+    ),
+}
+
+
+def worker_settings(kind: str, env: Mapping[str, str]) -> WorkerSettings:
+    """The kind's worker settings as its services see them with ``env`` applied."""
+    with environ(env):
+        settings: WorkerSettings = importlib.import_module(f"services.{kind}.settings").Settings()
+    return settings
+
+
+def load_engine(kind: str, env: Mapping[str, str]) -> Engine:
+    """The kind's default engine, built as its worker builds it."""
+    settings = worker_settings(kind, env)
+    factories: Mapping[str, EngineFactory] = importlib.import_module(
+        f"services.{kind}.engine"
+    ).FACTORIES
+    spec = settings.models[settings.default_model]
+    # Under env too: an override such as OMP_NUM_THREADS must shape this engine as well.
+    with environ(env):
+        return factories[spec.engine](settings.default_model, spec)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclass
+class DirectRun:
+    batch_size: int
+    docs: int
+    seconds: float
+    docs_per_s: float
+    # CPU of this process per wall second (above 1: the engine used several cores).
+    cpu_cores: float
+    cpu_ms_per_doc: float
+    # CPU the rest of the machine used meanwhile (another program's load skews the run).
+    other_cores: float
+
+
+@dataclass
+class DirectResult:
+    kind: str
+    model: str
+    model_version: str
+    load_s: float
+    check: dict[str, float]
+    runs: list[DirectRun]
+    best_batch_size: int
+    best_docs_per_s: float
+
+
+@dataclass
+class LoadRun:
+    concurrency: int
+    docs: int
+    errors: dict[str, int]
+    seconds: float
+    docs_per_s: float
+    # CPU seconds per component (CPU_GROUPS) and the machine's total busy and stolen time.
+    cpu_s: dict[str, float]
+
+
+@dataclass
+class StageSample:
+    """Tasks.Submit + Tasks.Wait at one client count: stages and the batches tasks ran in."""
+
+    concurrency: int
+    tasks: int
+    errors: dict[str, int]
+    docs_per_s: float
+    queued_ms: float
+    waited_ms: float
+    ran_ms: float
+    # Client-side Submit → Wait answer; the remainder is the gateway, Kafka acks, Redis, gRPC.
+    end_to_end_ms: float
+    other_ms: float
+    # Batch size → tasks that reported it.
+    batch_sizes: dict[int, int]
+    # Mean size of the batch a task ran in (a batch of 16 counts 16 times).
+    batch_mean_per_task: float
+    # Tasks / batches, each batch of size s having contributed s tasks (edges approximate).
+    batch_mean_per_batch: float
+    batch_max: int
+
+
+@dataclass
+class Latency:
+    requests: int
+    errors: dict[str, int]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    # Fraction of answers equal (by the kind's key) to the direct engine's for the same doc.
+    agreement: float
+    compared: int
+    seconds: float
+    # As LoadRun.cpu_s: what an idle platform spends per request, and whether
+    # something else on the machine was busy meanwhile.
+    cpu_s: dict[str, float]
+    # Every latency in order, to see drift or periodic stalls over the run.
+    samples_ms: list[float]
+
+
+@dataclass
+class GatewayResult:
+    kind: str
+    warmup: dict[str, Any]
+    load: list[LoadRun]
+    saturation_concurrency: int
+    saturation_docs_per_s: float
+    at_saturation: StageSample
+    idle: StageSample
+    latency: Latency
+    first_error: str
+
+
+@dataclass
+class Summary:
+    kind: str
+    direct_docs_per_s: float
+    direct_batch_size: int
+    gateway_docs_per_s: float
+    gateway_clients: int
+    ratio: float
+    batch_mean: float
+    batch_max: int
+    p50_ms: float
+    p99_ms: float
+    # CPU per doc of the best direct run, and of the stack's processes at saturation
+    # (gateway, intake, worker, Kafka, Redis, idle kinds; not the client, not others).
+    direct_cpu_ms_per_doc: float
+    stack_cpu_ms_per_doc: float
+
+
+@dataclass
+class Report:
+    benchmark: str
+    timestamp: str
+    argv: list[str]
+    quick: bool
+    plan: dict[str, Any]
+    env: dict[str, str]
+    machine: dict[str, Any]
+    load_avg_at_start: tuple[float, float, float]
+    load_avg_at_end: tuple[float, float, float]
+    settings: dict[str, dict[str, Any]]
+    corpora: dict[str, dict[str, Any]]
+    direct: list[DirectResult]
+    stack_start_s: float
+    gateway: list[GatewayResult]
+    summary: list[Summary]
+    wall_s: float
+    errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# --- direct baseline ----------------------------------------------------------------------
+
+
+def run_direct(
+    spec: KindSpec, corpus: Corpus, plan: Plan, env: Mapping[str, str]
+) -> tuple[DirectResult, list[object]]:
+    """Docs/s of the engine in this process per batch size; also the answers' keys for
+    the first :data:`CHECKED_DOCS` documents."""
+    started = time.perf_counter()
+    engine = load_engine(spec.name, env)
+    load_s = time.perf_counter() - started
+    requests = corpus.requests
+    # Warm-up and answers to check: runtimes allocate on first runs, and label
+    # embeddings get cached (the worker's engine caches them too: steady state is fair).
+    checked = requests[:CHECKED_DOCS]
+    step = max(plan.batch_sizes)
+    outputs = [
+        o for i in range(0, len(checked), step) for o in engine.run_batch(checked[i : i + step])
+    ]
+    runs = []
+    for batch_size in plan.batch_sizes:
+        engine.run_batch(requests[:batch_size])  # this batch shape once, untimed
+        done = 0
+        cpu0, (busy0, _) = time.process_time(), machine_cpu_s()
+        t0 = time.perf_counter()
+        while done < plan.direct_docs and time.perf_counter() - t0 < plan.direct_budget_s:
+            engine.run_batch([requests[(done + k) % len(requests)] for k in range(batch_size)])
+            done += batch_size
+        seconds = time.perf_counter() - t0
+        cpu, busy = time.process_time() - cpu0, machine_cpu_s()[0] - busy0
+        runs.append(
+            DirectRun(
+                batch_size,
+                done,
+                seconds,
+                done / seconds,
+                cpu / seconds,
+                cpu * 1000 / done,
+                max(0.0, busy - cpu) / seconds,
+            )
+        )
+        note(f"{spec.name}: direct batch {batch_size}: {done / seconds:.1f} docs/s")
+    best = max(runs, key=lambda r: r.docs_per_s)
+    result = DirectResult(
+        spec.name,
+        engine.info.name,
+        engine.info.version,
+        load_s,
+        spec.check(corpus, outputs),
+        runs,
+        best.batch_size,
+        best.docs_per_s,
+    )
+    return result, [spec.key(o) for o in outputs]
+
+
+# --- through the gateway ------------------------------------------------------------------
+
+
+def group_cpu(delta: Mapping[str, float], kind: str) -> dict[str, float]:
+    """Per-process CPU seconds folded into CPU_GROUPS (``idle``: the other kinds' services)."""
+    out = dict.fromkeys(CPU_GROUPS, 0.0)
+    for name, seconds in delta.items():
+        if name in ("machine", "steal", "client", "other", "gateway", "kafka"):
+            group = name
+        elif name == "redis-server":
+            group = "redis"
+        elif name == f"{kind}-intake":
+            group = "intake"
+        elif name == f"{kind}-worker":
+            group = "worker"
+        else:
+            group = "idle"
+        out[group] = out.get(group, 0.0) + seconds
+    return out
+
+
+def batch_stats(sizes: Counter[int]) -> tuple[float, float, int]:
+    """Mean batch size per task, per batch, and the largest."""
+    tasks = sum(sizes.values())
+    if not tasks:
+        return float("nan"), float("nan"), 0
+    batches = sum(count / size for size, count in sizes.items() if size > 0)
+    per_task = sum(size * count for size, count in sizes.items()) / tasks
+    return per_task, tasks / batches if batches else float("nan"), max(sizes)
+
+
+async def stage_sample(
+    tasks: tasks_pb2_grpc.TasksAsyncStub,
+    kind: str,
+    requests: Sequence[Any],
+    concurrency: int,
+    total: int,
+    budget_s: float,
+) -> tuple[StageSample, str]:
+    """Submit + Wait ``total`` tasks on ``concurrency`` clients; stage means and batch sizes."""
+    samples: list[tuple[float, float, float, float]] = []
+    sizes: Counter[int] = Counter()
+
+    async def job(i: int) -> None:
+        started = time.perf_counter()
+        submit = tasks_pb2.SubmitRequest()
+        getattr(submit, kind).CopyFrom(requests[i % len(requests)])
+        submitted = await tasks.Submit(submit, timeout=RPC_TIMEOUT_S)
+        result = await tasks.Wait(
+            tasks_pb2.WaitTaskRequest(
+                task_id=submitted.task_id, timeout_ms=int(RPC_TIMEOUT_S * 1000)
+            ),
+            timeout=RPC_TIMEOUT_S + 5,
+        )
+        if result.status != common_pb2.TASK_STATUS_SUCCEEDED:
+            raise TaskFailedError(common_pb2.TaskStatus.Name(result.status))
+        t = result.timings
+        samples.append((t.queued_ms, t.waited_ms, t.ran_ms, (time.perf_counter() - started) * 1000))
+        sizes[result.batch_size] += 1
+
+    # At least two tasks per client, so that every client waits for a batch at least once.
+    driven = await drive(job, concurrency, max(total, 2 * concurrency), budget_s)
+    queued, waited, ran, end_to_end = (mean(s[k] for s in samples) for k in range(4))
+    per_task, per_batch, largest = batch_stats(sizes)
+    sample = StageSample(
+        concurrency,
+        len(samples),
+        dict(driven.errors),
+        driven.per_s,
+        queued,
+        waited,
+        ran,
+        end_to_end,
+        end_to_end - queued - waited - ran,
+        dict(sorted(sizes.items())),
+        per_task,
+        per_batch,
+        largest,
+    )
+    return sample, driven.first_error
+
+
+async def run_gateway(
+    stack: LocalStack,
+    channel: grpc.aio.Channel,
+    spec: KindSpec,
+    corpus: Corpus,
+    plan: Plan,
+    direct_keys: Sequence[object],
+) -> GatewayResult:
+    """Saturation, batches, stages and latency of one kind through the stack's gateway."""
+    rpc = spec.rpc(channel)
+    tasks = tasks_pb2_grpc.TasksStub(channel)
+    requests = corpus.requests
+    first_errors: list[str] = []
+
+    async def call(i: int) -> None:
+        await rpc(requests[i % len(requests)], RPC_TIMEOUT_S)
+
+    # Warm-up at several batch sizes: connections, the Kafka producer's metadata, the
+    # worker's caches and runtime allocations for new shapes.
+    warm = await drive(
+        call, min(32, plan.warmup_requests), plan.warmup_requests, plan.load_budget_s
+    )
+    first_errors.append(warm.first_error)
+
+    load = []
+    for concurrency in plan.concurrency:
+        before = stack_cpu(stack)
+        # At least a few requests per client, so that ramp-up does not dominate.
+        driven = await drive(
+            call, concurrency, max(plan.load_docs, 4 * concurrency), plan.load_budget_s
+        )
+        cpu = group_cpu(cpu_delta(before, stack_cpu(stack)), spec.name)
+        first_errors.append(driven.first_error)
+        load.append(
+            LoadRun(
+                concurrency, driven.done, dict(driven.errors), driven.seconds, driven.per_s, cpu
+            )
+        )
+        note(
+            f"{spec.name}: gateway, {concurrency} clients: {driven.per_s:.1f} docs/s, "
+            f"{cpu['machine'] / driven.seconds:.2f} cores busy"
+        )
+    best = max(load, key=lambda r: r.docs_per_s)
+
+    at_saturation, error = await stage_sample(
+        tasks, spec.name, requests, best.concurrency, plan.sample_tasks, plan.sample_budget_s
+    )
+    first_errors.append(error)
+    note(
+        f"{spec.name}: batches at {best.concurrency} clients: mean "
+        f"{at_saturation.batch_mean_per_task:.1f} per task, max {at_saturation.batch_max}"
+    )
+    idle, error = await stage_sample(
+        tasks, spec.name, requests, 1, plan.idle_tasks, plan.sample_budget_s
+    )
+    first_errors.append(error)
+
+    latencies: list[float] = []
+    agreed = Counter[bool]()
+
+    async def timed(i: int) -> None:
+        await asyncio.sleep(plan.latency_pause_s)  # lets the pipeline go idle in between
+        started = time.perf_counter()
+        response = await rpc(requests[i % len(requests)], RPC_TIMEOUT_S)
+        latencies.append((time.perf_counter() - started) * 1000)
+        if i < len(direct_keys):
+            agreed[spec.key(response) == direct_keys[i]] += 1
+
+    before = stack_cpu(stack)
+    driven = await drive(timed, 1, plan.latency_requests, plan.latency_budget_s)
+    cpu = group_cpu(cpu_delta(before, stack_cpu(stack)), spec.name)
+    first_errors.append(driven.first_error)
+    p50, p90, p99 = percentiles(latencies)
+    compared = agreed.total()
+    latency = Latency(
+        len(latencies),
+        dict(driven.errors),
+        p50,
+        p90,
+        p99,
+        max(latencies, default=float("nan")),
+        mean(latencies),
+        agreed[True] / compared if compared else float("nan"),
+        compared,
+        driven.seconds,
+        cpu,
+        [round(v, 1) for v in latencies],
+    )
+    note(f"{spec.name}: latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    return GatewayResult(
+        spec.name,
+        {"requests": warm.done, "errors": dict(warm.errors), "seconds": warm.seconds},
+        load,
+        best.concurrency,
+        best.docs_per_s,
+        at_saturation,
+        idle,
+        latency,
+        next((e for e in first_errors if e), ""),
+    )
+
+
+async def run_all_gateway(
+    stack: LocalStack,
+    specs: Sequence[KindSpec],
+    corpora: Mapping[str, Corpus],
+    plan: Plan,
+    direct_keys: Mapping[str, Sequence[object]],
+) -> list[GatewayResult]:
+    """:func:`run_gateway` for each kind in turn over one channel."""
+    results = []
+    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=RPC_TIMEOUT_S)
+        for spec in specs:
+            results.append(
+                await run_gateway(
+                    stack, channel, spec, corpora[spec.name], plan, direct_keys[spec.name]
+                )
+            )
+    return results
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def _cpu_rows(gw: GatewayResult) -> list[list[object]]:
+    """Per client count, then sequential: CPU ms per doc of each component, cores in use."""
+    lat = gw.latency
+    runs = [(str(r.concurrency), r.docs, r.seconds, r.cpu_s) for r in gw.load]
+    rows: list[list[object]] = []
+    for label, docs, seconds, cpu_s in [*runs, ("seq", lat.requests, lat.seconds, lat.cpu_s)]:
+        per_doc = [cpu_s[g] * 1000 / docs if docs else float("nan") for g in CPU_GROUPS]
+        rows.append(
+            [
+                label,
+                *per_doc,
+                cpu_s["machine"] * 1000 / docs if docs else float("nan"),
+                f"{cpu_s['machine'] / seconds:.2f}",
+                f"{cpu_s['steal'] / seconds:.2f}",
+            ]
+        )
+    return rows
+
+
+def stack_cpu_ms_per_doc(run: LoadRun) -> float:
+    """CPU ms per doc of the platform's own processes during one load run."""
+    ours = sum(run.cpu_s[g] for g in CPU_GROUPS if g not in ("client", "other"))
+    return ours * 1000 / run.docs if run.docs else float("nan")
+
+
+def _stage_row(s: StageSample) -> list[object]:
+    return [
+        s.concurrency,
+        s.tasks,
+        s.docs_per_s,
+        s.queued_ms,
+        s.waited_ms,
+        s.ran_ms,
+        s.other_ms,
+        s.end_to_end_ms,
+        s.batch_mean_per_task,
+        s.batch_mean_per_batch,
+        s.batch_max,
+        format_errors(s.errors),
+    ]
+
+
+def _settings_line(settings: Mapping[str, Any]) -> str:
+    keys = ("batch_max_size", "batch_max_wait_ms", "batch_runners", "concurrency")
+    return " ".join(f"{k}={settings[k]}" for k in keys)
+
+
+def render_kind(report: Report, direct: DirectResult, gw: GatewayResult) -> str:
+    """The tables of one kind."""
+    c = report.corpora[direct.kind]
+    extra = ""
+    if "names_mean" in c:
+        extra = f", {c['names_mean']:.1f} planted names per doc"
+    if "sentences_min" in c:
+        extra = f", {c['sentences_min']}-{c['sentences_max']} sentences"
+    check = ", ".join(f"{k} {v:.2f}" for k, v in direct.check.items())
+    sat = gw.at_saturation
+    lat = gw.latency
+    return "\n".join(
+        [
+            f"== {direct.kind}: {direct.model} ({direct.model_version})",
+            f"  worker: {_settings_line(report.settings[direct.kind])}",
+            f"  corpus: {c['docs']} docs, {c['words_min']}-{c['words_max']} words "
+            f"(mean {c['words_mean']:.0f}){extra}",
+            "",
+            f"direct: run_batch in-process (engine loaded in {direct.load_s:.1f}s; {check})",
+            table(
+                ["batch", "docs", "seconds", "docs/s", "cpu cores", "ms cpu/doc", "other cores"],
+                [
+                    [
+                        r.batch_size,
+                        r.docs,
+                        r.seconds,
+                        r.docs_per_s,
+                        f"{r.cpu_cores:.2f}",
+                        r.cpu_ms_per_doc,
+                        f"{r.other_cores:.2f}",
+                    ]
+                    for r in direct.runs
+                ],
+            ),
+            f"  best: {direct.best_docs_per_s:.1f} docs/s at batch {direct.best_batch_size}",
+            "",
+            "gateway: concurrent sync RPCs",
+            table(
+                ["clients", "docs", "errors", "seconds", "docs/s"],
+                [
+                    [r.concurrency, r.docs, format_errors(r.errors), r.seconds, r.docs_per_s]
+                    for r in gw.load
+                ],
+            ),
+            f"  saturation: {gw.saturation_docs_per_s:.1f} docs/s at "
+            f"{gw.saturation_concurrency} clients",
+            "",
+            "cpu ms per doc by component (idle: the other kinds' services; other: not ours; "
+            "seq: the latency run)",
+            table(
+                ["clients", *CPU_GROUPS, "total", "cores busy", "steal"],
+                _cpu_rows(gw),
+            ),
+            "",
+            "stages: Tasks.Submit + Tasks.Wait, mean ms (other: gateway, Kafka ack, Redis, "
+            "gRPC); batch: size tasks ran in",
+            table(
+                [
+                    "clients",
+                    "tasks",
+                    "docs/s",
+                    "queued",
+                    "waited",
+                    "ran",
+                    "other",
+                    "end-to-end",
+                    "batch/task",
+                    "batch/batch",
+                    "max",
+                    "errors",
+                ],
+                [_stage_row(gw.idle), _stage_row(sat)],
+            ),
+            f"  batch sizes at {sat.concurrency} clients (size:tasks): "
+            + " ".join(f"{k}:{v}" for k, v in sat.batch_sizes.items()),
+            "",
+            f"latency: sequential sync RPCs, {lat.requests} requests (ms); agreement with "
+            f"direct on {lat.compared} docs",
+            table(
+                ["p50", "p90", "p99", "max", "mean", "agreement", "errors"],
+                [
+                    [
+                        lat.p50_ms,
+                        lat.p90_ms,
+                        lat.p99_ms,
+                        lat.max_ms,
+                        lat.mean_ms,
+                        f"{lat.agreement:.3f}",
+                        format_errors(lat.errors),
+                    ]
+                ],
+            ),
+        ]
+        + ([f"  first error: {gw.first_error}"] if gw.first_error else [])
+    )
+
+
+def render(report: Report) -> str:
+    """Every kind's tables, then the summary."""
+    m = report.machine
+    start, end = report.load_avg_at_start, report.load_avg_at_end
+    parts = [
+        f"analysis benchmark  {report.timestamp}  ({'quick' if report.quick else 'full'}, "
+        f"{report.wall_s:.0f}s)",
+        f"  {m['cpu_count']} CPUs, Python {m['python']}, {m['platform']}",
+        f"  load average 1/5/15 min: {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f} at start, "
+        f"{end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f} at end",
+        f"  env: {' '.join(f'{k}={v}' for k, v in report.env.items()) or '(none)'}; "
+        f"stack ready in {report.stack_start_s:.1f}s",
+    ]
+    for direct, gw in zip(report.direct, report.gateway, strict=True):
+        parts += ["", render_kind(report, direct, gw)]
+    parts += [
+        "",
+        "== summary (ratio: gateway saturation / best direct; batch: mean size per task at "
+        "saturation; p50/p99: sequential latency, ms; cpu/doc: ms, stack without the client)",
+        table(
+            [
+                "kind",
+                "direct docs/s",
+                "@batch",
+                "gateway docs/s",
+                "@clients",
+                "ratio",
+                "batch",
+                "max",
+                "p50",
+                "p99",
+                "cpu/doc direct",
+                "cpu/doc stack",
+            ],
+            [
+                [
+                    s.kind,
+                    s.direct_docs_per_s,
+                    s.direct_batch_size,
+                    s.gateway_docs_per_s,
+                    s.gateway_clients,
+                    f"{s.ratio:.2f}",
+                    s.batch_mean,
+                    s.batch_max,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.direct_cpu_ms_per_doc,
+                    s.stack_cpu_ms_per_doc,
+                ]
+                for s in report.summary
+            ],
+        ),
+    ]
+    parts += [f"note: {n}" for n in report.notes]
+    return "\n".join(parts)
+
+
+def _errors_of(gw: GatewayResult) -> int:
+    counts = [r.errors for r in gw.load] + [
+        gw.at_saturation.errors,
+        gw.idle.errors,
+        gw.latency.errors,
+        gw.warmup["errors"],
+    ]
+    return sum(sum(c.values()) for c in counts)
+
+
+def parse_env(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict; a malformed one is a usage error."""
+    env: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--env wants KEY=VALUE, got {item!r}")
+        env[key.strip()] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.analysis",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    benched = [k for k in KINDS if k in AVAILABLE_KINDS]
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke test")
+    parser.add_argument(
+        "--kinds", default=",".join(benched), help=f"comma-separated (default: {','.join(benched)})"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for every stack service, e.g. NLP_BATCH_MAX_SIZE=32 (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in benched]
+    if unknown or not kinds:
+        parser.error(f"--kinds: choose from {', '.join(benched)}")
+    env = parse_env(args.env, parser)
+    plan = QUICK if args.quick else Plan()
+    specs = [KINDS[k] for k in kinds]
+
+    started = time.monotonic()
+    load_at_start = os.getloadavg()
+    settings = {
+        k: worker_settings(k, env).model_dump(mode="json", include=REPORTED_SETTINGS) for k in kinds
+    }
+    corpora = {k: CORPORA[k](plan.corpus_docs, SEED) for k in kinds}
+
+    # Every direct run first: the stack's processes would take CPU from it.
+    direct: list[DirectResult] = []
+    keys: dict[str, list[object]] = {}
+    for spec in specs:
+        result, keys[spec.name] = run_direct(spec, corpora[spec.name], plan, env)
+        direct.append(result)
+        gc.collect()  # the engine is dropped: its memory should not crowd the stack
+
+    note(f"starting the local stack for {', '.join(kinds)} (Kafka, Redis, gateway, services)")
+    stack_started = time.monotonic()
+    with LocalStack(kinds=tuple(kinds), env=env) as stack:
+        stack_start_s = time.monotonic() - stack_started
+        gateway = asyncio.run(run_all_gateway(stack, specs, corpora, plan, keys))
+
+    summary = [
+        Summary(
+            d.kind,
+            d.best_docs_per_s,
+            d.best_batch_size,
+            g.saturation_docs_per_s,
+            g.saturation_concurrency,
+            g.saturation_docs_per_s / d.best_docs_per_s,
+            g.at_saturation.batch_mean_per_task,
+            g.at_saturation.batch_max,
+            g.latency.p50_ms,
+            g.latency.p99_ms,
+            next(r.cpu_ms_per_doc for r in d.runs if r.batch_size == d.best_batch_size),
+            stack_cpu_ms_per_doc(
+                next(r for r in g.load if r.concurrency == g.saturation_concurrency)
+            ),
+        )
+        for d, g in zip(direct, gateway, strict=True)
+    ]
+    notes = []
+    if load_at_start[0] > 0.5:
+        notes.append(
+            f"1-min load average was {load_at_start[0]:.2f} at start: something else was "
+            "running; see the 'other' CPU columns"
+        )
+    report = Report(
+        benchmark="analysis",
+        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        argv=sys.argv[1:] if argv is None else argv,
+        quick=args.quick,
+        plan=asdict(plan),
+        env=env,
+        machine=machine_info(),
+        load_avg_at_start=load_at_start,
+        load_avg_at_end=os.getloadavg(),
+        settings=settings,
+        corpora={k: {**c.stats(), "seed": SEED} for k, c in corpora.items()},
+        direct=direct,
+        stack_start_s=stack_start_s,
+        gateway=gateway,
+        summary=summary,
+        wall_s=time.monotonic() - started,
+        errors=sum(_errors_of(g) for g in gateway),
+        notes=notes,
+    )
+    print(render(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    note(f"wrote {args.out}")
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

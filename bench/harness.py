@@ -1,0 +1,204 @@
+"""What every benchmark needs: bounded concurrent driving, percentiles, CPU accounting,
+plain-text tables and progress notes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from deploy.local.stack import LocalStack
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+class TaskFailedError(Exception):
+    """A task ended in a status other than SUCCEEDED (or had not ended when waited for)."""
+
+
+@dataclass
+class Driven:
+    """What :func:`drive` did: completed jobs, failures by cause, elapsed time."""
+
+    done: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def per_s(self) -> float:
+        return self.done / self.seconds if self.seconds else 0.0
+
+
+async def drive(
+    job: Callable[[int], Awaitable[None]], concurrency: int, total: int, budget_s: float
+) -> Driven:
+    """Run ``job(0)`` … ``job(total - 1)`` on ``concurrency`` loops, until ``budget_s``.
+
+    Loops take no new job once the budget is spent; jobs in flight finish (their RPC
+    deadlines bound them). RPC errors and failed tasks are counted, not raised.
+    """
+    out = Driven()
+    indices = iter(range(total))  # shared: each index is taken by exactly one loop
+    started = time.perf_counter()
+
+    async def loop() -> None:
+        for i in indices:
+            if time.perf_counter() - started > budget_s:
+                return
+            try:
+                await job(i)
+            except grpc.aio.AioRpcError as exc:
+                out.errors[exc.code().name] += 1
+                out.first_error = out.first_error or f"{exc.code().name}: {exc.details()}"
+            except TaskFailedError as exc:
+                out.errors[str(exc)] += 1
+                out.first_error = out.first_error or f"task ended {exc}"
+            else:
+                out.done += 1
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+def percentiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p90, p99 (inclusive method; one value is its own percentiles)."""
+    if len(values) < 2:
+        v = values[0] if values else float("nan")
+        return v, v, v
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[49], cuts[89], cuts[98]
+
+
+def mean(values: Iterable[float]) -> float:
+    """Arithmetic mean; NaN for nothing (a table shows 'nan' rather than crashing)."""
+    listed = list(values)
+    return statistics.fmean(listed) if listed else float("nan")
+
+
+# --- CPU accounting -----------------------------------------------------------------------
+
+
+def _proc_stat(pid: str) -> tuple[str, int, int, float] | None:
+    """(comm, ppid, session, CPU seconds) of a process, or None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: the fields proper start after the last ')'.
+    comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
+    cpu_ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return comm, int(fields[1]), int(fields[3]), cpu_ticks / _TICKS_PER_S
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy since boot, and stolen by its host.
+
+    Busy is user + nice + system + irq + softirq (guest time is inside user time); steal
+    is time a virtual CPU wanted to run and the hypervisor ran something else.
+    """
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq) / _TICKS_PER_S, steal / _TICKS_PER_S
+
+
+def stack_cpu(stack: LocalStack) -> dict[str, float]:
+    """CPU seconds so far of each stack process group, this process and the machine.
+
+    Every stack process is a child of this one that leads its own session (the stack
+    starts them with ``start_new_session``), so a session is one component with all
+    its threads and helpers. Keys: service names, ``kafka``, the comm of anything
+    else (``redis-server``), ``client`` (this process), ``machine`` and ``steal``.
+    """
+    me = os.getpid()
+    stats = {pid: s for pid in os.listdir("/proc") if pid.isdigit() and (s := _proc_stat(pid))}
+    names = {svc.proc.pid: name for name, svc in stack.services.items() if svc.proc is not None}
+    if stack.kafka is not None and stack.kafka.pid is not None:
+        names[stack.kafka.pid] = "kafka"
+    leaders = {int(pid): s[0] for pid, s in stats.items() if s[1] == me and s[2] == int(pid)}
+    out: dict[str, float] = {}
+    for _, _, session, seconds in stats.values():
+        if session in leaders:
+            name = names.get(session, leaders[session])
+            out[name] = out.get(name, 0.0) + seconds
+    out["client"] = time.process_time()
+    out["machine"], out["steal"] = machine_cpu_s()
+    return out
+
+
+def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds per component between two :func:`stack_cpu` readings; ``other`` is what
+    the machine spent outside the stack and this process (another program's load)."""
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    ours = sum(v for k, v in delta.items() if k not in ("machine", "steal"))
+    # Clock-tick rounding can make ours exceed the machine's count by a tick or two.
+    delta["other"] = max(0.0, delta["machine"] - ours)
+    return delta
+
+
+@contextlib.contextmanager
+def environ(overrides: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``overrides`` applied, restored on exit.
+
+    Settings classes read the environment, so this shows what a service started with
+    the same overrides would see.
+    """
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers depend on besides the code."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def note(message: str) -> None:
+    """Progress on stderr, so that a long run is not silent and stdout stays the tables."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], digits: int = 1) -> str:
+    """Right-aligned plain-text columns, indented; floats with ``digits`` decimals."""
+    cells = [list(headers)] + [
+        [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells
+    )
+
+
+def format_errors(errors: Mapping[str, int]) -> str:
+    """``CODE:count,…`` or ``0``."""
+    return ",".join(f"{k}:{v}" for k, v in sorted(errors.items())) or "0"
