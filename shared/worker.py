@@ -65,6 +65,8 @@ class WorkerRuntime:
     batchers: dict[str, MicroBatcher[AnyRequest, Message]] = field(init=False, repr=False)
     batch_sizes: Counter[int] = field(default_factory=Counter, init=False, repr=False)
     _active: set[str] = field(default_factory=set, init=False, repr=False)
+    # Separate from _lock: building the producer can take seconds; starting tasks must not wait.
+    _active_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -86,7 +88,7 @@ class WorkerRuntime:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_s):
-            with self._lock:
+            with self._active_lock:
                 running = list(self._active)
             try:
                 self.store.heartbeat(self.kind, running)
@@ -126,12 +128,12 @@ class WorkerRuntime:
         if not self.store.start(task_id, envelope.kind, attempt):
             log.info("task already finished; skipping", extra={"task_id": task_id})
             return "SKIPPED"
-        with self._lock:
+        with self._active_lock:
             self._active.add(task_id)
         try:
             result = self._run(task, envelope, attempt)
         finally:
-            with self._lock:
+            with self._active_lock:
                 self._active.discard(task_id)
         self._finish(envelope, result, handed_at, started)
         return common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
