@@ -6,8 +6,9 @@ For classification, NER and summarization, each over its deterministic corpus
 (``bench.corpora``), all in one run so that ratios compare like with like here:
 
 1. direct: the kind's default engine, built as its worker builds it, called in this
-   process with batches of 1, 4, 8, 16 and 32; the best is the baseline. It runs
-   before the stack starts, so that no stack process takes CPU from it.
+   process with batches of 1, 4, 8, 16 and 32, taking turns over a few rounds; the
+   best is the baseline. It runs before the stack starts, so that no stack process
+   takes CPU from it.
 2. saturation: concurrent synchronous RPCs through one ``LocalStack`` (gRPC → Kafka →
    intake → Celery → micro-batcher → Redis), one kind at a time while the others
    idle, at several client counts; the best is saturation. CPU seconds of every stack
@@ -102,8 +103,10 @@ class Plan:
 
     corpus_docs: int = 400
     batch_sizes: tuple[int, ...] = (1, 4, 8, 16, 32)
+    # Per batch size, over all rounds.
     direct_docs: int = 2000
     direct_budget_s: float = 5.0
+    direct_rounds: int = 3
     concurrency: tuple[int, ...] = (8, 32, 64)
     load_docs: int = 5000
     load_budget_s: float = 15.0
@@ -121,6 +124,7 @@ QUICK = Plan(
     corpus_docs=100,
     direct_docs=300,
     direct_budget_s=1.0,
+    direct_rounds=1,
     concurrency=(8, 32, 64),
     load_docs=1000,
     load_budget_s=3.0,
@@ -397,17 +401,32 @@ def run_direct(
     outputs = [
         o for i in range(0, len(checked), step) for o in engine.run_batch(checked[i : i + step])
     ]
-    runs = []
     for batch_size in plan.batch_sizes:
-        engine.run_batch(requests[:batch_size])  # this batch shape once, untimed
-        done = 0
-        cpu0, (busy0, _) = time.process_time(), machine_cpu_s()
-        t0 = time.perf_counter()
-        while done < plan.direct_docs and time.perf_counter() - t0 < plan.direct_budget_s:
-            engine.run_batch([requests[(done + k) % len(requests)] for k in range(batch_size)])
-            done += batch_size
-        seconds = time.perf_counter() - t0
-        cpu, busy = time.process_time() - cpu0, machine_cpu_s()[0] - busy0
+        engine.run_batch(requests[:batch_size])  # each batch shape once, untimed
+    # The sizes take turns over several rounds, so that drift in the machine's speed (a
+    # shared host) spreads over all of them instead of favouring one.
+    docs = dict.fromkeys(plan.batch_sizes, 0)
+    # Per batch size: seconds, own CPU seconds, the machine's busy seconds.
+    spent = {b: [0.0, 0.0, 0.0] for b in plan.batch_sizes}
+    docs_per_round = -(-plan.direct_docs // plan.direct_rounds)
+    budget_s = plan.direct_budget_s / plan.direct_rounds
+    for _ in range(plan.direct_rounds):
+        for batch_size in plan.batch_sizes:
+            done = docs[batch_size]
+            limit = done + docs_per_round
+            cpu0, (busy0, _) = time.process_time(), machine_cpu_s()
+            t0 = time.perf_counter()
+            while done < limit and time.perf_counter() - t0 < budget_s:
+                engine.run_batch([requests[(done + k) % len(requests)] for k in range(batch_size)])
+                done += batch_size
+            docs[batch_size] = done
+            totals = spent[batch_size]
+            totals[0] += time.perf_counter() - t0
+            totals[1] += time.process_time() - cpu0
+            totals[2] += machine_cpu_s()[0] - busy0
+    runs = []
+    for batch_size, (seconds, cpu, busy) in spent.items():
+        done = docs[batch_size]
         runs.append(
             DirectRun(
                 batch_size,
@@ -934,8 +953,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     if load_at_start[0] > 0.5:
         notes.append(
-            f"1-min load average was {load_at_start[0]:.2f} at start: something else was "
-            "running; see the 'other' CPU columns"
+            f"1-min load average was {load_at_start[0]:.2f} at start (earlier work still "
+            "decaying, or another program): see the 'other cores' and 'other' CPU columns"
         )
     report = Report(
         benchmark="analysis",
