@@ -107,7 +107,7 @@ class Plan:
     direct_docs: int = 2000
     direct_budget_s: float = 5.0
     direct_rounds: int = 3
-    concurrency: tuple[int, ...] = (8, 32, 64)
+    concurrency: tuple[int, ...] = (8, 32, 64, 128)
     load_docs: int = 5000
     load_budget_s: float = 15.0
     warmup_requests: int = 96

@@ -76,10 +76,11 @@ class WorkerSettings(ServiceSettings):
     concurrency: int = Field(
         64, gt=0, description="task threads per worker process; at least batch_max_size"
     )
-    # 32 and 5 ms: the best of 16/32 and 0/5/20 ms measured by `make bench` on 2 cores.
+    # 32 and 0 ms: the best of 16/32 and 0/5/20 ms measured by `make bench` on 2 cores
+    # (under load the backlog fills batches anyway; a wait only adds latency).
     batch_max_size: int = Field(32, gt=0, description="most tasks in one micro-batch")
     batch_max_wait_ms: float = Field(
-        5.0, ge=0, description="how long a micro-batch waits for more tasks after its first"
+        0.0, ge=0, description="how long a micro-batch waits for more tasks after its first"
     )
     batch_runners: int = Field(
         2, gt=0, description="batches of one model running at once (a long one blocks no other)"
