@@ -466,7 +466,7 @@ def group_cpu(delta: Mapping[str, float], kind: str) -> dict[str, float]:
             group = "redis"
         elif name == f"{kind}-intake":
             group = "intake"
-        elif name == f"{kind}-worker":
+        elif name == f"{kind}-worker" or name.startswith(f"{kind}-worker-"):
             group = "worker"
         else:
             group = "idle"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ from shared.envelope import (
 from shared.errors import Code, InvalidRequestError
 from shared.kafka import dead_letter_headers
 from shared.names import (
-    CELERY_KWARG_ENVELOPE,
+    CELERY_HEADER_TRACE,
+    CELERY_KWARG_ENVELOPES,
     CELERY_KWARG_HANDED_AT,
     HEADER_TRACEPARENT,
     HEADER_TRACESTATE,
@@ -47,6 +49,15 @@ from shared.results import ResultStore
 from shared.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+
+def _trace_context(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
+    """The W3C trace context among a Kafka record's headers."""
+    return {
+        k: v.decode("latin-1")
+        for k, v in headers
+        if k in (HEADER_TRACEPARENT, HEADER_TRACESTATE) and v
+    }
 
 
 @dataclass
@@ -196,30 +207,32 @@ class Intake:
     def hand_off(
         self, tasks: Sequence[tuple[tasks_pb2.TaskEnvelope, Sequence[tuple[str, bytes | None]]]]
     ) -> None:
-        """Record the tasks as QUEUED (in flight), then publish them to Celery."""
+        """Record the tasks as QUEUED (in flight), then publish them to Celery in bundles
+        of at most ``handoff_max_tasks`` (per-message costs are paid per bundle)."""
         if not tasks:
             return
         self.store.mark_queued([envelope for envelope, _ in tasks])
         handed_at = time.time()
+        # Even bundles: 20 tasks with a limit of 16 go as 10 + 10, not 16 + 4.
+        count = -(-len(tasks) // self.settings.handoff_max_tasks)
+        size = -(-len(tasks) // count)
         # One broker connection for the whole poll instead of one per message.
         with self.celery.producer_or_acquire() as producer:
-            for envelope, headers in tasks:
-                trace_headers = {
-                    k: v.decode("latin-1")
-                    for k, v in headers
-                    if k in (HEADER_TRACEPARENT, HEADER_TRACESTATE) and v
-                }
+            for start in range(0, len(tasks), size):
+                bundle = tasks[start : start + size]
                 self.celery.send_task(
                     Names.celery_task(self.kind),
                     kwargs={
-                        CELERY_KWARG_ENVELOPE: encode_b64(envelope),
+                        CELERY_KWARG_ENVELOPES: [encode_b64(envelope) for envelope, _ in bundle],
                         CELERY_KWARG_HANDED_AT: handed_at,
                     },
-                    task_id=envelope.task_id,
+                    # A lone task keeps its id in Celery's tools (inspect, revoke).
+                    task_id=bundle[0][0].task_id if len(bundle) == 1 else uuid.uuid4().hex,
                     queue=self.names.celery_queue(self.kind),
-                    headers=trace_headers,
+                    headers={CELERY_HEADER_TRACE: [_trace_context(h) for _, h in bundle]},
                     producer=producer,
                 )
+                self.stats["messages"] += 1
         self.stats["handed"] += len(tasks)
 
     def dead_letter(self, record: ConsumerRecord, reason: str) -> Any:

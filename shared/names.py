@@ -32,9 +32,12 @@ HEADER_DLQ_SOURCE_TOPIC = "nlp-dlq-source-topic"
 HEADER_DLQ_SOURCE_PARTITION = "nlp-dlq-source-partition"
 HEADER_DLQ_SOURCE_OFFSET = "nlp-dlq-source-offset"
 
-# Celery task headers/keyword arguments set by the intake.
-CELERY_KWARG_ENVELOPE = "envelope"
+# Celery task keyword arguments and headers set by the intake. One Celery message
+# carries a bundle of envelopes (base64 strings) and, in a header, each one's trace
+# context (a list aligned with the envelopes).
+CELERY_KWARG_ENVELOPES = "envelopes"
 CELERY_KWARG_HANDED_AT = "handed_at"
+CELERY_HEADER_TRACE = "nlp_trace"
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 

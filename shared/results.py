@@ -32,39 +32,60 @@ from shared.names import KIND_NAMES, Names, kind_name
 
 log = logging.getLogger(__name__)
 
-# Set the result only if none exists, then drop the state and in-flight entry and
-# notify, atomically.
+# For each task (4 keys, 3 arguments): set the result only if none exists, then drop
+# the state and in-flight entry and notify, atomically. Returns 1/0 per task.
 _FINISH_LUA = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[4], ARGV[3])
-  redis.call('PUBLISH', KEYS[3], ARGV[3])
-  return 1
+local stored = {}
+for i = 0, #ARGV / 3 - 1 do
+  local k, a = i * 4, i * 3
+  if redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'NX', 'EX', ARGV[a + 2]) then
+    redis.call('DEL', KEYS[k + 2])
+    redis.call('ZREM', KEYS[k + 4], ARGV[a + 3])
+    redis.call('PUBLISH', KEYS[k + 3], ARGV[a + 3])
+    stored[i + 1] = 1
+  else
+    stored[i + 1] = 0
+  end
 end
-return 0
+return stored
 """
 
 
-# Mark RUNNING only if no terminal result exists (a cancel or a re-run may have won).
+# For each task (3 keys; ARGV[1..4] shared, then kind and id per task): mark RUNNING
+# only if no terminal result exists (a cancel or a re-run may have won). 1/0 per task.
 _START_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
+local started = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = i * 3, 4 + i * 2
+  if redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    started[i + 1] = 0
+  else
+    redis.call('HSET', KEYS[k + 2], 'status', ARGV[1], 'kind', ARGV[a + 1],
+               'attempt', ARGV[2], 'updated_at', ARGV[3])
+    redis.call('EXPIRE', KEYS[k + 2], ARGV[4])
+    redis.call('ZADD', KEYS[k + 3], ARGV[3], ARGV[a + 2])
+    started[i + 1] = 1
+  end
 end
-redis.call('HSET', KEYS[2], 'status', ARGV[1], 'kind', ARGV[2], 'attempt', ARGV[3],
-           'updated_at', ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
-return 1
+return started
 """
 
 
-def _finish_keys(names: Names, result: tasks_pb2.TaskResult) -> list[str]:
-    return [
-        names.result_key(result.task_id),
-        names.state_key(result.task_id),
-        names.done_channel,
-        names.inflight_key(KIND_NAMES.get(result.kind, "unknown")),
-    ]
+def _finish_args(
+    names: Names, results: Sequence[tasks_pb2.TaskResult], ttl_s: int
+) -> tuple[list[str], list[bytes | int | str]]:
+    keys: list[str] = []
+    args: list[bytes | int | str] = []
+    for result in results:
+        assert result.status in TERMINAL_STATUSES, result.status
+        keys += [
+            names.result_key(result.task_id),
+            names.state_key(result.task_id),
+            names.done_channel,
+            names.inflight_key(KIND_NAMES.get(result.kind, "unknown")),
+        ]
+        args += [result.SerializeToString(), ttl_s, result.task_id]
+    return keys, args
 
 
 def _state_fields(status: int, kind: int, attempt: int) -> dict[Any, Any]:
@@ -116,22 +137,26 @@ class ResultStore:
             pipe.zadd(self.names.inflight_key(kind_name(envelope.kind)), {envelope.task_id: now})
         pipe.execute()
 
-    def start(self, task_id: str, kind: int, attempt: int) -> bool:
-        """Mark a task RUNNING unless it already has a result; False means skip it."""
-        keys = [
-            self.names.result_key(task_id),
-            self.names.state_key(task_id),
-            self.names.inflight_key(kind_name(kind)),
-        ]
+    def start(self, tasks: Sequence[tuple[str, int]], attempt: int) -> list[bool]:
+        """Mark tasks (id, kind) RUNNING unless they already have a result, in one round
+        trip; False means skip that task."""
+        if not tasks:
+            return []
+        keys: list[str] = []
         args: list[int | float | str] = [
             common_pb2.TASK_STATUS_RUNNING,
-            kind,
             attempt,
             time.time(),
             self.ttl_s,
-            task_id,
         ]
-        return bool(self._start(keys, args))
+        for task_id, kind in tasks:
+            keys += [
+                self.names.result_key(task_id),
+                self.names.state_key(task_id),
+                self.names.inflight_key(kind_name(kind)),
+            ]
+            args += [kind, task_id]
+        return [bool(n) for n in self._start(keys, args)]
 
     def finished(self, task_ids: Sequence[str]) -> set[str]:
         """Which of ``task_ids`` already have a terminal result (one round trip)."""
@@ -142,9 +167,12 @@ class ResultStore:
 
     def finish(self, result: tasks_pb2.TaskResult) -> bool:
         """Store a terminal result; False if the task already had one (which is kept)."""
-        assert result.status in TERMINAL_STATUSES, result.status
-        keys = _finish_keys(self.names, result)
-        return bool(self._finish(keys, [result.SerializeToString(), self.ttl_s, result.task_id]))
+        return self.finish_many([result])[0]
+
+    def finish_many(self, results: Sequence[tasks_pb2.TaskResult]) -> list[bool]:
+        """:meth:`finish` for many results in one round trip."""
+        keys, args = _finish_args(self.names, results, self.ttl_s)
+        return [bool(n) for n in self._finish(keys, args)] if results else []
 
     def heartbeat(self, kind: str, task_ids: Iterable[str]) -> None:
         """Mark running tasks alive so the intake's sweep leaves them alone."""
@@ -202,10 +230,8 @@ class AsyncResultStore:
         await self.client.delete(self.names.state_key(task_id))
 
     async def finish(self, result: tasks_pb2.TaskResult) -> bool:
-        assert result.status in TERMINAL_STATUSES, result.status
-        keys = _finish_keys(self.names, result)
-        args: list[bytes | int | str] = [result.SerializeToString(), self.ttl_s, result.task_id]
-        return bool(await self._finish(keys, args))
+        keys, args = _finish_args(self.names, [result], self.ttl_s)
+        return bool((await self._finish(keys, args))[0])
 
     async def get(self, task_id: str) -> tasks_pb2.TaskResult | None:
         """The terminal result, else the current state, else None (unknown task)."""
@@ -246,28 +272,52 @@ class ResultWaiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def wait(self, task_id: str, timeout: float) -> tasks_pb2.TaskResult | None:
-        """Terminal result of ``task_id`` within ``timeout`` seconds, else the latest state."""
+    def register(self, task_id: str) -> asyncio.Future[None]:
+        """A future set when ``task_id`` may have finished; pass it to :meth:`wait`.
+
+        Registering before the task is published makes the first store read of
+        :meth:`wait` unnecessary: no notification can be missed before then.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[task_id].add(future)
+        return future
+
+    def unregister(self, task_id: str, future: asyncio.Future[None]) -> None:
+        futures = self._waiters.get(task_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del self._waiters[task_id]
+
+    async def wait(
+        self,
+        task_id: str,
+        timeout: float,
+        registered: asyncio.Future[None] | None = None,
+    ) -> tasks_pb2.TaskResult | None:
+        """Terminal result of ``task_id`` within ``timeout`` seconds, else the latest state.
+
+        ``registered``: from :meth:`register`, called before the task was published.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters[task_id].add(future)
-            try:
-                current = await self.store.get(task_id)
-                if current is not None and current.status in TERMINAL_STATUSES:
-                    return current
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return current
+        future = registered
+        try:
+            while True:
+                if future is None:
+                    future = self.register(task_id)
+                    current = await self.store.get(task_id)
+                    if current is not None and current.status in TERMINAL_STATUSES:
+                        return current
+                    if loop.time() >= deadline:
+                        return current
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, remaining)
-            finally:
-                futures = self._waiters.get(task_id)
-                if futures is not None:
-                    futures.discard(future)
-                    if not futures:
-                        del self._waiters[task_id]
+                    await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+                self.unregister(task_id, future)
+                future = None
+        finally:
+            if future is not None:
+                self.unregister(task_id, future)
 
     def _wake(self, task_id: str | None) -> None:
         targets = (

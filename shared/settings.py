@@ -66,15 +66,22 @@ class WorkerSettings(ServiceSettings):
     # Intake
     poll_timeout_ms: int = Field(500, gt=0)
     poll_max_records: int = Field(100, gt=0)
-    queue_high_water: int = Field(200, gt=0, description="pause Kafka above this Celery depth")
-    queue_low_water: int = Field(50, ge=0, description="resume Kafka below this Celery depth")
+    queue_high_water: int = Field(
+        200, gt=0, description="pause Kafka above this Celery queue depth (in messages)"
+    )
+    queue_low_water: int = Field(
+        50, ge=0, description="resume Kafka below this Celery queue depth (in messages)"
+    )
+    handoff_max_tasks: int = Field(
+        16, gt=0, description="most tasks of one poll the intake puts in one Celery message"
+    )
     # Celery worker
     models: dict[str, ModelSpec] = Field(
         default_factory=dict, description="served models by name (each kind has defaults)"
     )
     default_model: str = Field("", description="model for requests that name none")
     concurrency: int = Field(
-        64, gt=0, description="task threads per worker process; at least batch_max_size"
+        64, gt=0, description="Celery messages (task bundles) one worker process runs at once"
     )
     # 32 and 0 ms: the best of 16/32 and 0/5/20 ms measured by `make bench` on 2 cores
     # (under load the backlog fills batches anyway; a wait only adds latency).
@@ -107,8 +114,10 @@ class WorkerSettings(ServiceSettings):
     def _consistent(self) -> WorkerSettings:
         if self.queue_low_water >= self.queue_high_water:
             raise ValueError("queue_low_water must be below queue_high_water")
-        if self.concurrency < self.batch_max_size:
-            raise ValueError("concurrency must be at least batch_max_size to fill a batch")
+        if self.concurrency * self.handoff_max_tasks < self.batch_max_size:
+            raise ValueError(
+                "concurrency * handoff_max_tasks must be at least batch_max_size to fill a batch"
+            )
         if self.redeliver_after_s <= 2 * self.heartbeat_s:
             raise ValueError("redeliver_after_s must exceed two heartbeats")
         if self.models and self.default_model not in self.models:

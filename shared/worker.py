@@ -16,7 +16,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +26,14 @@ from google.protobuf.message import Message
 from kafka import KafkaProducer
 
 from nlp.v1 import common_pb2, tasks_pb2
-from shared.batching import MicroBatcher
+from nlp.v1.common_pb2 import ModelInfo
+from shared.batching import Batched, MicroBatcher
 from shared.engines import EngineFactory, ModelRegistry
 from shared.envelope import (
     AnyRequest,
     deadline_exceeded,
     decode_b64,
+    encode_b64,
     error_result,
     expired,
     request_of,
@@ -39,7 +42,12 @@ from shared.envelope import (
 )
 from shared.errors import Code, InvalidRequestError
 from shared.kafka import dead_letter_headers, task_headers
-from shared.names import CELERY_KWARG_ENVELOPE, CELERY_KWARG_HANDED_AT, Names
+from shared.names import (
+    CELERY_HEADER_TRACE,
+    CELERY_KWARG_ENVELOPES,
+    CELERY_KWARG_HANDED_AT,
+    Names,
+)
 from shared.results import ResultStore
 from shared.settings import WorkerSettings
 
@@ -111,102 +119,188 @@ class WorkerRuntime:
             self._producer.close(timeout=10)
         log.info("worker runtime closed", extra={"batch_sizes": dict(self.batch_sizes)})
 
-    def execute(self, task: Task[Any, Any], envelope_b64: str, handed_at: float) -> str:
-        """Run one delivery of a task; returns the final status name (for logs and tests)."""
+    def execute(
+        self,
+        task: Task[Any, Any],
+        envelopes_b64: Sequence[str],
+        handed_at: float,
+        trace: Sequence[Mapping[str, str]] = (),
+    ) -> dict[str, int]:
+        """Run one delivery of a bundle of tasks; returns how many ended in each status.
+
+        Every task of the bundle goes to its model's micro-batcher at once, and each
+        result is stored as soon as its batch is done. Tasks whose run raised are sent
+        again together, as one Celery retry of this message carrying only them.
+        """
         started = time.time()
-        try:
-            envelope = decode_b64(envelope_b64)
-        except Exception as exc:  # the intake validated it: this is a corrupted Celery message
-            log.error("undecodable envelope in Celery message", extra={"error": str(exc)})
-            self._dead_letter_raw(envelope_b64, f"undecodable envelope in worker: {exc}")
-            return "DEAD_LETTER"
-        task_id = envelope.task_id
         attempt = int(task.request.retries) + 1
-        if expired(envelope, started):
-            self._finish(envelope, deadline_exceeded(envelope, "worker"), handed_at, started)
-            return "DEADLINE_EXCEEDED"
-        if not self.store.start(task_id, envelope.kind, attempt):
-            log.info("task already finished; skipping", extra={"task_id": task_id})
-            return "SKIPPED"
+        outcome: Counter[str] = Counter()
+        live: list[tasks_pb2.TaskEnvelope] = []
+        traces: dict[str, Mapping[str, str]] = {}
+        for i, raw in enumerate(envelopes_b64):
+            try:
+                envelope = decode_b64(raw)
+            except Exception as exc:  # the intake validated it: a corrupted Celery message
+                log.error("undecodable envelope in Celery message", extra={"error": str(exc)})
+                self._dead_letter_raw(raw, f"undecodable envelope in worker: {exc}")
+                outcome["DEAD_LETTER"] += 1
+                continue
+            if i < len(trace):
+                traces[envelope.task_id] = trace[i]
+            if expired(envelope, started):
+                self._finish(
+                    [(envelope, deadline_exceeded(envelope, "worker"))], handed_at, started
+                )
+                outcome["DEADLINE_EXCEEDED"] += 1
+            else:
+                live.append(envelope)
+        flags = self.store.start([(e.task_id, e.kind) for e in live], attempt)
+        runnable = [e for e, ok in zip(live, flags, strict=True) if ok]
+        if len(runnable) < len(live):
+            outcome["SKIPPED"] += len(live) - len(runnable)  # already finished or cancelled
+            log.info("tasks already finished; skipped", extra={"count": len(live) - len(runnable)})
+        ids = {e.task_id for e in runnable}
         with self._active_lock:
-            self._active.add(task_id)
+            self._active |= ids
         try:
-            result = self._run(task, envelope, attempt)
+            failed = self._run(task, runnable, attempt, handed_at, started, outcome)
         finally:
             with self._active_lock:
-                self._active.discard(task_id)
-        self._finish(envelope, result, handed_at, started)
-        return common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
+                self._active -= ids
+        if failed:
+            error = failed[0][1]
+            countdown = self.settings.retry_backoff_s * 2 ** int(task.request.retries)
+            log.warning(
+                "tasks failed; retrying",
+                extra={
+                    "task_ids": [e.task_id for e, _ in failed],
+                    "attempt": attempt,
+                    "error": repr(error),
+                },
+            )
+            # Celery's stubs type headers as str -> str; ours carry one context per task.
+            headers: dict[str, Any] = {
+                CELERY_HEADER_TRACE: [dict(traces.get(e.task_id, {})) for e, _ in failed]
+            }
+            raise task.retry(
+                kwargs={
+                    CELERY_KWARG_ENVELOPES: [encode_b64(e) for e, _ in failed],
+                    CELERY_KWARG_HANDED_AT: handed_at,
+                },
+                headers=headers,
+                exc=error,
+                countdown=countdown,
+            )
+        return dict(outcome)
 
     def _run(
-        self, task: Task[Any, Any], envelope: tasks_pb2.TaskEnvelope, attempt: int
-    ) -> tasks_pb2.TaskResult:
-        """Run the request on its model; the result to store, or raise to retry."""
-        task_id = envelope.task_id
-        request = request_of(envelope)
-        assert request is not None
-        try:
-            model_name, engine = self.registry.resolve(request.model)
-            batched = self.batchers[model_name](request)
-        except InvalidRequestError as exc:
-            result = error_result(
-                envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(exc)
-            )
-        except Exception as exc:
-            if task.request.retries < self.settings.max_retries:
-                countdown = self.settings.retry_backoff_s * 2 ** int(task.request.retries)
-                log.warning(
-                    "task failed; retrying",
-                    extra={"task_id": task_id, "attempt": attempt, "error": repr(exc)},
+        self,
+        task: Task[Any, Any],
+        envelopes: Sequence[tasks_pb2.TaskEnvelope],
+        attempt: int,
+        handed_at: float,
+        started: float,
+        outcome: Counter[str],
+    ) -> list[tuple[tasks_pb2.TaskEnvelope, Exception]]:
+        """Run the tasks on their models and store each result as its batch ends; returns
+        the tasks to retry."""
+        retry_left = task.request.retries < self.settings.max_retries
+        running: dict[Future[Batched[Message]], tuple[tasks_pb2.TaskEnvelope, ModelInfo]] = {}
+        rejected: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
+        for envelope in envelopes:
+            request = request_of(envelope)
+            assert request is not None
+            try:
+                model_name, engine = self.registry.resolve(request.model)
+            except InvalidRequestError as exc:
+                result = error_result(
+                    envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(exc)
                 )
-                raise task.retry(exc=exc, countdown=countdown) from exc
-            log.exception("task failed after retries", extra={"task_id": task_id})
-            result = error_result(
-                envelope,
-                common_pb2.TASK_STATUS_FAILED,
-                Code.INTERNAL,
-                f"failed after {attempt} attempts: {type(exc).__name__}: {exc}",
-                retryable=True,
-            )
-            self._dead_letter_envelope(envelope, result.error.message)
-        else:
-            result = tasks_pb2.TaskResult(
-                task_id=task_id,
-                kind=envelope.kind,
-                status=common_pb2.TASK_STATUS_SUCCEEDED,
-                model=engine.info,
-                correlation_id=envelope.reply.correlation_id,
-                batch_size=batched.batch_size,
-            )
-            getattr(result, self.kind).CopyFrom(batched.output)
-        result.attempt = attempt
-        return result
+                result.attempt = attempt
+                rejected.append((envelope, result))
+                continue
+            running[self.batchers[model_name].submit(request)] = (envelope, engine.info)
+        self._finish(rejected, handed_at, started, outcome)
+        failed: list[tuple[tasks_pb2.TaskEnvelope, Exception]] = []
+        pending: set[Future[Batched[Message]]] = set(running)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
+            for future in done:
+                envelope, info = running[future]
+                error = future.exception()
+                if error is None:
+                    batched = future.result()
+                    result = tasks_pb2.TaskResult(
+                        task_id=envelope.task_id,
+                        kind=envelope.kind,
+                        status=common_pb2.TASK_STATUS_SUCCEEDED,
+                        model=info,
+                        correlation_id=envelope.reply.correlation_id,
+                        batch_size=batched.batch_size,
+                    )
+                    getattr(result, self.kind).CopyFrom(batched.output)
+                elif isinstance(error, InvalidRequestError):  # the engine refused this input
+                    result = error_result(
+                        envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(error)
+                    )
+                elif isinstance(error, Exception) and retry_left:
+                    failed.append((envelope, error))
+                    continue
+                else:
+                    log.error(
+                        "task failed after retries",
+                        extra={"task_id": envelope.task_id, "error": repr(error)},
+                    )
+                    result = error_result(
+                        envelope,
+                        common_pb2.TASK_STATUS_FAILED,
+                        Code.INTERNAL,
+                        f"failed after {attempt} attempts: {type(error).__name__}: {error}",
+                        retryable=True,
+                    )
+                    self._dead_letter_envelope(envelope, result.error.message)
+                result.attempt = attempt
+                finished.append((envelope, result))
+            self._finish(finished, handed_at, started, outcome)
+        return failed
 
     def _finish(
         self,
-        envelope: tasks_pb2.TaskEnvelope,
-        result: tasks_pb2.TaskResult,
+        finished: Sequence[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]],
         handed_at: float,
         started: float,
+        outcome: Counter[str] | None = None,
     ) -> None:
-        now = time.time()
-        created = seconds(envelope.created_at)
-        result.worker = self.worker_id
-        result.timings.queued_ms = max(0.0, (handed_at - created) * 1000)
-        result.timings.waited_ms = max(0.0, (started - handed_at) * 1000)
-        result.timings.ran_ms = (now - started) * 1000
-        result.timings.finished_at.CopyFrom(timestamp(now))
-        stored = self.store.finish(result)
-        if not stored:
-            log.info("task already had a result; kept it", extra={"task_id": result.task_id})
+        """Store terminal results (one round trip) and publish those that ask for it."""
+        if not finished:
             return
-        if envelope.reply.publish_result or self.settings.publish_results:
-            self.producer.send(
-                self.settings.names.results_topic,
-                value=result.SerializeToString(),
-                key=result.task_id.encode(),
-                headers=task_headers(result.task_id, self.kind),
-            ).get(timeout=30)
+        now = time.time()
+        for envelope, result in finished:
+            created = seconds(envelope.created_at)
+            result.worker = self.worker_id
+            result.timings.queued_ms = max(0.0, (handed_at - created) * 1000)
+            result.timings.waited_ms = max(0.0, (started - handed_at) * 1000)
+            result.timings.ran_ms = (now - started) * 1000
+            result.timings.finished_at.CopyFrom(timestamp(now))
+        stored = self.store.finish_many([result for _, result in finished])
+        sends = []
+        for (envelope, result), ok in zip(finished, stored, strict=True):
+            if outcome is not None:
+                outcome[common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")] += 1
+            if not ok:
+                log.info("task already had a result; kept it", extra={"task_id": result.task_id})
+            elif envelope.reply.publish_result or self.settings.publish_results:
+                sends.append(
+                    self.producer.send(
+                        self.settings.names.results_topic,
+                        value=result.SerializeToString(),
+                        key=result.task_id.encode(),
+                        headers=task_headers(result.task_id, self.kind),
+                    )
+                )
+        for send in sends:
+            send.get(timeout=30)
 
     def _dead_letter_envelope(self, envelope: tasks_pb2.TaskEnvelope, reason: str) -> None:
         headers = dead_letter_headers(
@@ -244,9 +338,12 @@ def register_task(app: Celery, runtime: WorkerRuntime) -> Task[Any, Any]:
         reject_on_worker_lost=True,
         max_retries=runtime.settings.max_retries,
     )
-    def run(self: Task[Any, Any], /, **kwargs: Any) -> str:
+    def run(self: Task[Any, Any], /, **kwargs: Any) -> dict[str, int]:
         return runtime.execute(
-            self, kwargs[CELERY_KWARG_ENVELOPE], float(kwargs[CELERY_KWARG_HANDED_AT])
+            self,
+            kwargs[CELERY_KWARG_ENVELOPES],
+            float(kwargs[CELERY_KWARG_HANDED_AT]),
+            getattr(self.request, CELERY_HEADER_TRACE, None) or (),
         )
 
     return run

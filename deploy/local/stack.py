@@ -2,7 +2,7 @@
 kind, its intake and Celery worker — all on 127.0.0.1 with free ports and a fresh
 data directory. The test suite uses the same class.
 
-    python -m deploy.local.stack run [--gateway-port 50051] [--demo]   # foreground
+    python -m deploy.local.stack run [--gateway-port 50051] [--demo] [--replicas ner=2]
     python -m deploy.local.stack up --state-dir .run                   # background
     python -m deploy.local.stack down --state-dir .run
 """
@@ -38,6 +38,27 @@ ROOT = Path(__file__).resolve().parents[2]
 AVAILABLE_KINDS: tuple[str, ...] = tuple(
     kind for kind in ALL_KINDS if (ROOT / "services" / kind / "worker.py").exists()
 )
+
+# Celery worker processes per kind (default 1). spaCy holds the GIL while it parses,
+# so one NER process never gets more than one core; a second one takes the other
+# (measured by `make bench`: see the README). The ONNX kinds use every core from one.
+DEFAULT_REPLICAS: dict[str, int] = {"ner": 2}
+
+
+def worker_name(kind: str, replica: int) -> str:
+    """Service name of a worker replica: ``<kind>-worker``, then ``<kind>-worker-2``, …"""
+    return f"{kind}-worker" if replica == 1 else f"{kind}-worker-{replica}"
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``"ner=2,classification=1"`` → ``{"ner": 2, "classification": 1}``."""
+    out: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, count = item.partition("=")
+        if not sep or kind not in ALL_KINDS or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"replicas: expected KIND=N with N >= 1, got {item!r}")
+        out[kind] = int(count)
+    return out
 
 
 @dataclass
@@ -111,6 +132,8 @@ class LocalStack:
 
     data_dir: Path | None = None
     kinds: Iterable[str] = AVAILABLE_KINDS
+    # Worker processes per kind, over DEFAULT_REPLICAS.
+    replicas: Mapping[str, int] = field(default_factory=dict)
     gateway_port: int = 0
     namespace: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -163,8 +186,10 @@ class LocalStack:
             self.redis.wait_ready()
             self.kafka.wait_ready()
             ensure_topics(self.settings())
+            replicas = {**DEFAULT_REPLICAS, **self.replicas}
             for kind in self.kinds:
-                self._add(f"{kind}-worker", f"services.{kind}.worker")
+                for replica in range(1, replicas.get(kind, 1) + 1):
+                    self._add(worker_name(kind, replica), f"services.{kind}.worker")
                 self._add(f"{kind}-intake", f"services.{kind}.intake")
             self._add("gateway", "services.gateway")
             for service in self.services.values():
@@ -242,6 +267,7 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         gateway_port=args.gateway_port,
         keep_data=args.keep_data,
+        replicas=args.replicas,
     )
     print(f"starting Kafka, Redis, the gateway and workers for: {', '.join(stack.kinds)}")
     started = time.monotonic()
@@ -289,6 +315,8 @@ def _up(args: argparse.Namespace) -> int:
         state_file.unlink()
     argv = [sys.executable, "-m", "deploy.local.stack", "run", "--state-file", str(state_file)]
     argv += ["--gateway-port", str(args.gateway_port)]
+    if args.replicas:
+        argv += ["--replicas", args.replicas]
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -339,11 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-dir", help="default: a fresh temporary directory")
     run.add_argument("--keep-data", action="store_true")
     run.add_argument("--demo", action="store_true", help="send one request per kind")
+    run.add_argument(
+        "--replicas",
+        type=parse_replicas,
+        default={},
+        help=f"worker processes per kind, e.g. ner=2 (defaults: {DEFAULT_REPLICAS})",
+    )
     run.add_argument("--state-file", help=argparse.SUPPRESS)
     up = sub.add_parser("up", help="start the stack in the background")
     up.add_argument("--gateway-port", type=int, default=50051)
     up.add_argument("--state-dir", default=".run")
     up.add_argument("--timeout", type=float, default=300)
+    up.add_argument("--replicas", default="", help="as for run, e.g. ner=2")
     down = sub.add_parser("down", help="stop a stack started with up")
     down.add_argument("--state-dir", default=".run")
     args = parser.parse_args(argv)

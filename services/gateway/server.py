@@ -87,12 +87,14 @@ class Gateway:
         self.catalog = ModelCatalog(client, settings.names)
         # Kafka health as the last publish saw it (kafka-python has no cheap liveness probe).
         self.kafka_ok = True
+        self._known_topics: set[str] = set()
 
     async def publish(self, envelope: tasks_pb2.TaskEnvelope) -> None:
         """Produce the envelope and wait for the broker's acks=all acknowledgement."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         kind = kind_name(envelope.kind)
+        topic = self.settings.names.task_topic(kind)
 
         def settle(exc: BaseException | None) -> None:
             if not done.done():
@@ -102,9 +104,8 @@ class Gateway:
                     done.set_exception(exc)
 
         def send() -> None:
-            # send() can block on metadata or a full buffer, so it runs off the event loop.
             future = self.producer.send(
-                self.settings.names.task_topic(kind),
+                topic,
                 value=envelope.SerializeToString(),
                 key=envelope.task_id.encode(),
                 headers=task_headers(envelope.task_id, kind),
@@ -113,7 +114,13 @@ class Gateway:
             future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
 
         try:
-            await loop.run_in_executor(None, send)
+            if self.kafka_ok and topic in self._known_topics:
+                send()  # metadata is cached: send() only appends to the producer's buffer
+            else:
+                # send() can block on metadata or a full buffer (the first send to a topic,
+                # or while the broker is failing): off the event loop then.
+                await loop.run_in_executor(None, send)
+                self._known_topics.add(topic)
             await asyncio.wait_for(done, self.settings.publish_timeout_s)
         except Exception:
             self.kafka_ok = False
@@ -132,15 +139,8 @@ class Gateway:
         reply: tasks_pb2.ReplyOptions | None = None,
     ) -> tasks_pb2.TaskEnvelope:
         """Validate, record PENDING and publish; the task id is valid once this returns."""
-        try:
-            validate_request(kind, request, self.settings.limits)
-            await self.catalog.check(kind, request.model)
-        except InvalidRequestError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if not 0 <= priority <= 9:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "priority must be in [0, 9]")
-        envelope = make_envelope(
-            kind, request, deadline_s=deadline_s, priority=priority, tenant=tenant, reply=reply
+        envelope = await self.envelope(
+            context, kind, request, deadline_s, priority=priority, tenant=tenant, reply=reply
         )
         # Recorded first so that a Get right after Submit never says NOT_FOUND.
         await self.store.set_state(envelope.task_id, common_pb2.TASK_STATUS_PENDING, envelope.kind)
@@ -148,9 +148,37 @@ class Gateway:
             await self.publish(envelope)
         except Exception as exc:
             await self.store.clear_state(envelope.task_id)
-            log.error("publish failed", extra={"task_id": envelope.task_id, "error": repr(exc)})
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"could not enqueue the task: {exc}")
+            await self.publish_failed(context, envelope, exc)
         return envelope
+
+    async def envelope(
+        self,
+        context: Ctx,
+        kind: str,
+        request: AnyRequest,
+        deadline_s: float,
+        *,
+        priority: int = 0,
+        tenant: str = "",
+        reply: tasks_pb2.ReplyOptions | None = None,
+    ) -> tasks_pb2.TaskEnvelope:
+        """A validated envelope for the request, or INVALID_ARGUMENT."""
+        try:
+            validate_request(kind, request, self.settings.limits)
+            await self.catalog.check(kind, request.model)
+        except InvalidRequestError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not 0 <= priority <= 9:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "priority must be in [0, 9]")
+        return make_envelope(
+            kind, request, deadline_s=deadline_s, priority=priority, tenant=tenant, reply=reply
+        )
+
+    async def publish_failed(
+        self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, exc: Exception
+    ) -> NoReturn:
+        log.error("publish failed", extra={"task_id": envelope.task_id, "error": repr(exc)})
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, f"could not enqueue the task: {exc}")
 
     async def run_sync(self, context: Ctx, kind: str, request: AnyRequest) -> Any:
         """Publish a task, wait for it and return its typed output (or the matching error)."""
@@ -162,8 +190,18 @@ class Gateway:
             self.settings.max_deadline_s,
         )
         started = time.monotonic()
-        envelope = await self.submit(context, kind, request, deadline_s)
-        result = await self.waiter.wait(envelope.task_id, deadline_s - (time.monotonic() - started))
+        envelope = await self.envelope(context, kind, request, deadline_s)
+        # Waiting starts before the publish, so the result cannot slip by unseen; no one
+        # else knows this task id, so no PENDING state is needed for Get.
+        registered = self.waiter.register(envelope.task_id)
+        try:
+            await self.publish(envelope)
+        except Exception as exc:
+            self.waiter.unregister(envelope.task_id, registered)
+            await self.publish_failed(context, envelope, exc)
+        result = await self.waiter.wait(
+            envelope.task_id, deadline_s - (time.monotonic() - started), registered
+        )
         if result is None or result.status not in TERMINAL_STATUSES:
             await _abort(
                 context,
