@@ -6,9 +6,9 @@ For classification, NER and summarization, each over its deterministic corpus
 (``bench.corpora``), all in one run so that ratios compare like with like here:
 
 1. direct: the kind's default engine, built as its worker builds it, called in this
-   process with batches of 1, 4, 8, 16 and 32, taking turns over a few rounds; the
-   best is the baseline. It runs before the stack starts, so that no stack process
-   takes CPU from it.
+   process with batches of 1, 4, 8, 16 and 32, from one thread and from one thread per
+   core, taking turns over a few rounds; the best is the baseline. It runs before the
+   stack starts, so that no stack process takes CPU from it.
 2. saturation: concurrent synchronous RPCs through one ``LocalStack`` (gRPC → Kafka →
    intake → Celery → micro-batcher → Redis), one kind at a time while the others
    idle, at several client counts; the best is saturation. CPU seconds of every stack
@@ -34,6 +34,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -253,6 +254,8 @@ def load_engine(kind: str, env: Mapping[str, str]) -> Engine:
 @dataclass
 class DirectRun:
     batch_size: int
+    # Threads calling run_batch at once (the worker's batch runners do the same).
+    callers: int
     docs: int
     seconds: float
     docs_per_s: float
@@ -272,6 +275,7 @@ class DirectResult:
     check: dict[str, float]
     runs: list[DirectRun]
     best_batch_size: int
+    best_callers: int
     best_docs_per_s: float
 
 
@@ -347,6 +351,7 @@ class Summary:
     kind: str
     direct_docs_per_s: float
     direct_batch_size: int
+    direct_callers: int
     gateway_docs_per_s: float
     gateway_clients: int
     ratio: float
@@ -385,6 +390,42 @@ class Report:
 # --- direct baseline ----------------------------------------------------------------------
 
 
+def cpus_usable() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _call_concurrently(
+    engine: Engine,
+    requests: Sequence[Any],
+    batch_size: int,
+    callers: int,
+    start: int,
+    limit: int,
+    budget_s: float,
+) -> int:
+    """Batches from ``requests`` (cyclically, from ``start``) on ``callers`` threads until
+    ``limit`` documents or ``budget_s``; returns the documents done."""
+    lock = threading.Lock()
+    position = start
+    t0 = time.perf_counter()
+
+    def loop() -> None:
+        nonlocal position
+        while time.perf_counter() - t0 < budget_s:
+            with lock:
+                if position >= limit:
+                    return
+                first, position = position, position + batch_size
+            engine.run_batch([requests[(first + k) % len(requests)] for k in range(batch_size)])
+
+    threads = [threading.Thread(target=loop) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return position - start
+
+
 def run_direct(
     spec: KindSpec, corpus: Corpus, plan: Plan, env: Mapping[str, str]
 ) -> tuple[DirectResult, list[object]]:
@@ -403,33 +444,36 @@ def run_direct(
     ]
     for batch_size in plan.batch_sizes:
         engine.run_batch(requests[:batch_size])  # each batch shape once, untimed
-    # The sizes take turns over several rounds, so that drift in the machine's speed (a
-    # shared host) spreads over all of them instead of favouring one.
-    docs = dict.fromkeys(plan.batch_sizes, 0)
-    # Per batch size: seconds, own CPU seconds, the machine's busy seconds.
-    spent = {b: [0.0, 0.0, 0.0] for b in plan.batch_sizes}
+    # Each batch size with one caller and with one per core, since an engine may go
+    # faster as several concurrent calls than as one call on every core (the ONNX
+    # engines do): the baseline is the best the engine can do in one process.
+    # The setups take turns over several rounds, so that drift in the machine's speed
+    # (a shared host) spreads over all of them instead of favouring one.
+    setups = [(b, c) for b in plan.batch_sizes for c in sorted({1, cpus_usable()})]
+    docs = dict.fromkeys(setups, 0)
+    # Per setup: seconds, own CPU seconds, the machine's busy seconds.
+    spent = {setup: [0.0, 0.0, 0.0] for setup in setups}
     docs_per_round = -(-plan.direct_docs // plan.direct_rounds)
     budget_s = plan.direct_budget_s / plan.direct_rounds
     for _ in range(plan.direct_rounds):
-        for batch_size in plan.batch_sizes:
-            done = docs[batch_size]
-            limit = done + docs_per_round
+        for setup in setups:
+            batch_size, callers = setup
+            start, limit = docs[setup], docs[setup] + docs_per_round
             cpu0, (busy0, _) = time.process_time(), machine_cpu_s()
             t0 = time.perf_counter()
-            while done < limit and time.perf_counter() - t0 < budget_s:
-                engine.run_batch([requests[(done + k) % len(requests)] for k in range(batch_size)])
-                done += batch_size
-            docs[batch_size] = done
-            totals = spent[batch_size]
+            done = _call_concurrently(engine, requests, batch_size, callers, start, limit, budget_s)
+            docs[setup] = start + done
+            totals = spent[setup]
             totals[0] += time.perf_counter() - t0
             totals[1] += time.process_time() - cpu0
             totals[2] += machine_cpu_s()[0] - busy0
     runs = []
-    for batch_size, (seconds, cpu, busy) in spent.items():
-        done = docs[batch_size]
+    for (batch_size, callers), (seconds, cpu, busy) in spent.items():
+        done = docs[batch_size, callers]
         runs.append(
             DirectRun(
                 batch_size,
+                callers,
                 done,
                 seconds,
                 done / seconds,
@@ -438,7 +482,7 @@ def run_direct(
                 max(0.0, busy - cpu) / seconds,
             )
         )
-        note(f"{spec.name}: direct batch {batch_size}: {done / seconds:.1f} docs/s")
+        note(f"{spec.name}: direct batch {batch_size} x{callers}: {done / seconds:.1f} docs/s")
     best = max(runs, key=lambda r: r.docs_per_s)
     result = DirectResult(
         spec.name,
@@ -448,6 +492,7 @@ def run_direct(
         spec.check(corpus, outputs),
         runs,
         best.batch_size,
+        best.callers,
         best.docs_per_s,
     )
     return result, [spec.key(o) for o in outputs]
@@ -727,10 +772,20 @@ def render_kind(report: Report, direct: DirectResult, gw: GatewayResult) -> str:
             "",
             f"direct: run_batch in-process (engine loaded in {direct.load_s:.1f}s; {check})",
             table(
-                ["batch", "docs", "seconds", "docs/s", "cpu cores", "ms cpu/doc", "other cores"],
+                [
+                    "batch",
+                    "callers",
+                    "docs",
+                    "seconds",
+                    "docs/s",
+                    "cpu cores",
+                    "ms cpu/doc",
+                    "other cores",
+                ],
                 [
                     [
                         r.batch_size,
+                        r.callers,
                         r.docs,
                         r.seconds,
                         r.docs_per_s,
@@ -741,7 +796,8 @@ def render_kind(report: Report, direct: DirectResult, gw: GatewayResult) -> str:
                     for r in direct.runs
                 ],
             ),
-            f"  best: {direct.best_docs_per_s:.1f} docs/s at batch {direct.best_batch_size}",
+            f"  best: {direct.best_docs_per_s:.1f} docs/s at batch {direct.best_batch_size}"
+            f" x{direct.best_callers} callers",
             "",
             "gateway: concurrent sync RPCs",
             table(
@@ -828,6 +884,7 @@ def render(report: Report) -> str:
                 "kind",
                 "direct docs/s",
                 "@batch",
+                "x callers",
                 "gateway docs/s",
                 "@clients",
                 "ratio",
@@ -843,6 +900,7 @@ def render(report: Report) -> str:
                     s.kind,
                     s.direct_docs_per_s,
                     s.direct_batch_size,
+                    s.direct_callers,
                     s.gateway_docs_per_s,
                     s.gateway_clients,
                     f"{s.ratio:.2f}",
@@ -936,6 +994,7 @@ def main(argv: list[str] | None = None) -> int:
             d.kind,
             d.best_docs_per_s,
             d.best_batch_size,
+            d.best_callers,
             g.saturation_docs_per_s,
             g.saturation_concurrency,
             g.saturation_docs_per_s / d.best_docs_per_s,
@@ -943,7 +1002,11 @@ def main(argv: list[str] | None = None) -> int:
             g.at_saturation.batch_max,
             g.latency.p50_ms,
             g.latency.p99_ms,
-            next(r.cpu_ms_per_doc for r in d.runs if r.batch_size == d.best_batch_size),
+            next(
+                r.cpu_ms_per_doc
+                for r in d.runs
+                if (r.batch_size, r.callers) == (d.best_batch_size, d.best_callers)
+            ),
             stack_cpu_ms_per_doc(
                 next(r for r in g.load if r.concurrency == g.saturation_concurrency)
             ),
