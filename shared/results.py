@@ -233,6 +233,10 @@ class AsyncResultStore:
         keys, args = _finish_args(self.names, [result], self.ttl_s)
         return bool((await self._finish(keys, args))[0])
 
+    async def result(self, task_id: str) -> tasks_pb2.TaskResult | None:
+        """The terminal result, if there is one."""
+        return _parse(await self.client.get(self.names.result_key(task_id)))
+
     async def get(self, task_id: str) -> tasks_pb2.TaskResult | None:
         """The terminal result, else the current state, else None (unknown task)."""
         pipe = self.client.pipeline(transaction=False)
@@ -311,10 +315,18 @@ class ResultWaiter:
                         return current
                     if loop.time() >= deadline:
                         return current
+                # asyncio.timeout, not wait_for: no extra task per wait on this hot path.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+                    async with asyncio.timeout_at(deadline):
+                        await future
+                woken = future.done() and not future.cancelled()
                 self.unregister(task_id, future)
                 future = None
+                if woken:
+                    # Usually a notification: the result is stored, and one GET reads it.
+                    result = await self.store.result(task_id)
+                    if result is not None:
+                        return result
         finally:
             if future is not None:
                 self.unregister(task_id, future)

@@ -121,7 +121,8 @@ class Gateway:
                 # or while the broker is failing): off the event loop then.
                 await loop.run_in_executor(None, send)
                 self._known_topics.add(topic)
-            await asyncio.wait_for(done, self.settings.publish_timeout_s)
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await done
         except Exception:
             self.kafka_ok = False
             raise

@@ -32,3 +32,20 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NLP_CONCURRENCY", "0")
     with pytest.raises(ValidationError):
         WorkerSettings()
+
+
+def test_bundles_may_fill_a_batch_with_fewer_threads() -> None:
+    WorkerSettings(concurrency=2, handoff_max_tasks=16, batch_max_size=32)
+    with pytest.raises(ValueError, match="handoff_max_tasks"):
+        WorkerSettings(concurrency=1, handoff_max_tasks=16, batch_max_size=32)
+
+
+def test_stack_replicas_parse_and_reject_bad_input() -> None:
+    from deploy.local.stack import parse_replicas, worker_name
+
+    assert parse_replicas("ner=2, classification=1") == {"ner": 2, "classification": 1}
+    assert parse_replicas("") == {}
+    for bad in ["ner", "ner=0", "ner=x", "nope=2"]:
+        with pytest.raises(ValueError, match="replicas"):
+            parse_replicas(bad)
+    assert [worker_name("ner", i) for i in (1, 2)] == ["ner-worker", "ner-worker-2"]

@@ -1,0 +1,85 @@
+"""How the intake bundles a poll's tasks into Celery messages, against stand-ins for
+Celery and the result store."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from nlp.v1 import classification_pb2
+from shared.envelope import decode_b64, make_envelope
+from shared.intake import Intake
+from shared.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES, Names
+from shared.settings import WorkerSettings
+
+
+@dataclass
+class FakeCelery:
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def producer_or_acquire(self) -> Iterator[None]:
+        yield None
+
+    def send_task(self, name: str, **options: Any) -> None:
+        self.sent.append({"name": name, **options})
+
+
+@dataclass
+class FakeStore:
+    queued: list[str] = field(default_factory=list)
+
+    def mark_queued(self, envelopes: Any) -> None:
+        self.queued += [e.task_id for e in envelopes]
+
+
+def handed(count: int, limit: int) -> tuple[list[str], FakeCelery, FakeStore]:
+    celery, store = FakeCelery(), FakeStore()
+    none: Any = None
+    intake = Intake(
+        kind="classification",
+        settings=WorkerSettings(handoff_max_tasks=limit),
+        consumer=none,
+        producer=none,
+        celery=celery,  # type: ignore[arg-type]
+        store=store,  # type: ignore[arg-type]
+        redis=none,
+    )
+    tasks = []
+    for i in range(count):
+        request = classification_pb2.ClassifyRequest(text=f"text {i}")
+        request.labels.add(name="a")
+        headers = [("traceparent", f"00-{i:032x}-{i + 1:016x}-01".encode())]
+        tasks.append((make_envelope("classification", request, deadline_s=60), headers))
+    intake.hand_off(tasks)
+    return [envelope.task_id for envelope, _ in tasks], celery, store
+
+
+@pytest.mark.parametrize(
+    ("count", "limit", "sizes"),
+    [(1, 16, [1]), (16, 16, [16]), (17, 16, [9, 8]), (20, 16, [10, 10]), (5, 1, [1] * 5)],
+)
+def test_even_bundles_of_at_most_the_limit(count: int, limit: int, sizes: list[int]) -> None:
+    ids, celery, store = handed(count, limit)
+    assert [len(m["kwargs"][CELERY_KWARG_ENVELOPES]) for m in celery.sent] == sizes
+    assert store.queued == ids  # QUEUED (in flight) before any message is published
+    assert all(m["name"] == Names.celery_task("classification") for m in celery.sent)
+
+
+def test_every_task_is_sent_once_in_order_with_its_own_trace_context() -> None:
+    ids, celery, _ = handed(20, 16)
+    sent = [decode_b64(b).task_id for m in celery.sent for b in m["kwargs"][CELERY_KWARG_ENVELOPES]]
+    assert sent == ids
+    traces = [t["traceparent"] for m in celery.sent for t in m["headers"][CELERY_HEADER_TRACE]]
+    assert traces == [f"00-{i:032x}-{i + 1:016x}-01" for i in range(20)]
+
+
+def test_a_lone_task_keeps_its_id_as_the_celery_task_id() -> None:
+    ids, celery, _ = handed(1, 16)
+    assert celery.sent[0]["task_id"] == ids[0]
+    _, celery, _ = handed(3, 16)
+    assert celery.sent[0]["task_id"] not in ids

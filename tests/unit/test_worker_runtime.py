@@ -1,0 +1,135 @@
+"""The worker runtime on a bundle of tasks, against stand-ins for Celery's task, the
+result store and the engine (the real ones are exercised by the integration tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from celery.exceptions import Retry
+
+from nlp.v1 import classification_pb2, common_pb2, tasks_pb2
+from shared.engines import ModelRegistry
+from shared.envelope import decode_b64, encode_b64, make_envelope
+from shared.errors import Code, InvalidRequestError
+from shared.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES
+from shared.settings import WorkerSettings
+from shared.worker import WorkerRuntime
+
+
+class FlakyEngine:
+    """Labels each text with its own text; fails on texts starting "fail", refuses "bad"."""
+
+    info = common_pb2.ModelInfo(name="echo", version="1")
+
+    def run_batch(self, requests: Sequence[Any]) -> list[classification_pb2.ClassifyResponse]:
+        if any(r.text.startswith("bad") for r in requests):
+            raise InvalidRequestError(["bad input"])
+        if any(r.text.startswith("fail") for r in requests):
+            raise RuntimeError("engine fault")
+        return [classification_pb2.ClassifyResponse(top_label=r.text) for r in requests]
+
+
+@dataclass
+class FakeStore:
+    done: set[str] = field(default_factory=set)
+    results: dict[str, tasks_pb2.TaskResult] = field(default_factory=dict)
+
+    def start(self, tasks: Sequence[tuple[str, int]], attempt: int) -> list[bool]:
+        return [task_id not in self.done for task_id, _ in tasks]
+
+    def finish_many(self, results: Sequence[tasks_pb2.TaskResult]) -> list[bool]:
+        stored = []
+        for result in results:
+            stored.append(result.task_id not in self.results)
+            self.results.setdefault(result.task_id, result)
+        return stored
+
+    def heartbeat(self, kind: str, task_ids: Any) -> None:
+        pass
+
+
+@dataclass
+class FakeRequest:
+    retries: int = 0
+
+
+@dataclass
+class FakeTask:
+    request: FakeRequest = field(default_factory=FakeRequest)
+    retried: dict[str, Any] = field(default_factory=dict)
+
+    def retry(self, **options: Any) -> Retry:
+        self.retried = options
+        return Retry()
+
+
+def runtime(store: FakeStore, max_retries: int = 3) -> WorkerRuntime:
+    engine: Any = FlakyEngine()
+    return WorkerRuntime(
+        kind="classification",
+        settings=WorkerSettings(max_retries=max_retries, batch_max_size=4),
+        store=store,  # type: ignore[arg-type]
+        registry=ModelRegistry("classification", {"echo": engine}, {"echo": "fake"}, "echo"),
+        producer_factory=lambda: pytest.fail("nothing should be produced"),
+    )
+
+
+def bundle(*texts: str) -> list[tasks_pb2.TaskEnvelope]:
+    envelopes = []
+    for text in texts:
+        request = classification_pb2.ClassifyRequest(text=text)
+        request.labels.add(name="a")
+        envelopes.append(make_envelope("classification", request, deadline_s=60))
+    return envelopes
+
+
+def test_each_task_of_a_bundle_gets_its_own_result() -> None:
+    store = FakeStore()
+    envelopes = bundle(*(f"text {i}" for i in range(10)))
+    outcome = runtime(store).execute(FakeTask(), [encode_b64(e) for e in envelopes], 0.0)  # type: ignore[arg-type]
+    assert outcome == {"SUCCEEDED": 10}
+    for e in envelopes:
+        result = store.results[e.task_id]
+        assert result.classification.top_label == e.classification.text
+        assert 1 <= result.batch_size <= 4
+
+
+def test_finished_tasks_are_skipped_and_refused_inputs_fail_alone() -> None:
+    store = FakeStore()
+    ok, skipped, bad = bundle("fine", "already done", "bad one")
+    store.done.add(skipped.task_id)
+    outcome = runtime(store).execute(
+        FakeTask(),  # type: ignore[arg-type]
+        [encode_b64(e) for e in (ok, skipped, bad)],
+        0.0,
+    )
+    assert outcome == {"SUCCEEDED": 1, "SKIPPED": 1, "FAILED": 1}
+    assert store.results[bad.task_id].error.code == int(Code.INVALID_ARGUMENT)
+    assert skipped.task_id not in store.results
+
+
+def test_failing_tasks_are_retried_together_without_their_bundle_mates() -> None:
+    store = FakeStore()
+    envelopes = bundle("fine 1", "fail 1", "fine 2", "fail 2")
+    task = FakeTask()
+    trace = [{"traceparent": f"t{i}"} for i in range(4)]
+    with pytest.raises(Retry):
+        runtime(store).execute(task, [encode_b64(e) for e in envelopes], 0.0, trace)  # type: ignore[arg-type]
+    assert set(store.results) == {envelopes[0].task_id, envelopes[2].task_id}
+    retried = [decode_b64(b).task_id for b in task.retried["kwargs"][CELERY_KWARG_ENVELOPES]]
+    assert sorted(retried) == sorted([envelopes[1].task_id, envelopes[3].task_id])
+    by_id = dict(zip(retried, task.retried["headers"][CELERY_HEADER_TRACE], strict=True))
+    assert by_id[envelopes[1].task_id] == {"traceparent": "t1"}
+
+
+def test_after_the_last_retry_a_failing_task_fails() -> None:
+    store = FakeStore()
+    (envelope,) = bundle("fail always")
+    rt = runtime(store, max_retries=0)
+    rt._dead_letter_envelope = lambda envelope, reason: None  # type: ignore[method-assign]
+    outcome = rt.execute(FakeTask(), [encode_b64(envelope)], 0.0)  # type: ignore[arg-type]
+    assert outcome == {"FAILED": 1}
+    assert "engine fault" in store.results[envelope.task_id].error.message
