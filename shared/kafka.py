@@ -1,12 +1,19 @@
-"""Kafka clients built from settings (kafka-python), topic creation and dead-lettering."""
+"""Kafka clients built from settings, topic creation and dead-lettering.
+
+The gateway's hot path produces with confluent-kafka (librdkafka: batching, network
+and delivery reports in C, off the GIL); the intake and workers use kafka-python.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import confluent_kafka
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -39,6 +46,81 @@ def make_producer(settings: ServiceSettings, **overrides: Any) -> KafkaProducer:
     }
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+class AsyncProducer:
+    """Idempotent acks=all producer for asyncio code (confluent-kafka).
+
+    :meth:`send` never blocks the event loop: librdkafka queues the message and a
+    thread serves its delivery reports, which settle the awaiting coroutine.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._producer = confluent_kafka.Producer(config)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
+        """Produce one message and return once the broker acknowledged it (acks=all).
+
+        Raises :class:`KafkaDeliveryError` when it could not be delivered, or
+        BufferError when librdkafka's queue is full (the broker is not keeping up).
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: Any) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(KafkaDeliveryError(str(error)))
+
+        def delivered(error: Any, _message: Any) -> None:
+            loop.call_soon_threadsafe(settle, error)
+
+        kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
+        self._producer.produce(
+            topic, value=value, key=key, headers=kafka_headers, on_delivery=delivered
+        )
+        await done
+
+    def topics(self, timeout: float = 10.0) -> set[str]:
+        """Topics the cluster knows (a metadata request: also a liveness probe)."""
+        return set(self._producer.list_topics(timeout=timeout).topics)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued (up to ``timeout`` seconds), then stop."""
+        self._producer.flush(timeout)
+        self._stop.set()
+        self._poller.join(timeout=1)
+
+
+class KafkaDeliveryError(Exception):
+    """The broker did not acknowledge a message."""
+
+
+def make_async_producer(settings: ServiceSettings) -> AsyncProducer:
+    """The gateway's producer: same guarantees as :func:`make_producer`."""
+    return AsyncProducer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "client.id": settings.service_name,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "message.max.bytes": settings.limits.max_text_bytes * 2 + 64 * 1024,
+            "request.timeout.ms": 15_000,
+            "message.timeout.ms": 30_000,
+            "log_level": 4,  # warnings and worse
+        }
+    )
 
 
 def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) -> KafkaConsumer:

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from services.gateway.server import serve
 from services.gateway.settings import Settings
-from shared.kafka import make_producer
+from shared.kafka import make_async_producer
 from shared.logs import configure_logging
 from shared.readiness import mark_ready
 
@@ -17,10 +17,9 @@ from shared.readiness import mark_ready
 async def main() -> None:
     settings = Settings()
     configure_logging("gateway", settings.log_level)
-    producer = make_producer(settings)
-    # Fetch topic metadata now so that the first request does not pay for it.
-    for topic in settings.names.all_task_topics():
-        producer.partitions_for(topic)
+    producer = make_async_producer(settings)
+    # Fetch metadata now so that the first request does not pay for it.
+    producer.topics()
     client = aioredis.Redis.from_url(settings.redis_url)
     stop, started = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

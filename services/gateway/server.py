@@ -19,7 +19,6 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from kafka import KafkaProducer
 
 from nlp.v1 import (
     classification_pb2,
@@ -47,7 +46,7 @@ from shared.envelope import (
     validate_request,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import task_headers
+from shared.kafka import AsyncProducer, task_headers
 from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
 from shared.results import AsyncResultStore, ResultWaiter
 
@@ -79,50 +78,30 @@ async def _abort(context: Ctx, code: grpc.StatusCode, details: str) -> NoReturn:
 class Gateway:
     """What every servicer shares: validation, publishing, waiting."""
 
-    def __init__(self, settings: Settings, producer: KafkaProducer, client: aioredis.Redis) -> None:
+    def __init__(self, settings: Settings, producer: AsyncProducer, client: aioredis.Redis) -> None:
         self.settings = settings
         self.producer = producer
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
         self.waiter = ResultWaiter(client, self.store)
         self.catalog = ModelCatalog(client, settings.names)
-        # Kafka health as the last publish saw it (kafka-python has no cheap liveness probe).
+        # Kafka health as the last publish saw it (a probe per health check would cost a
+        # metadata request every few seconds for what traffic already tells).
         self.kafka_ok = True
-        self._known_topics: set[str] = set()
 
     async def publish(self, envelope: tasks_pb2.TaskEnvelope) -> None:
         """Produce the envelope and wait for the broker's acks=all acknowledgement."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
         kind = kind_name(envelope.kind)
-        topic = self.settings.names.task_topic(kind)
-
-        def settle(exc: BaseException | None) -> None:
-            if not done.done():
-                if exc is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(exc)
-
-        def send() -> None:
-            future = self.producer.send(
-                topic,
-                value=envelope.SerializeToString(),
-                key=envelope.task_id.encode(),
-                headers=task_headers(envelope.task_id, kind),
-            )
-            future.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
-            future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
-
         try:
-            if self.kafka_ok and topic in self._known_topics:
-                send()  # metadata is cached: send() only appends to the producer's buffer
-            else:
-                # send() can block on metadata or a full buffer (the first send to a topic,
-                # or while the broker is failing): off the event loop then.
-                await loop.run_in_executor(None, send)
-                self._known_topics.add(topic)
             async with asyncio.timeout(self.settings.publish_timeout_s):
-                await done
+                await self.producer.send(
+                    self.settings.names.task_topic(kind),
+                    value=envelope.SerializeToString(),
+                    # No key: librdkafka's sticky partitioner then fills one partition's
+                    # batch at a time (fewer, larger produce requests: measured 1.65 vs
+                    # 2.7 ms broker CPU per task). The id is in the headers and envelope.
+                    key=None,
+                    headers=task_headers(envelope.task_id, kind),
+                )
         except Exception:
             self.kafka_ok = False
             raise
@@ -417,7 +396,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
 
 async def serve(
     settings: Settings,
-    producer: KafkaProducer,
+    producer: AsyncProducer,
     client: aioredis.Redis,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
