@@ -82,8 +82,15 @@ class Intake:
         return int(self.redis.llen(self.names.celery_queue(self.kind)))
 
     def run(self, stop: threading.Event, on_first_poll: Callable[[], None] | None = None) -> None:
-        """Poll until ``stop`` is set, then commit and return."""
-        self.consumer.subscribe([self.names.task_topic(self.kind)])
+        """Poll until ``stop`` is set."""
+        topic = self.names.task_topic(self.kind)
+        # Join the group only once the topic's partitions are known: a member that joins
+        # without them gets no partitions assigned and may sit idle until some later
+        # rebalance (seen right after a broker start).
+        while not self.consumer.partitions_for_topic(topic):
+            if stop.wait(0.2):
+                return
+        self.consumer.subscribe([topic])
         first = True
         next_sweep = time.monotonic() + self.settings.sweep_interval_s
         while not stop.is_set():
