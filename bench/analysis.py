@@ -50,6 +50,7 @@ from bench.corpora import CORPORA, SEED, Corpus
 from bench.harness import (
     TaskFailedError,
     cpu_delta,
+    cpus_usable,
     drive,
     environ,
     format_errors,
@@ -388,10 +389,6 @@ class Report:
 
 
 # --- direct baseline ----------------------------------------------------------------------
-
-
-def cpus_usable() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def _call_concurrently(

@@ -169,11 +169,16 @@ def environ(overrides: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def cpus_usable() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers depend on besides the code."""
     return {
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpus_usable": cpus_usable(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),

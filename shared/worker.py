@@ -136,6 +136,7 @@ class WorkerRuntime:
         attempt = int(task.request.retries) + 1
         outcome: Counter[str] = Counter()
         live: list[tasks_pb2.TaskEnvelope] = []
+        late: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
         traces: dict[str, Mapping[str, str]] = {}
         for i, raw in enumerate(envelopes_b64):
             try:
@@ -148,12 +149,10 @@ class WorkerRuntime:
             if i < len(trace):
                 traces[envelope.task_id] = trace[i]
             if expired(envelope, started):
-                self._finish(
-                    [(envelope, deadline_exceeded(envelope, "worker"))], handed_at, started
-                )
-                outcome["DEADLINE_EXCEEDED"] += 1
+                late.append((envelope, deadline_exceeded(envelope, "worker")))
             else:
                 live.append(envelope)
+        self._finish(late, handed_at, started, outcome)
         flags = self.store.start([(e.task_id, e.kind) for e in live], attempt)
         runnable = [e for e, ok in zip(live, flags, strict=True) if ok]
         if len(runnable) < len(live):
@@ -270,7 +269,7 @@ class WorkerRuntime:
         finished: Sequence[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]],
         handed_at: float,
         started: float,
-        outcome: Counter[str] | None = None,
+        outcome: Counter[str],
     ) -> None:
         """Store terminal results (one round trip) and publish those that ask for it."""
         if not finished:
@@ -286,8 +285,7 @@ class WorkerRuntime:
         stored = self.store.finish_many([result for _, result in finished])
         sends = []
         for (envelope, result), ok in zip(finished, stored, strict=True):
-            if outcome is not None:
-                outcome[common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")] += 1
+            outcome[common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")] += 1
             if not ok:
                 log.info("task already had a result; kept it", extra={"task_id": result.task_id})
             elif envelope.reply.publish_result or self.settings.publish_results:

@@ -107,21 +107,8 @@ class Gateway:
             raise
         self.kafka_ok = True
 
-    async def submit(
-        self,
-        context: Ctx,
-        kind: str,
-        request: AnyRequest,
-        deadline_s: float,
-        *,
-        priority: int = 0,
-        tenant: str = "",
-        reply: tasks_pb2.ReplyOptions | None = None,
-    ) -> tasks_pb2.TaskEnvelope:
-        """Validate, record PENDING and publish; the task id is valid once this returns."""
-        envelope = await self.envelope(
-            context, kind, request, deadline_s, priority=priority, tenant=tenant, reply=reply
-        )
+    async def submit(self, context: Ctx, envelope: tasks_pb2.TaskEnvelope) -> None:
+        """Record PENDING and publish; the task id is valid once this returns."""
         # Recorded first so that a Get right after Submit never says NOT_FOUND.
         await self.store.set_state(envelope.task_id, common_pb2.TASK_STATUS_PENDING, envelope.kind)
         try:
@@ -129,7 +116,6 @@ class Gateway:
         except Exception as exc:
             await self.store.clear_state(envelope.task_id)
             await self.publish_failed(context, envelope, exc)
-        return envelope
 
     async def envelope(
         self,
@@ -329,7 +315,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             request.deadline_ms / 1000 if request.deadline_ms else self.settings.task_deadline_s,
             self.settings.max_deadline_s,
         )
-        envelope = await self.gateway.submit(
+        envelope = await self.gateway.envelope(
             context,
             kind,
             getattr(request, kind),
@@ -338,6 +324,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             tenant=request.tenant,
             reply=request.reply,
         )
+        await self.gateway.submit(context, envelope)
         return tasks_pb2.SubmitResponse(
             task_id=envelope.task_id, kind=envelope.kind, deadline=envelope.deadline
         )
