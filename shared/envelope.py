@@ -36,6 +36,7 @@ TERMINAL_STATUSES = frozenset(
     }
 )
 _TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 AnyRequest = (
     generation_pb2.GenerateRequest
@@ -51,6 +52,11 @@ def new_task_id() -> str:
 
 def valid_task_id(task_id: str) -> bool:
     return bool(_TASK_ID_RE.match(task_id))
+
+
+def valid_batch_id(batch_id: str) -> bool:
+    """1-64 of ``[A-Za-z0-9._-]``, starting with a letter or digit."""
+    return bool(_BATCH_ID_RE.match(batch_id))
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -78,6 +84,7 @@ def make_envelope(
     tenant: str = "",
     priority: int = 0,
     reply: tasks_pb2.ReplyOptions | None = None,
+    batch_id: str = "",
     now: float | None = None,
 ) -> tasks_pb2.TaskEnvelope:
     """Build an envelope for ``request`` that must start within ``deadline_s`` seconds."""
@@ -90,6 +97,7 @@ def make_envelope(
         deadline=timestamp(created + deadline_s),
         priority=priority,
         model=request.model,
+        batch_id=batch_id,
     )
     getattr(envelope, kind).CopyFrom(request)
     if reply is not None:
@@ -242,6 +250,8 @@ def validate_envelope(envelope: tasks_pb2.TaskEnvelope, expected_kind: str, limi
         problems.append("deadline is before created_at")
     if not 0 <= envelope.priority <= 9:
         problems.append("priority must be in [0, 9]")
+    if envelope.batch_id and not valid_batch_id(envelope.batch_id):
+        problems.append(f"batch_id {envelope.batch_id[:64]!r} is malformed")
     which = envelope.WhichOneof("request")
     if which is None:
         problems.append("the envelope carries no request")
@@ -276,6 +286,8 @@ def error_result(
         status=status,  # type: ignore[arg-type]
         error=common_pb2.Error(code=int(code), message=message, retryable=retryable),
         correlation_id=envelope.reply.correlation_id,
+        # A malformed id (from a direct producer) must not name Redis keys.
+        batch_id=envelope.batch_id if valid_batch_id(envelope.batch_id) else "",
     )
 
 

@@ -36,7 +36,7 @@ from shared.envelope import (
     validate_envelope,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import dead_letter_headers
+from shared.kafka import dead_letter_headers, result_record
 from shared.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
@@ -163,7 +163,7 @@ class Intake:
             if envelope.task_id in finished:
                 self.stats["skipped"] += 1  # cancelled before it got here, or a replay
             elif expired(envelope, now):
-                self.store.finish(deadline_exceeded(envelope, "intake"))
+                self.finish(envelope, deadline_exceeded(envelope, "intake"))
                 self.stats["expired"] += 1
             else:
                 ready.append((envelope, record.headers or ()))
@@ -182,14 +182,14 @@ class Intake:
         except InvalidRequestError as exc:
             if valid_task_id(envelope.task_id):
                 # Someone may be waiting on this id: tell them why it will never run.
-                self.store.finish(
-                    error_result(
-                        envelope,
-                        common_pb2.TASK_STATUS_FAILED,
-                        Code.INVALID_ARGUMENT,
-                        f"invalid task: {exc}",
-                    )
+                result = error_result(
+                    envelope,
+                    common_pb2.TASK_STATUS_FAILED,
+                    Code.INVALID_ARGUMENT,
+                    f"invalid task: {exc}",
                 )
+                result.dead_lettered = True
+                self.finish(envelope, result)
             return self.dead_letter(record, f"invalid: {exc}")
         return envelope
 
@@ -205,7 +205,7 @@ class Intake:
         for data in silent:
             envelope = decode_envelope(data)
             if expired(envelope):
-                self.store.finish(deadline_exceeded(envelope, "redelivery"))
+                self.finish(envelope, deadline_exceeded(envelope, "redelivery"))
                 continue
             log.warning("re-sending a silent task", extra={"task_id": envelope.task_id})
             self.stats["redelivered"] += 1
@@ -241,6 +241,15 @@ class Intake:
                 )
                 self.stats["messages"] += 1
         self.stats["handed"] += len(tasks)
+
+    def finish(self, envelope: tasks_pb2.TaskEnvelope, result: tasks_pb2.TaskResult) -> None:
+        """Store a terminal result decided here, published first when the task asks."""
+        if envelope.reply.publish_result or self.settings.publish_results:
+            key, value, headers = result_record(result)
+            self.producer.send(self.names.results_topic, value=value, key=key, headers=headers).get(
+                timeout=30
+            )
+        self.store.finish(result)
 
     def dead_letter(self, record: ConsumerRecord, reason: str) -> Any:
         self.stats["dead_lettered"] += 1

@@ -18,6 +18,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from nlp.v1 import tasks_pb2
 from shared import names
 from shared.names import ALL_KINDS
 from shared.settings import ServiceSettings
@@ -175,6 +176,19 @@ def task_headers(task_id: str, kind: str, extra: Sequence[tuple[str, bytes]] = (
         (names.HEADER_KIND, kind.encode()),
         *extra,
     ]
+
+
+def result_record(result: tasks_pb2.TaskResult) -> tuple[bytes, bytes, Headers]:
+    """Key, value and headers of ``result`` on the results topic.
+
+    The key is the batch id for batch tasks (a batch's results share one partition, in
+    completion order) and the task id otherwise.
+    """
+    key = result.batch_id or result.task_id
+    headers = task_headers(result.task_id, names.KIND_NAMES.get(result.kind, "unknown"))
+    if result.batch_id:
+        headers.append((names.HEADER_BATCH_ID, result.batch_id.encode()))
+    return key.encode(), result.SerializeToString(), headers
 
 
 def dead_letter_headers(

@@ -26,6 +26,7 @@ HEADER_TRACEPARENT = "traceparent"
 HEADER_TRACESTATE = "tracestate"
 HEADER_TASK_ID = "nlp-task-id"
 HEADER_KIND = "nlp-kind"
+HEADER_BATCH_ID = "nlp-batch-id"
 HEADER_DLQ_REASON = "nlp-dlq-reason"
 HEADER_DLQ_STAGE = "nlp-dlq-stage"
 HEADER_DLQ_SOURCE_TOPIC = "nlp-dlq-source-topic"
@@ -111,6 +112,14 @@ class Names:
     def models_key(self, kind: str) -> str:
         """Hash of the models the workers of ``kind`` serve (name → JSON descriptor)."""
         return self._redis(f"nlp:models:{kind}")
+
+    def batch_key(self, batch_id: str) -> str:
+        """Hash of a batch's counts by state and its sealed flag."""
+        return self._redis(f"nlp:batch:{batch_id}")
+
+    def batch_results_key(self, batch_id: str) -> str:
+        """Stream of a batch's finished task ids in completion order (the results cursor)."""
+        return self._redis(f"nlp:batch:{batch_id}:results")
 
     @property
     def done_channel(self) -> str:

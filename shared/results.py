@@ -28,38 +28,54 @@ import redis.asyncio as aioredis
 
 from nlp.v1 import common_pb2, tasks_pb2
 from shared.envelope import TERMINAL_STATUSES
+from shared.errors import Code
 from shared.names import KIND_NAMES, Names, kind_name
 
 log = logging.getLogger(__name__)
 
-# For each task (4 keys, 3 arguments): set the result only if none exists, then drop
-# the state and in-flight entry and notify, atomically. Returns 1/0 per task.
+# For each task (6 keys, 6 arguments): set the result only if none exists, then drop
+# the state and in-flight entry, count it in its batch (if any: terminal status,
+# dead-lettered, one fewer running) and append it to the batch's results stream, and
+# notify, atomically. Returns 1/0 per task.
 _FINISH_LUA = """
 local stored = {}
-for i = 0, #ARGV / 3 - 1 do
-  local k, a = i * 4, i * 3
-  if redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'NX', 'EX', ARGV[a + 2]) then
+for i = 0, #ARGV / 6 - 1 do
+  local k = i * 6
+  if redis.call('SET', KEYS[k + 1], ARGV[k + 1], 'NX', 'EX', ARGV[k + 2]) then
+    if ARGV[k + 6] == '1' then
+      local prior = redis.call('HGET', KEYS[k + 2], 'status')
+      redis.call('HINCRBY', KEYS[k + 5], ARGV[k + 4], 1)
+      if ARGV[k + 5] == '1' then redis.call('HINCRBY', KEYS[k + 5], 'dead_lettered', 1) end
+      if prior == '@RUNNING@' then redis.call('HINCRBY', KEYS[k + 5], 'running', -1) end
+      redis.call('EXPIRE', KEYS[k + 5], ARGV[k + 2])
+      redis.call('XADD', KEYS[k + 6], '*', 'id', ARGV[k + 3])
+      redis.call('EXPIRE', KEYS[k + 6], ARGV[k + 2])
+    end
     redis.call('DEL', KEYS[k + 2])
-    redis.call('ZREM', KEYS[k + 4], ARGV[a + 3])
-    redis.call('PUBLISH', KEYS[k + 3], ARGV[a + 3])
+    redis.call('ZREM', KEYS[k + 4], ARGV[k + 3])
+    redis.call('PUBLISH', KEYS[k + 3], ARGV[k + 3])
     stored[i + 1] = 1
   else
     stored[i + 1] = 0
   end
 end
 return stored
-"""
+""".replace("@RUNNING@", str(common_pb2.TASK_STATUS_RUNNING))
 
 
-# For each task (3 keys; ARGV[1..4] shared, then kind and id per task): mark RUNNING
-# only if no terminal result exists (a cancel or a re-run may have won). 1/0 per task.
+# For each task (4 keys; ARGV[1..4] shared, then kind, id and in-a-batch per task): mark
+# RUNNING only if no terminal result exists (a cancel or a re-run may have won), and
+# count it as running in its batch unless it already was. 1/0 per task.
 _START_LUA = """
 local started = {}
-for i = 0, #KEYS / 3 - 1 do
-  local k, a = i * 3, 4 + i * 2
+for i = 0, #KEYS / 4 - 1 do
+  local k, a = i * 4, 4 + i * 3
   if redis.call('EXISTS', KEYS[k + 1]) == 1 then
     started[i + 1] = 0
   else
+    if ARGV[a + 3] == '1' and redis.call('HGET', KEYS[k + 2], 'status') ~= ARGV[1] then
+      redis.call('HINCRBY', KEYS[k + 4], 'running', 1)
+    end
     redis.call('HSET', KEYS[k + 2], 'status', ARGV[1], 'kind', ARGV[a + 1],
                'attempt', ARGV[2], 'updated_at', ARGV[3])
     redis.call('EXPIRE', KEYS[k + 2], ARGV[4])
@@ -69,6 +85,14 @@ for i = 0, #KEYS / 3 - 1 do
 end
 return started
 """
+
+# Batch counter fields per terminal status (also the BatchStatus field names).
+_STATUS_FIELDS: dict[int, str] = {
+    common_pb2.TASK_STATUS_SUCCEEDED: "succeeded",
+    common_pb2.TASK_STATUS_FAILED: "failed",
+    common_pb2.TASK_STATUS_CANCELLED: "cancelled",
+    common_pb2.TASK_STATUS_DEADLINE_EXCEEDED: "deadline_exceeded",
+}
 
 
 def _finish_args(
@@ -83,8 +107,17 @@ def _finish_args(
             names.state_key(result.task_id),
             names.done_channel,
             names.inflight_key(KIND_NAMES.get(result.kind, "unknown")),
+            names.batch_key(result.batch_id),
+            names.batch_results_key(result.batch_id),
         ]
-        args += [result.SerializeToString(), ttl_s, result.task_id]
+        args += [
+            result.SerializeToString(),
+            ttl_s,
+            result.task_id,
+            _STATUS_FIELDS[result.status],
+            int(result.dead_lettered),
+            int(bool(result.batch_id)),
+        ]
     return keys, args
 
 
@@ -105,6 +138,10 @@ def _from_state(task_id: str, status: Any, kind: Any, attempt: Any) -> tasks_pb2
         status=int(status),  # type: ignore[arg-type]
         attempt=int(attempt or 0),
     )
+
+
+def _bytes(data: bytes | str) -> bytes:
+    return data.encode() if isinstance(data, str) else data
 
 
 def _parse(data: bytes | str | None) -> tasks_pb2.TaskResult | None:
@@ -137,9 +174,9 @@ class ResultStore:
             pipe.zadd(self.names.inflight_key(kind_name(envelope.kind)), {envelope.task_id: now})
         pipe.execute()
 
-    def start(self, tasks: Sequence[tuple[str, int]], attempt: int) -> list[bool]:
-        """Mark tasks (id, kind) RUNNING unless they already have a result, in one round
-        trip; False means skip that task."""
+    def start(self, tasks: Sequence[tasks_pb2.TaskEnvelope], attempt: int) -> list[bool]:
+        """Mark tasks RUNNING unless they already have a result, in one round trip;
+        False means skip that task."""
         if not tasks:
             return []
         keys: list[str] = []
@@ -149,13 +186,14 @@ class ResultStore:
             time.time(),
             self.ttl_s,
         ]
-        for task_id, kind in tasks:
+        for envelope in tasks:
             keys += [
-                self.names.result_key(task_id),
-                self.names.state_key(task_id),
-                self.names.inflight_key(kind_name(kind)),
+                self.names.result_key(envelope.task_id),
+                self.names.state_key(envelope.task_id),
+                self.names.inflight_key(kind_name(envelope.kind)),
+                self.names.batch_key(envelope.batch_id),
             ]
-            args += [kind, task_id]
+            args += [envelope.kind, envelope.task_id, int(bool(envelope.batch_id))]
         return [bool(n) for n in self._start(keys, args)]
 
     def finished(self, task_ids: Sequence[str]) -> set[str]:
@@ -219,15 +257,107 @@ class AsyncResultStore:
         self.ttl_s = ttl_s
         self._finish = client.register_script(_FINISH_LUA)
 
-    async def set_state(self, task_id: str, status: int, kind: int, attempt: int = 0) -> None:
-        key = self.names.state_key(task_id)
+    async def clear_state(self, task_id: str) -> None:
+        await self.client.delete(self.names.state_key(task_id))
+
+    async def record_pending(self, envelopes: Sequence[tasks_pb2.TaskEnvelope]) -> None:
+        """PENDING state with the envelope, for many tasks in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for envelope in envelopes:
+                key = self.names.state_key(envelope.task_id)
+                fields = _state_fields(common_pb2.TASK_STATUS_PENDING, envelope.kind, 0)
+                fields["envelope"] = envelope.SerializeToString()
+                pipe.hset(key, mapping=fields)
+                pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def clear_states(self, task_ids: Sequence[str]) -> None:
+        if task_ids:
+            await self.client.delete(*(self.names.state_key(t) for t in task_ids))
+
+    async def envelope(self, task_id: str) -> tasks_pb2.TaskEnvelope | None:
+        """The envelope kept with a task's non-terminal state, if any."""
+        data = await self.client.hget(self.names.state_key(task_id), "envelope")
+        return None if data is None else tasks_pb2.TaskEnvelope.FromString(_bytes(data))
+
+    # --- batches -------------------------------------------------------------------
+
+    async def open_batch(self, batch_id: str) -> None:
+        """Create the batch (or reopen it: a stream is adding items, so it is not sealed)."""
+        key = self.names.batch_key(batch_id)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=_state_fields(status, kind, attempt))
+            pipe.hsetnx(key, "created_at", f"{time.time():.6f}")
+            pipe.hset(key, "sealed", 0)
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def clear_state(self, task_id: str) -> None:
-        await self.client.delete(self.names.state_key(task_id))
+    async def count_batch(self, batch_id: str, submitted: int, rejected: int) -> None:
+        key = self.names.batch_key(batch_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hincrby(key, "submitted", submitted)
+            pipe.hincrby(key, "rejected", rejected)
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def seal_batch(self, batch_id: str) -> None:
+        await self.client.hset(self.names.batch_key(batch_id), "sealed", 1)
+
+    async def batch_status(self, batch_id: str) -> tasks_pb2.BatchStatus | None:
+        """Counts by state, or None for an unknown (or expired) batch."""
+        raw = await self.client.hgetall(self.names.batch_key(batch_id))
+        if not raw:
+            return None
+        fields = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in raw.items()
+        }
+
+        def count(name: str) -> int:
+            return int(fields.get(name, 0))
+
+        status = tasks_pb2.BatchStatus(
+            batch_id=batch_id,
+            submitted=count("submitted"),
+            rejected=count("rejected"),
+            running=max(0, count("running")),
+            dead_lettered=count("dead_lettered"),
+            sealed=fields.get("sealed") == "1",
+        )
+        for name in _STATUS_FIELDS.values():
+            setattr(status, name, count(name))
+        terminal = sum(count(name) for name in _STATUS_FIELDS.values())
+        status.pending = max(0, status.submitted - status.running - terminal)
+        status.complete = status.sealed and terminal >= status.submitted
+        if "created_at" in fields:
+            status.created_at.FromNanoseconds(int(float(fields["created_at"]) * 1e9))
+        return status
+
+    async def batch_results(
+        self, batch_id: str, cursor: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, tasks_pb2.TaskResult]]:
+        """Up to ``count`` results after ``cursor`` in completion order, as (cursor,
+        result); waits up to ``block_ms`` for the first one (None: no wait)."""
+        reply: Any = await self.client.xread(
+            {self.names.batch_results_key(batch_id): cursor}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        entries = reply[0][1]
+        ids = [fields[b"id"].decode() for _, fields in entries]
+        values = await self.client.mget([self.names.result_key(t) for t in ids])
+        out: list[tuple[str, tasks_pb2.TaskResult]] = []
+        for (entry_id, _), task_id, data in zip(entries, ids, values, strict=True):
+            result = _parse(data)
+            if result is None:  # stored with the same TTL as the stream; gone only at its end
+                result = tasks_pb2.TaskResult(
+                    task_id=task_id,
+                    batch_id=batch_id,
+                    error=common_pb2.Error(
+                        code=int(Code.NOT_FOUND), message="the result has expired"
+                    ),
+                )
+            out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, result))
+        return out
 
     async def finish(self, result: tasks_pb2.TaskResult) -> bool:
         keys, args = _finish_args(self.names, [result], self.ttl_s)

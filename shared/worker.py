@@ -41,7 +41,7 @@ from shared.envelope import (
     timestamp,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import dead_letter_headers, task_headers
+from shared.kafka import dead_letter_headers, result_record, task_headers
 from shared.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
@@ -153,7 +153,7 @@ class WorkerRuntime:
             else:
                 live.append(envelope)
         self._finish(late, handed_at, started, outcome)
-        flags = self.store.start([(e.task_id, e.kind) for e in live], attempt)
+        flags = self.store.start(live, attempt)
         runnable = [e for e, ok in zip(live, flags, strict=True) if ok]
         if len(runnable) < len(live):
             outcome["SKIPPED"] += len(live) - len(runnable)  # already finished or cancelled
@@ -237,6 +237,7 @@ class WorkerRuntime:
                         model=info,
                         correlation_id=envelope.reply.correlation_id,
                         batch_size=batched.batch_size,
+                        batch_id=envelope.batch_id,
                     )
                     getattr(result, self.kind).CopyFrom(batched.output)
                 elif isinstance(error, InvalidRequestError):  # the engine refused this input
@@ -259,6 +260,7 @@ class WorkerRuntime:
                         retryable=True,
                     )
                     self._dead_letter_envelope(envelope, result.error.message)
+                    result.dead_lettered = True
                 result.attempt = attempt
                 finished.append((envelope, result))
             self._finish(finished, handed_at, started, outcome)
@@ -282,23 +284,28 @@ class WorkerRuntime:
             result.timings.waited_ms = max(0.0, (started - handed_at) * 1000)
             result.timings.ran_ms = (now - started) * 1000
             result.timings.finished_at.CopyFrom(timestamp(now))
-        stored = self.store.finish_many([result for _, result in finished])
+        # Published before they are stored: a crash in between re-runs the task, which
+        # publishes again (at least once on the results topic; consumers dedupe by id).
+        publish = [
+            result
+            for envelope, result in finished
+            if envelope.reply.publish_result or self.settings.publish_results
+        ]
         sends = []
-        for (envelope, result), ok in zip(finished, stored, strict=True):
+        for result in publish:
+            key, value, headers = result_record(result)
+            sends.append(
+                self.producer.send(
+                    self.settings.names.results_topic, value=value, key=key, headers=headers
+                )
+            )
+        for send in sends:
+            send.get(timeout=30)
+        stored = self.store.finish_many([result for _, result in finished])
+        for (_, result), ok in zip(finished, stored, strict=True):
             outcome[common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")] += 1
             if not ok:
                 log.info("task already had a result; kept it", extra={"task_id": result.task_id})
-            elif envelope.reply.publish_result or self.settings.publish_results:
-                sends.append(
-                    self.producer.send(
-                        self.settings.names.results_topic,
-                        value=result.SerializeToString(),
-                        key=result.task_id.encode(),
-                        headers=task_headers(result.task_id, self.kind),
-                    )
-                )
-        for send in sends:
-            send.get(timeout=30)
 
     def _dead_letter_envelope(self, envelope: tasks_pb2.TaskEnvelope, reason: str) -> None:
         headers = dead_letter_headers(

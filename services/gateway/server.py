@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -42,11 +43,13 @@ from shared.envelope import (
     AnyRequest,
     error_result,
     make_envelope,
+    new_task_id,
+    valid_batch_id,
     valid_task_id,
     validate_request,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import AsyncProducer, task_headers
+from shared.kafka import AsyncProducer, result_record, task_headers
 from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
 from shared.results import AsyncResultStore, ResultWaiter
 
@@ -68,6 +71,10 @@ _STATUS_CODES = {
     common_pb2.TASK_STATUS_DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 _GRPC_CODES = {int(c.value[0]): c for c in grpc.StatusCode}
+_CURSOR_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+# How long one read of a batch's results stream waits for more before re-checking the batch.
+_FOLLOW_BLOCK_MS = 1000
+_MAX_ITEM_ID_CHARS = 256
 
 
 async def _abort(context: Ctx, code: grpc.StatusCode, details: str) -> NoReturn:
@@ -110,16 +117,15 @@ class Gateway:
     async def submit(self, context: Ctx, envelope: tasks_pb2.TaskEnvelope) -> None:
         """Record PENDING and publish; the task id is valid once this returns."""
         # Recorded first so that a Get right after Submit never says NOT_FOUND.
-        await self.store.set_state(envelope.task_id, common_pb2.TASK_STATUS_PENDING, envelope.kind)
+        await self.store.record_pending([envelope])
         try:
             await self.publish(envelope)
         except Exception as exc:
             await self.store.clear_state(envelope.task_id)
             await self.publish_failed(context, envelope, exc)
 
-    async def envelope(
+    async def build_envelope(
         self,
-        context: Ctx,
         kind: str,
         request: AnyRequest,
         deadline_s: float,
@@ -127,18 +133,105 @@ class Gateway:
         priority: int = 0,
         tenant: str = "",
         reply: tasks_pb2.ReplyOptions | None = None,
+        batch_id: str = "",
     ) -> tasks_pb2.TaskEnvelope:
-        """A validated envelope for the request, or INVALID_ARGUMENT."""
+        """A validated envelope for the request; InvalidRequestError otherwise."""
+        validate_request(kind, request, self.settings.limits)
+        await self.catalog.check(kind, request.model)
+        if not 0 <= priority <= 9:
+            raise InvalidRequestError(["priority must be in [0, 9]"])
+        return make_envelope(
+            kind,
+            request,
+            deadline_s=deadline_s,
+            priority=priority,
+            tenant=tenant,
+            reply=reply,
+            batch_id=batch_id,
+        )
+
+    async def submitted_envelope(
+        self, request: tasks_pb2.SubmitRequest, batch_id: str = ""
+    ) -> tasks_pb2.TaskEnvelope:
+        """The envelope of a Tasks submission; InvalidRequestError otherwise."""
+        kind = request.WhichOneof("request")
+        if kind is None:
+            raise InvalidRequestError(
+                ["one of generation, classification, ner or summarization is required"]
+            )
+        if request.deadline_ms < 0:
+            raise InvalidRequestError(["deadline_ms must be >= 0"])
+        deadline_s = min(
+            request.deadline_ms / 1000 if request.deadline_ms else self.settings.task_deadline_s,
+            self.settings.max_deadline_s,
+        )
+        return await self.build_envelope(
+            kind,
+            getattr(request, kind),
+            deadline_s,
+            priority=request.priority,
+            tenant=request.tenant,
+            reply=request.reply,
+            batch_id=batch_id,
+        )
+
+    async def envelope(
+        self, context: Ctx, kind: str, request: AnyRequest, deadline_s: float
+    ) -> tasks_pb2.TaskEnvelope:
+        """A validated envelope for a synchronous request, or INVALID_ARGUMENT."""
         try:
-            validate_request(kind, request, self.settings.limits)
-            await self.catalog.check(kind, request.model)
+            return await self.build_envelope(kind, request, deadline_s)
         except InvalidRequestError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if not 0 <= priority <= 9:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "priority must be in [0, 9]")
-        return make_envelope(
-            kind, request, deadline_s=deadline_s, priority=priority, tenant=tenant, reply=reply
+
+    async def publish_result(self, result: tasks_pb2.TaskResult) -> None:
+        """Produce a result decided here to the results topic."""
+        key, value, headers = result_record(result)
+        async with asyncio.timeout(self.settings.publish_timeout_s):
+            await self.producer.send(self.settings.names.results_topic, value, key, headers)
+
+    async def submit_batch_items(
+        self,
+        batch_id: str,
+        items: Sequence[tasks_pb2.BatchItem],
+        first_index: int,
+        publish_results: bool,
+    ) -> tasks_pb2.SubmitBatchResponse:
+        """Validate, record and publish one message's items; one ack per item."""
+        response = tasks_pb2.SubmitBatchResponse(batch_id=batch_id)
+        accepted: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]] = []
+        for index, item in enumerate(items, first_index):
+            ack = response.acks.add(item_id=item.item_id, index=index)
+            try:
+                if len(item.item_id) > _MAX_ITEM_ID_CHARS:
+                    raise InvalidRequestError([f"item_id is over {_MAX_ITEM_ID_CHARS} characters"])
+                item.task.reply.correlation_id = item.item_id
+                item.task.reply.publish_result |= publish_results
+                envelope = await self.submitted_envelope(item.task, batch_id)
+            except InvalidRequestError as exc:
+                ack.error.code = int(Code.INVALID_ARGUMENT)
+                ack.error.message = str(exc)
+                continue
+            accepted.append((ack, envelope))
+        await self.store.record_pending([envelope for _, envelope in accepted])
+        sent = await asyncio.gather(
+            *(self.publish(envelope) for _, envelope in accepted), return_exceptions=True
         )
+        lost: list[str] = []
+        for (ack, envelope), outcome in zip(accepted, sent, strict=True):
+            if isinstance(outcome, BaseException):
+                lost.append(envelope.task_id)
+                ack.error.code = int(Code.UNAVAILABLE)
+                ack.error.message = f"could not enqueue the task: {outcome}"
+                ack.error.retryable = True
+            else:
+                ack.task_id = envelope.task_id
+        if lost:
+            log.error("batch items not enqueued", extra={"batch_id": batch_id, "count": len(lost)})
+            await self.store.clear_states(lost)
+        rejected = len(items) - len(accepted) + len(lost)
+        await self.store.count_batch(batch_id, len(items) - rejected, rejected)
+        return response
 
     async def publish_failed(
         self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, exc: Exception
@@ -302,28 +395,10 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
     async def Submit(  # noqa: N802
         self, request: tasks_pb2.SubmitRequest, context: Ctx
     ) -> tasks_pb2.SubmitResponse:
-        kind = request.WhichOneof("request")
-        if kind is None:
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "one of generation, classification, ner or summarization is required",
-            )
-        if request.deadline_ms < 0:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "deadline_ms must be >= 0")
-        deadline_s = min(
-            request.deadline_ms / 1000 if request.deadline_ms else self.settings.task_deadline_s,
-            self.settings.max_deadline_s,
-        )
-        envelope = await self.gateway.envelope(
-            context,
-            kind,
-            getattr(request, kind),
-            deadline_s,
-            priority=request.priority,
-            tenant=request.tenant,
-            reply=request.reply,
-        )
+        try:
+            envelope = await self.gateway.submitted_envelope(request)
+        except InvalidRequestError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self.gateway.submit(context, envelope)
         return tasks_pb2.SubmitResponse(
             task_id=envelope.task_id, kind=envelope.kind, deadline=envelope.deadline
@@ -371,14 +446,147 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
     ) -> tasks_pb2.CancelTaskResponse:
         current = await self._existing(request.task_id, context)
         if current.status not in TERMINAL_STATUSES:
-            envelope = tasks_pb2.TaskEnvelope(task_id=current.task_id, kind=current.kind)
+            envelope = await self.gateway.store.envelope(current.task_id) or tasks_pb2.TaskEnvelope(
+                task_id=current.task_id, kind=current.kind
+            )
             cancelled = error_result(
                 envelope, common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, "cancelled by request"
             )
+            if envelope.reply.publish_result:
+                # Before storing, as the workers do: the results topic may repeat a
+                # result but never miss one.
+                await self.gateway.publish_result(cancelled)
             if await self.gateway.store.finish(cancelled):
                 return tasks_pb2.CancelTaskResponse(cancelled=True, result=cancelled)
         final = await self.gateway.store.get(request.task_id)
         return tasks_pb2.CancelTaskResponse(cancelled=False, result=final)
+
+    # --- batches -----------------------------------------------------------------------
+
+    async def _batch_items(
+        self,
+        requests: AsyncIterator[tasks_pb2.SubmitBatchRequest],
+        opened: asyncio.Future[str],
+        chunks: asyncio.Queue[asyncio.Task[tasks_pb2.SubmitBatchResponse] | None],
+        window: _Window,
+    ) -> None:
+        """Read the client's stream, start each message's submission in order."""
+        batch_id = ""
+        index = 0
+        async for request in requests:
+            if not batch_id:
+                batch_id = request.batch_id or new_task_id()
+                if not valid_batch_id(batch_id):
+                    raise InvalidRequestError(
+                        ["batch_id must be 1-64 of [A-Za-z0-9._-], starting with a letter or digit"]
+                    )
+                await self.gateway.store.open_batch(batch_id)
+                opened.set_result(batch_id)
+            elif request.batch_id and request.batch_id != batch_id:
+                raise InvalidRequestError([f"one batch per stream: this stream is {batch_id}"])
+            await window.acquire(len(request.items))
+            chunks.put_nowait(
+                asyncio.create_task(
+                    self.gateway.submit_batch_items(
+                        batch_id, request.items, index, request.publish_results
+                    )
+                )
+            )
+            index += len(request.items)
+        if not opened.done():
+            opened.set_result("")  # the stream ended without a message
+
+    async def SubmitBatch(  # noqa: N802
+        self, request_iterator: AsyncIterator[tasks_pb2.SubmitBatchRequest], context: Ctx
+    ) -> AsyncIterator[tasks_pb2.SubmitBatchResponse]:
+        window = _Window(self.settings.batch_window)
+        chunks: asyncio.Queue[asyncio.Task[tasks_pb2.SubmitBatchResponse] | None] = asyncio.Queue()
+        opened: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        reader = asyncio.create_task(self._batch_items(request_iterator, opened, chunks, window))
+        reader.add_done_callback(lambda _: chunks.put_nowait(None))
+        try:
+            while (chunk := await chunks.get()) is not None:
+                response = await chunk
+                window.release(len(response.acks))
+                yield response
+            try:
+                await reader
+            except InvalidRequestError as exc:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            batch_id = await opened
+            if batch_id:
+                await self.gateway.store.seal_batch(batch_id)
+        finally:
+            reader.cancel()
+            while not chunks.empty():
+                pending = chunks.get_nowait()
+                if pending is not None:
+                    # Let started submissions finish: their tasks may already be in Kafka.
+                    with contextlib.suppress(Exception):
+                        await pending
+
+    async def _batch_id(self, batch_id: str, context: Ctx) -> tasks_pb2.BatchStatus:
+        if not valid_batch_id(batch_id):
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "batch_id is missing or malformed"
+            )
+        status = await self.gateway.store.batch_status(batch_id)
+        if status is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no batch {batch_id}")
+        return status
+
+    async def GetBatch(  # noqa: N802
+        self, request: tasks_pb2.GetBatchRequest, context: Ctx
+    ) -> tasks_pb2.BatchStatus:
+        return await self._batch_id(request.batch_id, context)
+
+    async def StreamBatchResults(  # noqa: N802
+        self, request: tasks_pb2.StreamBatchResultsRequest, context: Ctx
+    ) -> AsyncIterator[tasks_pb2.BatchResult]:
+        await self._batch_id(request.batch_id, context)
+        cursor = request.cursor or "0-0"
+        if not _CURSOR_RE.match(cursor):
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed cursor {cursor[:64]!r}"
+            )
+        store = self.gateway.store
+        block_ms = None if request.no_follow else _FOLLOW_BLOCK_MS
+        ending = False
+        while True:
+            results = await store.batch_results(
+                request.batch_id, cursor, self.settings.batch_read_count, block_ms
+            )
+            for cursor, result in results:
+                yield tasks_pb2.BatchResult(cursor=cursor, result=result)
+            if results:
+                continue
+            if ending or request.no_follow:
+                return
+            status = await store.batch_status(request.batch_id)
+            # Complete (or expired): one more read picks up what finished since the last.
+            ending = status is None or status.complete
+            block_ms = None if ending else block_ms
+
+
+class _Window:
+    """Counts items read from a batch stream but not yet acknowledged. Reading waits
+    while the window is full, so gRPC flow control holds a fast client back."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._released = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        # A message larger than the whole window is let in alone.
+        while self.used and self.used + n > self.size:
+            self._released.clear()
+            await self._released.wait()
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._released.set()
 
 
 async def serve(

@@ -22,5 +22,13 @@ class Settings(ServiceSettings):
     wait_max_s: float = Field(300.0, gt=0)
     publish_timeout_s: float = Field(15.0, gt=0, description="Kafka acknowledgement timeout")
     max_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="gRPC message size cap")
+    batch_window: int = Field(
+        2000,
+        gt=0,
+        description="items of one SubmitBatch stream read but not yet acknowledged (flow control)",
+    )
+    batch_read_count: int = Field(
+        256, gt=0, description="results read from Redis at a time by StreamBatchResults"
+    )
     health_interval_s: float = Field(5.0, gt=0)
     grace_s: float = Field(10.0, ge=0, description="shutdown grace for in-flight RPCs")

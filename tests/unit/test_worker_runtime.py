@@ -37,8 +37,8 @@ class FakeStore:
     done: set[str] = field(default_factory=set)
     results: dict[str, tasks_pb2.TaskResult] = field(default_factory=dict)
 
-    def start(self, tasks: Sequence[tuple[str, int]], attempt: int) -> list[bool]:
-        return [task_id not in self.done for task_id, _ in tasks]
+    def start(self, tasks: Sequence[tasks_pb2.TaskEnvelope], attempt: int) -> list[bool]:
+        return [envelope.task_id not in self.done for envelope in tasks]
 
     def finish_many(self, results: Sequence[tasks_pb2.TaskResult]) -> list[bool]:
         stored = []

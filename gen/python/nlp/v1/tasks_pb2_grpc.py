@@ -54,6 +54,21 @@ class TasksStub:
                 request_serializer=nlp_dot_v1_dot_tasks__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=nlp_dot_v1_dot_tasks__pb2.CancelTaskResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.stream_stream(
+                '/nlp.v1.Tasks/SubmitBatch',
+                request_serializer=nlp_dot_v1_dot_tasks__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=nlp_dot_v1_dot_tasks__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/nlp.v1.Tasks/GetBatch',
+                request_serializer=nlp_dot_v1_dot_tasks__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=nlp_dot_v1_dot_tasks__pb2.BatchStatus.FromString,
+                _registered_method=True)
+        self.StreamBatchResults = channel.unary_stream(
+                '/nlp.v1.Tasks/StreamBatchResults',
+                request_serializer=nlp_dot_v1_dot_tasks__pb2.StreamBatchResultsRequest.SerializeToString,
+                response_deserializer=nlp_dot_v1_dot_tasks__pb2.BatchResult.FromString,
+                _registered_method=True)
 
 
 class TasksServicer:
@@ -83,6 +98,30 @@ class TasksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request_iterator, context):
+        """Bulk submission: stream items in, get acknowledgements back as they are durably in
+        Kafka. The server reads ahead at most NLP_BATCH_WINDOW items that are not yet
+        acknowledged, so a fast client is held back by gRPC flow control. Invalid items are
+        refused one by one (in their ack); the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamBatchResults(self, request, context):
+        """The batch's results in completion order, each exactly once, resumable from a cursor;
+        ends when the batch is complete (or at once with no_follow).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TasksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +144,21 @@ def add_TasksServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=nlp_dot_v1_dot_tasks__pb2.CancelTaskRequest.FromString,
                     response_serializer=nlp_dot_v1_dot_tasks__pb2.CancelTaskResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=nlp_dot_v1_dot_tasks__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=nlp_dot_v1_dot_tasks__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=nlp_dot_v1_dot_tasks__pb2.GetBatchRequest.FromString,
+                    response_serializer=nlp_dot_v1_dot_tasks__pb2.BatchStatus.SerializeToString,
+            ),
+            'StreamBatchResults': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamBatchResults,
+                    request_deserializer=nlp_dot_v1_dot_tasks__pb2.StreamBatchResultsRequest.FromString,
+                    response_serializer=nlp_dot_v1_dot_tasks__pb2.BatchResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +269,87 @@ class Tasks:
             '/nlp.v1.Tasks/Cancel',
             nlp_dot_v1_dot_tasks__pb2.CancelTaskRequest.SerializeToString,
             nlp_dot_v1_dot_tasks__pb2.CancelTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nlp.v1.Tasks/SubmitBatch',
+            nlp_dot_v1_dot_tasks__pb2.SubmitBatchRequest.SerializeToString,
+            nlp_dot_v1_dot_tasks__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nlp.v1.Tasks/GetBatch',
+            nlp_dot_v1_dot_tasks__pb2.GetBatchRequest.SerializeToString,
+            nlp_dot_v1_dot_tasks__pb2.BatchStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamBatchResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nlp.v1.Tasks/StreamBatchResults',
+            nlp_dot_v1_dot_tasks__pb2.StreamBatchResultsRequest.SerializeToString,
+            nlp_dot_v1_dot_tasks__pb2.BatchResult.FromString,
             options,
             channel_credentials,
             insecure,

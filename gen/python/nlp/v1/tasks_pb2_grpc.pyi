@@ -35,6 +35,17 @@ class TasksStub:
     Get: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.TaskResult]
     Wait: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.WaitTaskRequest, _tasks_pb2.TaskResult]
     Cancel: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]
+    SubmitBatch: _grpc.StreamStreamMultiCallable[_tasks_pb2.SubmitBatchRequest, _tasks_pb2.SubmitBatchResponse]
+    """Bulk submission: stream items in, get acknowledgements back as they are durably in
+    Kafka. The server reads ahead at most NLP_BATCH_WINDOW items that are not yet
+    acknowledged, so a fast client is held back by gRPC flow control. Invalid items are
+    refused one by one (in their ack); the stream goes on.
+    """
+    GetBatch: _grpc.UnaryUnaryMultiCallable[_tasks_pb2.GetBatchRequest, _tasks_pb2.BatchStatus]
+    StreamBatchResults: _grpc.UnaryStreamMultiCallable[_tasks_pb2.StreamBatchResultsRequest, _tasks_pb2.BatchResult]
+    """The batch's results in completion order, each exactly once, resumable from a cursor;
+    ends when the batch is complete (or at once with no_follow).
+    """
 
 @_typing.type_check_only
 class TasksAsyncStub(TasksStub):
@@ -43,6 +54,17 @@ class TasksAsyncStub(TasksStub):
     Get: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetTaskRequest, _tasks_pb2.TaskResult]  # type: ignore[assignment]
     Wait: _aio.UnaryUnaryMultiCallable[_tasks_pb2.WaitTaskRequest, _tasks_pb2.TaskResult]  # type: ignore[assignment]
     Cancel: _aio.UnaryUnaryMultiCallable[_tasks_pb2.CancelTaskRequest, _tasks_pb2.CancelTaskResponse]  # type: ignore[assignment]
+    SubmitBatch: _aio.StreamStreamMultiCallable[_tasks_pb2.SubmitBatchRequest, _tasks_pb2.SubmitBatchResponse]  # type: ignore[assignment]
+    """Bulk submission: stream items in, get acknowledgements back as they are durably in
+    Kafka. The server reads ahead at most NLP_BATCH_WINDOW items that are not yet
+    acknowledged, so a fast client is held back by gRPC flow control. Invalid items are
+    refused one by one (in their ack); the stream goes on.
+    """
+    GetBatch: _aio.UnaryUnaryMultiCallable[_tasks_pb2.GetBatchRequest, _tasks_pb2.BatchStatus]  # type: ignore[assignment]
+    StreamBatchResults: _aio.UnaryStreamMultiCallable[_tasks_pb2.StreamBatchResultsRequest, _tasks_pb2.BatchResult]  # type: ignore[assignment]
+    """The batch's results in completion order, each exactly once, resumable from a cursor;
+    ends when the batch is complete (or at once with no_follow).
+    """
 
 class TasksServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +94,34 @@ class TasksServicer(metaclass=_abc_1.ABCMeta):
         request: _tasks_pb2.CancelTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tasks_pb2.CancelTaskResponse, _abc.Awaitable[_tasks_pb2.CancelTaskResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SubmitBatch(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tasks_pb2.SubmitBatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tasks_pb2.SubmitBatchResponse], _abc.AsyncIterator[_tasks_pb2.SubmitBatchResponse]]:
+        """Bulk submission: stream items in, get acknowledgements back as they are durably in
+        Kafka. The server reads ahead at most NLP_BATCH_WINDOW items that are not yet
+        acknowledged, so a fast client is held back by gRPC flow control. Invalid items are
+        refused one by one (in their ack); the stream goes on.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBatch(
+        self,
+        request: _tasks_pb2.GetBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tasks_pb2.BatchStatus, _abc.Awaitable[_tasks_pb2.BatchStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def StreamBatchResults(
+        self,
+        request: _tasks_pb2.StreamBatchResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tasks_pb2.BatchResult], _abc.AsyncIterator[_tasks_pb2.BatchResult]]:
+        """The batch's results in completion order, each exactly once, resumable from a cursor;
+        ends when the batch is complete (or at once with no_follow).
+        """
 
 def add_TasksServicer_to_server(servicer: TasksServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
