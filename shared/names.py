@@ -121,6 +121,10 @@ class Names:
         """Stream of a batch's finished task ids in completion order (the results cursor)."""
         return self._redis(f"nlp:batch:{batch_id}:results")
 
+    def batch_running_key(self, batch_id: str) -> str:
+        """Set of a batch's task ids that are running now."""
+        return self._redis(f"nlp:batch:{batch_id}:running")
+
     @property
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""

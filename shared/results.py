@@ -11,6 +11,11 @@ Keys (see :class:`shared.names.Names`):
   the first terminal outcome wins, so a cancel, a deadline or a re-run after a crash
   never replaces a result that clients may already have seen.
 - ``nlp:done`` — channel; each message is the id of a task that just finished.
+- ``nlp:batch:<id>`` — hash of a batch's counts (submitted, rejected, one per terminal
+  status, dead_lettered), created_at and sealed; ``nlp:batch:<id>:running`` — set of
+  its running task ids; ``nlp:batch:<id>:results`` — stream of its finished task ids in
+  completion order (the entry ids are the results cursor). Counted and appended by the
+  same script that stores the result, so each task counts once however often it runs.
 """
 
 from __future__ import annotations
@@ -33,39 +38,39 @@ from shared.names import KIND_NAMES, Names, kind_name
 
 log = logging.getLogger(__name__)
 
-# For each task (6 keys, 6 arguments): set the result only if none exists, then drop
-# the state and in-flight entry, count it in its batch (if any: terminal status,
-# dead-lettered, one fewer running) and append it to the batch's results stream, and
-# notify, atomically. Returns 1/0 per task.
+# For each task (7 keys, 6 arguments): set the result only if none exists, then drop
+# the state and in-flight entry, count it in its batch (if any: terminal status and
+# dead-lettered counts, out of the running set) and append it to the batch's results
+# stream, and notify, atomically. Returns 1/0 per task.
 _FINISH_LUA = """
 local stored = {}
 for i = 0, #ARGV / 6 - 1 do
-  local k = i * 6
-  if redis.call('SET', KEYS[k + 1], ARGV[k + 1], 'NX', 'EX', ARGV[k + 2]) then
-    if ARGV[k + 6] == '1' then
-      local prior = redis.call('HGET', KEYS[k + 2], 'status')
-      redis.call('HINCRBY', KEYS[k + 5], ARGV[k + 4], 1)
-      if ARGV[k + 5] == '1' then redis.call('HINCRBY', KEYS[k + 5], 'dead_lettered', 1) end
-      if prior == '@RUNNING@' then redis.call('HINCRBY', KEYS[k + 5], 'running', -1) end
-      redis.call('EXPIRE', KEYS[k + 5], ARGV[k + 2])
-      redis.call('XADD', KEYS[k + 6], '*', 'id', ARGV[k + 3])
-      redis.call('EXPIRE', KEYS[k + 6], ARGV[k + 2])
+  local k, a = i * 7, i * 6
+  if redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'NX', 'EX', ARGV[a + 2]) then
+    if ARGV[a + 6] == '1' then
+      redis.call('HINCRBY', KEYS[k + 5], ARGV[a + 4], 1)
+      if ARGV[a + 5] == '1' then redis.call('HINCRBY', KEYS[k + 5], 'dead_lettered', 1) end
+      redis.call('EXPIRE', KEYS[k + 5], ARGV[a + 2])
+      redis.call('SREM', KEYS[k + 7], ARGV[a + 3])
+      redis.call('XADD', KEYS[k + 6], '*', 'id', ARGV[a + 3])
+      redis.call('EXPIRE', KEYS[k + 6], ARGV[a + 2])
     end
     redis.call('DEL', KEYS[k + 2])
-    redis.call('ZREM', KEYS[k + 4], ARGV[k + 3])
-    redis.call('PUBLISH', KEYS[k + 3], ARGV[k + 3])
+    redis.call('ZREM', KEYS[k + 4], ARGV[a + 3])
+    redis.call('PUBLISH', KEYS[k + 3], ARGV[a + 3])
     stored[i + 1] = 1
   else
     stored[i + 1] = 0
   end
 end
 return stored
-""".replace("@RUNNING@", str(common_pb2.TASK_STATUS_RUNNING))
+"""
 
 
 # For each task (4 keys; ARGV[1..4] shared, then kind, id and in-a-batch per task): mark
 # RUNNING only if no terminal result exists (a cancel or a re-run may have won), and
-# count it as running in its batch unless it already was. 1/0 per task.
+# add it to its batch's running set (a set, so re-runs after a crash count once).
+# 1/0 per task.
 _START_LUA = """
 local started = {}
 for i = 0, #KEYS / 4 - 1 do
@@ -73,8 +78,9 @@ for i = 0, #KEYS / 4 - 1 do
   if redis.call('EXISTS', KEYS[k + 1]) == 1 then
     started[i + 1] = 0
   else
-    if ARGV[a + 3] == '1' and redis.call('HGET', KEYS[k + 2], 'status') ~= ARGV[1] then
-      redis.call('HINCRBY', KEYS[k + 4], 'running', 1)
+    if ARGV[a + 3] == '1' then
+      redis.call('SADD', KEYS[k + 4], ARGV[a + 2])
+      redis.call('EXPIRE', KEYS[k + 4], ARGV[4])
     end
     redis.call('HSET', KEYS[k + 2], 'status', ARGV[1], 'kind', ARGV[a + 1],
                'attempt', ARGV[2], 'updated_at', ARGV[3])
@@ -109,6 +115,7 @@ def _finish_args(
             names.inflight_key(KIND_NAMES.get(result.kind, "unknown")),
             names.batch_key(result.batch_id),
             names.batch_results_key(result.batch_id),
+            names.batch_running_key(result.batch_id),
         ]
         args += [
             result.SerializeToString(),
@@ -191,7 +198,7 @@ class ResultStore:
                 self.names.result_key(envelope.task_id),
                 self.names.state_key(envelope.task_id),
                 self.names.inflight_key(kind_name(envelope.kind)),
-                self.names.batch_key(envelope.batch_id),
+                self.names.batch_running_key(envelope.batch_id),
             ]
             args += [envelope.kind, envelope.task_id, int(bool(envelope.batch_id))]
         return [bool(n) for n in self._start(keys, args)]
@@ -304,7 +311,10 @@ class AsyncResultStore:
 
     async def batch_status(self, batch_id: str) -> tasks_pb2.BatchStatus | None:
         """Counts by state, or None for an unknown (or expired) batch."""
-        raw = await self.client.hgetall(self.names.batch_key(batch_id))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.names.batch_key(batch_id))
+            pipe.scard(self.names.batch_running_key(batch_id))
+            raw, running = await pipe.execute()
         if not raw:
             return None
         fields = {
@@ -319,7 +329,7 @@ class AsyncResultStore:
             batch_id=batch_id,
             submitted=count("submitted"),
             rejected=count("rejected"),
-            running=max(0, count("running")),
+            running=running,
             dead_lettered=count("dead_lettered"),
             sealed=fields.get("sealed") == "1",
         )
