@@ -11,7 +11,7 @@ RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
 .PHONY: setup setup-system setup-python setup-kafka protos protos-check lint typecheck \
-        test test-unit test-integration run up down bench clean
+        test test-unit test-integration run up down bench bench-bulk clean
 
 setup: setup-system setup-python setup-kafka
 
@@ -67,8 +67,13 @@ up: setup
 down:
 	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)
 
+# Analysis kinds (engine in-process vs. the platform), then bulk (batch vs. single RPCs).
 bench: setup
 	@$(PY) -m bench.analysis
+	@$(PY) -m bench.bulk
+
+bench-bulk: setup
+	@$(PY) -m bench.bulk
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results
