@@ -6,6 +6,8 @@
     nlp models
     nlp task submit classification|ner|summarization ...   (prints the task id)
     nlp task get|wait|cancel TASK_ID
+    nlp batch run --kind ner --input docs.jsonl --output results.jsonl
+    nlp batch status|results BATCH_ID
     nlp health
 
 Text comes from the positional argument (a path to an existing file is read),
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
+from shared import bulk
 
 
 class ClientSettings(BaseSettings):
@@ -270,7 +273,145 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("task_id")
         if name == "wait":
             p.add_argument("--wait", type=float, default=30.0, help="seconds to wait at most")
+    _batch_parsers(sub, common)
     return parser
+
+
+def _batch_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    batch = sub.add_parser("batch", help="bulk documents").add_subparsers(
+        dest="batch_command", required=True
+    )
+    run = batch.add_parser(
+        "run",
+        parents=[common],
+        help="process a JSONL file or a folder of .txt files; resumable",
+        description=bulk.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--kind", required=True, choices=sorted(KINDS))
+    run.add_argument(
+        "--input", required=True, type=Path, help='JSONL of {"id", "text"}, or a folder of .txt'
+    )
+    run.add_argument("--output", required=True, type=Path, help="JSONL results (appended)")
+    run.add_argument("--window", type=int, default=1000, help="documents in flight at most")
+    run.add_argument("--chunk", type=int, default=100, help="documents per stream message")
+    run.add_argument("--publish", action="store_true", help="also publish to the results topic")
+    run.add_argument("--deadline", type=float, default=0, help="seconds a task may wait to start")
+    run.add_argument("--priority", type=int, default=0)
+    shown = run.add_mutually_exclusive_group()
+    shown.add_argument("--progress", action="store_true", default=None, help="progress bar")
+    shown.add_argument("--no-progress", dest="progress", action="store_false")
+    # The kinds' own options, applied to every document.
+    run.add_argument("--model", default="")
+    run.add_argument("--labels", default="", help="classification: candidates; ner: filter")
+    run.add_argument("--describe", action="append", default=[], metavar="LABEL=DESCRIPTION")
+    run.add_argument("--multi-label", action="store_true")
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--max-sentences", type=int)
+    length.add_argument("--ratio", type=float)
+    run.add_argument("--abstractive", action="store_true")
+    status = batch.add_parser("status", parents=[common], help="counts by state")
+    status.add_argument("batch_id")
+    results = batch.add_parser("results", parents=[common], help="results as JSON lines")
+    results.add_argument("batch_id")
+    results.add_argument("--cursor", default="", help="resume after this cursor")
+    results.add_argument("--no-follow", action="store_true", help="stop at what is finished now")
+
+
+def _task_template(args: argparse.Namespace) -> tasks_pb2.SubmitRequest:
+    """The SubmitRequest every document of a batch gets (the text is filled per document)."""
+    if args.kind == "classification" and not args.labels.strip():
+        raise UsageError("--labels is required for classification")
+    kind_args = argparse.Namespace(**vars(args), text="", file=None)
+    template = tasks_pb2.SubmitRequest(
+        priority=args.priority, deadline_ms=int(args.deadline * 1000)
+    )
+    getattr(template, args.kind).CopyFrom(KINDS[args.kind].request(kind_args))
+    return template
+
+
+def _batch_run(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    if not args.input.exists():
+        raise UsageError(f"no such input: {args.input}")
+    if args.window < 1 or args.chunk < 1:
+        raise UsageError("--window and --chunk must be at least 1")
+    template = _task_template(args)
+
+    def make_task(text: str) -> tasks_pb2.SubmitRequest:
+        task = tasks_pb2.SubmitRequest()
+        task.CopyFrom(template)
+        getattr(task, args.kind).text = text
+        return task
+
+    done = bulk.scan_output(args.output)
+    total = bulk.count_input(args.input)
+    skipped = 0
+
+    def docs() -> Iterator[bulk.Doc]:
+        nonlocal skipped
+        for doc in bulk.read_input(args.input):
+            if doc.id in done:
+                skipped += 1
+            else:
+                yield doc
+
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = bulk.Progress(max(total - len(done), 0), sys.stderr, show)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("a", encoding="utf-8") as output:
+        runner = bulk.BatchRun(
+            tasks_pb2_grpc.TasksStub(channel),
+            make_task,
+            output,
+            window=args.window,
+            chunk=args.chunk,
+            publish_results=args.publish,
+            progress=progress,
+        )
+        summary = runner.run(docs())
+    summary.total, summary.skipped = total, skipped
+    print(summary.text(), file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    if summary.interrupted:
+        return 130
+    return 0 if summary.failed + summary.rejected == 0 else 1
+
+
+def _batch_command(channel: grpc.Channel, args: argparse.Namespace) -> int:
+    tasks = tasks_pb2_grpc.TasksStub(channel)
+    if args.batch_command == "run":
+        return _batch_run(channel, args)
+    if args.batch_command == "status":
+        status = tasks.GetBatch(
+            tasks_pb2.GetBatchRequest(batch_id=args.batch_id), timeout=args.timeout
+        )
+        _print(status, args.json, _batch_status_text)
+        return 0
+    request = tasks_pb2.StreamBatchResultsRequest(
+        batch_id=args.batch_id, cursor=args.cursor, no_follow=args.no_follow
+    )
+    for item in tasks.StreamBatchResults(request):
+        line = bulk.result_line(item.result)
+        line["cursor"] = item.cursor
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _batch_status_text(status: tasks_pb2.BatchStatus) -> str:
+    state = "complete" if status.complete else ("sealed" if status.sealed else "open")
+    return (
+        f"batch {status.batch_id}: {state}\n"
+        f"submitted {status.submitted}, rejected {status.rejected}, pending {status.pending}, "
+        f"running {status.running}\n"
+        f"succeeded {status.succeeded}, failed {status.failed} "
+        f"(dead-lettered {status.dead_lettered}), cancelled {status.cancelled}, "
+        f"deadline exceeded {status.deadline_exceeded}"
+    )
+
+
+class UsageError(Exception):
+    """A command line that cannot work (exit status 2)."""
 
 
 def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> None:
@@ -312,6 +453,8 @@ def run(args: argparse.Namespace) -> int:
                 health_pb2.HealthCheckRequest(), timeout=args.timeout
             )
             _print(health, args.json, _health_text)
+        elif args.command == "batch":
+            return _batch_command(channel, args)
         else:
             _task_command(channel, args)
     return 0
@@ -326,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
         details = exc.details() if hasattr(exc, "details") else str(exc)
         print(f"error: {code.name}: {details}", file=sys.stderr)
         return 2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
