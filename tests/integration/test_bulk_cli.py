@@ -1,0 +1,127 @@
+"""`nlp batch run` against the real stack: interrupted halfway (Ctrl-C or kill -9) and
+run again, the output holds each input id exactly once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.local.stack import ROOT, LocalStack
+
+pytestmark = pytest.mark.integration
+
+DOCS = 600
+
+
+def _write_docs(path: Path) -> list[str]:
+    ids = [f"doc-{i:04d}" for i in range(DOCS)]
+    with path.open("w") as out:
+        for i, doc_id in enumerate(ids):
+            topic = ("the match", "the election", "the new phone")[i % 3]
+            out.write(json.dumps({"id": doc_id, "text": f"A note {i} about {topic}."}) + "\n")
+    return ids
+
+
+def _cli(stack: LocalStack, *args: str) -> list[str]:
+    return [sys.executable, "-m", "shared.cli", "--target", stack.gateway_target, *args]
+
+
+def _run_command(stack: LocalStack, source: Path, output: Path) -> list[str]:
+    return _cli(
+        stack,
+        "--json",
+        "batch",
+        "run",
+        "--kind",
+        "classification",
+        "--labels",
+        "sports,politics,technology",
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--window",
+        "64",
+        "--chunk",
+        "16",
+        "--no-progress",
+    )
+
+
+def _lines(output: Path) -> int:
+    return output.read_bytes().count(b"\n") if output.exists() else 0
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupted_run_resumes_with_each_id_once(
+    stack: LocalStack, tmp_path: Path, stop: signal.Signals
+) -> None:
+    source, output = tmp_path / "docs.jsonl", tmp_path / "results.jsonl"
+    ids = _write_docs(source)
+    first = subprocess.Popen(
+        _run_command(stack, source, output),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 180
+    while _lines(output) < 100:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the first run made no progress"
+        time.sleep(0.05)
+    first.send_signal(stop)
+    stdout, stderr = first.communicate(timeout=60)
+    done_before = _lines(output)
+    assert done_before < DOCS, "the run finished before it was interrupted: nothing tested"
+    if stop == signal.SIGINT:
+        assert first.returncode == 130, stderr.decode()
+        assert json.loads(stdout)["interrupted"] is True
+
+    second = subprocess.run(
+        _run_command(stack, source, output), check=False, cwd=ROOT, capture_output=True, timeout=300
+    )
+    assert second.returncode == 0, second.stderr.decode()
+    summary = json.loads(second.stdout)
+    assert summary["skipped"] >= done_before - 1  # a killed run may leave half a line
+    assert summary["succeeded"] + summary["skipped"] == DOCS
+
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ids  # each input id exactly once
+    assert all(r["status"] == "SUCCEEDED" and r["result"]["top_label"] for r in records)
+
+    status = subprocess.run(
+        _cli(stack, "--json", "batch", "status", summary["batch_id"]),
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr.decode()
+    counts = json.loads(status.stdout)
+    assert counts["complete"] is True
+    assert int(counts["succeeded"]) == summary["succeeded"]
+
+
+def test_bad_input_lines_are_reported_not_fatal(stack: LocalStack, tmp_path: Path) -> None:
+    source, output = tmp_path / "docs.jsonl", tmp_path / "results.jsonl"
+    source.write_text(
+        json.dumps({"id": "good", "text": "The striker scored twice."})
+        + "\nnot json\n"
+        + json.dumps({"id": "blank", "text": "  "})
+        + "\n"
+    )
+    run = subprocess.run(
+        _run_command(stack, source, output), check=False, cwd=ROOT, capture_output=True, timeout=120
+    )
+    assert run.returncode == 1  # something did not succeed
+    by_id = {r["id"]: r for r in map(json.loads, output.read_text().splitlines())}
+    assert by_id["good"]["status"] == "SUCCEEDED"
+    assert by_id["line-2"]["status"] == "REJECTED"
+    assert by_id["blank"]["status"] == "REJECTED" and by_id["blank"]["error"]["code"] == 3
+    assert json.loads(run.stdout)["rejected"] == 2

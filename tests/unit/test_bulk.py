@@ -1,0 +1,112 @@
+"""The batch CLI's pure logic: reading inputs, resuming from an output, result lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nlp.v1 import classification_pb2, common_pb2, tasks_pb2
+from shared import bulk
+from shared.cli import UsageError, _task_template, build_parser
+
+
+def test_jsonl_is_read_lazily_and_bad_lines_become_problems(tmp_path: Path) -> None:
+    source = tmp_path / "docs.jsonl"
+    source.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": "a", "text": "first"}),
+                "",
+                "{not json",
+                json.dumps(["a", "list"]),
+                json.dumps({"text": "no id"}),
+                json.dumps({"id": 7, "text": "integer id"}),
+                json.dumps({"id": "b"}),
+                json.dumps({"id": True, "text": "boolean id"}),
+                json.dumps({"id": "c", "text": "ünïcode ✓"}),
+            ]
+        )
+        + "\n"
+    )
+    docs = bulk.read_jsonl(source)
+    assert next(docs) == bulk.Doc("a", "first")  # a generator: nothing read ahead
+    rest = list(docs)
+    assert [d.id for d in rest] == ["line-3", "line-4", "line-5", "7", "b", "line-8", "c"]
+    assert [bool(d.problem) for d in rest] == [True, True, True, False, True, True, False]
+    assert "not JSON" in rest[0].problem
+    assert "'text'" in rest[4].problem
+    assert rest[-1].text == "ünïcode ✓"
+    assert bulk.count_input(source) == 8
+
+
+def test_folder_of_text_files(tmp_path: Path) -> None:
+    (tmp_path / "b.txt").write_text("second", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("first", encoding="utf-8")
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xc3")
+    (tmp_path / "ignored.md").write_text("not a .txt")
+    docs = list(bulk.read_input(tmp_path))
+    assert [(d.id, d.text) for d in docs if not d.problem] == [("a", "first"), ("b", "second")]
+    assert [d.id for d in docs if d.problem] == ["bad"]
+    assert bulk.count_input(tmp_path) == 3
+
+
+def test_scan_output_cuts_a_partial_last_line(tmp_path: Path) -> None:
+    out = tmp_path / "results.jsonl"
+    assert bulk.scan_output(out) == set()
+    complete = "".join(json.dumps({"id": i, "status": "SUCCEEDED"}) + "\n" for i in ("x", "y"))
+    out.write_text(complete + '{"id": "z", "stat')
+    assert bulk.scan_output(out) == {"x", "y"}
+    assert out.read_text() == complete
+    # A line that is not a result (corrupt) ends what counts as done, too.
+    out.write_text(complete + "garbage\n" + json.dumps({"id": "w"}) + "\n")
+    assert bulk.scan_output(out) == {"x", "y"}
+    assert out.read_text() == complete
+
+
+def test_result_lines() -> None:
+    ok = tasks_pb2.TaskResult(
+        task_id="t1",
+        status=common_pb2.TASK_STATUS_SUCCEEDED,
+        correlation_id="doc-1",
+        classification=classification_pb2.ClassifyResponse(top_label="sports"),
+    )
+    line = bulk.result_line(ok)
+    assert line["id"] == "doc-1" and line["status"] == "SUCCEEDED"
+    assert line["result"]["top_label"] == "sports"
+    assert "error" not in line and line["dead_lettered"] is False
+    failed = tasks_pb2.TaskResult(
+        task_id="t2",
+        status=common_pb2.TASK_STATUS_FAILED,
+        correlation_id="doc-2",
+        error=common_pb2.Error(code=13, message="boom"),
+        dead_lettered=True,
+    )
+    line = bulk.result_line(failed)
+    assert line["status"] == "FAILED" and line["error"]["message"] == "boom"
+    assert line["dead_lettered"] is True and "result" not in line
+    assert bulk.rejected_line("d", 3, "empty")["status"] == "REJECTED"
+
+
+def _run_args(*extra: str) -> list[str]:
+    return ["batch", "run", "--input", "in.jsonl", "--output", "out.jsonl", *extra]
+
+
+def test_every_document_gets_the_kind_options() -> None:
+    args = build_parser().parse_args(
+        _run_args("--kind", "classification", "--labels", "a,b", "--multi-label", "--deadline", "5")
+    )
+    template = _task_template(args)
+    assert [label.name for label in template.classification.labels] == ["a", "b"]
+    assert template.classification.multi_label and template.deadline_ms == 5000
+    assert template.classification.text == ""
+    args = build_parser().parse_args(_run_args("--kind", "summarization", "--max-sentences", "2"))
+    assert _task_template(args).summarization.max_sentences == 2
+    args = build_parser().parse_args(_run_args("--kind", "ner", "--labels", "PERSON"))
+    assert list(_task_template(args).ner.labels) == ["PERSON"]
+
+
+def test_classification_needs_labels() -> None:
+    with pytest.raises(UsageError):
+        _task_template(build_parser().parse_args(_run_args("--kind", "classification")))
