@@ -44,7 +44,7 @@ lint: setup-python
 	@$(VENV)/bin/ruff format --check .
 
 typecheck: setup-python
-	@$(VENV)/bin/mypy shared services deploy tests bench
+	@$(VENV)/bin/mypy shared services deploy tests bench examples
 
 test: setup protos-check lint typecheck
 	@$(PY) -m pytest tests
