@@ -58,6 +58,7 @@ from bench.harness import (
     machine_info,
     mean,
     note,
+    parse_env,
     percentiles,
     stack_cpu,
     table,
@@ -924,17 +925,6 @@ def _errors_of(gw: GatewayResult) -> int:
         gw.warmup["errors"],
     ]
     return sum(sum(c.values()) for c in counts)
-
-
-def parse_env(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
-    """``KEY=VALUE`` strings as a dict; a malformed one is a usage error."""
-    env: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            parser.error(f"--env wants KEY=VALUE, got {item!r}")
-        env[key.strip()] = value
-    return env
 
 
 def main(argv: list[str] | None = None) -> int:

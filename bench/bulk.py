@@ -40,6 +40,7 @@ from bench.harness import (
     drive,
     machine_info,
     note,
+    parse_env,
     stack_cpu,
     table,
 )
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)
-    env = dict(item.split("=", 1) for item in args.env if "=" in item)
+    env = parse_env(args.env, parser)
     plan = QUICK if args.quick else Plan()
     if args.docs:
         plan.docs = args.docs

@@ -4,6 +4,7 @@ plain-text tables and progress notes.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -207,3 +208,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], digits: int 
 def format_errors(errors: Mapping[str, int]) -> str:
     """``CODE:count,…`` or ``0``."""
     return ",".join(f"{k}:{v}" for k, v in sorted(errors.items())) or "0"
+
+
+def parse_env(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict; a malformed one is a usage error."""
+    env: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--env wants KEY=VALUE, got {item!r}")
+        env[key.strip()] = value
+    return env

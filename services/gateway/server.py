@@ -525,7 +525,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
                     with contextlib.suppress(Exception):
                         await pending
 
-    async def _batch_id(self, batch_id: str, context: Ctx) -> tasks_pb2.BatchStatus:
+    async def _existing_batch(self, batch_id: str, context: Ctx) -> tasks_pb2.BatchStatus:
         if not valid_batch_id(batch_id):
             await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "batch_id is missing or malformed"
@@ -538,12 +538,12 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
     async def GetBatch(  # noqa: N802
         self, request: tasks_pb2.GetBatchRequest, context: Ctx
     ) -> tasks_pb2.BatchStatus:
-        return await self._batch_id(request.batch_id, context)
+        return await self._existing_batch(request.batch_id, context)
 
     async def StreamBatchResults(  # noqa: N802
         self, request: tasks_pb2.StreamBatchResultsRequest, context: Ctx
     ) -> AsyncIterator[tasks_pb2.BatchResult]:
-        await self._batch_id(request.batch_id, context)
+        await self._existing_batch(request.batch_id, context)
         cursor = request.cursor or "0-0"
         if not _CURSOR_RE.match(cursor):
             await _abort(
