@@ -268,12 +268,15 @@ class AsyncResultStore:
         await self.client.delete(self.names.state_key(task_id))
 
     async def record_pending(self, envelopes: Sequence[tasks_pb2.TaskEnvelope]) -> None:
-        """PENDING state with the envelope, for many tasks in one round trip."""
+        """PENDING state for many tasks in one round trip, with what a result decided
+        before the intake sees the task (a cancel) needs: reply options and batch id.
+        Not the envelope: a backlog lives in Kafka, not in Redis."""
         async with self.client.pipeline(transaction=False) as pipe:
             for envelope in envelopes:
                 key = self.names.state_key(envelope.task_id)
                 fields = _state_fields(common_pb2.TASK_STATUS_PENDING, envelope.kind, 0)
-                fields["envelope"] = envelope.SerializeToString()
+                fields["reply"] = envelope.reply.SerializeToString()
+                fields["batch_id"] = envelope.batch_id
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
             await pipe.execute()
@@ -283,9 +286,22 @@ class AsyncResultStore:
             await self.client.delete(*(self.names.state_key(t) for t in task_ids))
 
     async def envelope(self, task_id: str) -> tasks_pb2.TaskEnvelope | None:
-        """The envelope kept with a task's non-terminal state, if any."""
-        data = await self.client.hget(self.names.state_key(task_id), "envelope")
-        return None if data is None else tasks_pb2.TaskEnvelope.FromString(_bytes(data))
+        """The envelope kept with a task's non-terminal state (the intake keeps it once
+        the task is queued); while PENDING, one with only id, kind, reply and batch id."""
+        data, kind, reply, batch_id = await self.client.hmget(
+            self.names.state_key(task_id), ["envelope", "kind", "reply", "batch_id"]
+        )
+        if data is not None:
+            return tasks_pb2.TaskEnvelope.FromString(_bytes(data))
+        if kind is None:
+            return None
+        envelope = tasks_pb2.TaskEnvelope(
+            task_id=task_id,
+            kind=int(kind),  # type: ignore[arg-type]
+            batch_id=_bytes(batch_id or b"").decode(),
+        )
+        envelope.reply.ParseFromString(_bytes(reply or b""))
+        return envelope
 
     # --- batches -------------------------------------------------------------------
 
