@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import confluent_kafka
@@ -91,6 +91,55 @@ class AsyncProducer:
             topic, value=value, key=key, headers=kafka_headers, on_delivery=delivered
         )
         await done
+
+    async def send_many(
+        self, messages: Sequence[tuple[str, bytes, bytes | None, Headers]]
+    ) -> list[Exception | None]:
+        """Produce (topic, value, key, headers) messages; once every one is acknowledged
+        or failed, their outcomes in order (None: acknowledged with acks=all).
+
+        One wake-up of the event loop for the whole group, not one per message.
+        """
+        if not messages:
+            return []
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        outcomes: list[Exception | None] = [None] * len(messages)
+        left = [len(messages)]
+        lock = threading.Lock()
+
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def finished(index: int, error: Exception | None) -> None:
+            outcomes[index] = error
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                loop.call_soon_threadsafe(settle)
+
+        def on_delivery(index: int) -> Callable[[Any, Any], None]:
+            def delivered(error: Any, _message: Any) -> None:
+                finished(index, None if error is None else KafkaDeliveryError(str(error)))
+
+            return delivered
+
+        for index, (topic, value, key, headers) in enumerate(messages):
+            kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
+            try:
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=kafka_headers,
+                    on_delivery=on_delivery(index),
+                )
+            except (BufferError, confluent_kafka.KafkaException) as exc:
+                finished(index, exc)
+        await done
+        return outcomes
 
     def topics(self, timeout: float = 10.0) -> set[str]:
         """Topics the cluster knows (a metadata request: also a liveness probe)."""

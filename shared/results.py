@@ -267,10 +267,16 @@ class AsyncResultStore:
     async def clear_state(self, task_id: str) -> None:
         await self.client.delete(self.names.state_key(task_id))
 
-    async def record_pending(self, envelopes: Sequence[tasks_pb2.TaskEnvelope]) -> None:
+    async def record_pending(
+        self,
+        envelopes: Sequence[tasks_pb2.TaskEnvelope],
+        batch: tuple[str, int] | None = None,
+    ) -> None:
         """PENDING state for many tasks in one round trip, with what a result decided
         before the intake sees the task (a cancel) needs: reply options and batch id.
-        Not the envelope: a backlog lives in Kafka, not in Redis."""
+        Not the envelope: a backlog lives in Kafka, not in Redis. ``batch``: (batch id,
+        items rejected) — counts the envelopes as submitted to that batch in the same trip.
+        """
         async with self.client.pipeline(transaction=False) as pipe:
             for envelope in envelopes:
                 key = self.names.state_key(envelope.task_id)
@@ -279,6 +285,11 @@ class AsyncResultStore:
                 fields["batch_id"] = envelope.batch_id
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
+            if batch is not None:
+                batch_key = self.names.batch_key(batch[0])
+                pipe.hincrby(batch_key, "submitted", len(envelopes))
+                pipe.hincrby(batch_key, "rejected", batch[1])
+                pipe.expire(batch_key, self.ttl_s)
             await pipe.execute()
 
     async def clear_states(self, task_ids: Sequence[str]) -> None:
@@ -316,7 +327,7 @@ class AsyncResultStore:
 
     async def count_batch(self, batch_id: str, submitted: int, rejected: int) -> None:
         key = self.names.batch_key(batch_id)
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=False) as pipe:
             pipe.hincrby(key, "submitted", submitted)
             pipe.hincrby(key, "rejected", rejected)
             pipe.expire(key, self.ttl_s)

@@ -184,6 +184,27 @@ class Gateway:
         except InvalidRequestError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    async def publish_many(
+        self, envelopes: Sequence[tasks_pb2.TaskEnvelope]
+    ) -> list[Exception | None]:
+        """:meth:`publish` for many envelopes at once; one outcome each (None: in Kafka)."""
+        if not envelopes:
+            return []
+        messages = []
+        for envelope in envelopes:
+            kind = kind_name(envelope.kind)
+            topic = self.settings.names.task_topic(kind)
+            headers = task_headers(envelope.task_id, kind)
+            messages.append((topic, envelope.SerializeToString(), None, headers))
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                outcomes = await self.producer.send_many(messages)
+        except TimeoutError as exc:
+            self.kafka_ok = False
+            return [exc] * len(envelopes)
+        self.kafka_ok = all(o is None for o in outcomes)
+        return outcomes
+
     async def publish_result(self, result: tasks_pb2.TaskResult) -> None:
         """Produce a result decided here to the results topic."""
         key, value, headers = result_record(result)
@@ -213,24 +234,26 @@ class Gateway:
                 ack.error.message = str(exc)
                 continue
             accepted.append((ack, envelope))
-        await self.store.record_pending([envelope for _, envelope in accepted])
-        sent = await asyncio.gather(
-            *(self.publish(envelope) for _, envelope in accepted), return_exceptions=True
+        # Counted as submitted with their PENDING state (one round trip); the rare
+        # items Kafka then refuses are moved to rejected.
+        await self.store.record_pending(
+            [envelope for _, envelope in accepted],
+            batch=(batch_id, len(items) - len(accepted)),
         )
+        outcomes = await self.publish_many([envelope for _, envelope in accepted])
         lost: list[str] = []
-        for (ack, envelope), outcome in zip(accepted, sent, strict=True):
-            if isinstance(outcome, BaseException):
+        for (ack, envelope), error in zip(accepted, outcomes, strict=True):
+            if error is not None:
                 lost.append(envelope.task_id)
                 ack.error.code = int(Code.UNAVAILABLE)
-                ack.error.message = f"could not enqueue the task: {outcome}"
+                ack.error.message = f"could not enqueue the task: {error}"
                 ack.error.retryable = True
             else:
                 ack.task_id = envelope.task_id
         if lost:
             log.error("batch items not enqueued", extra={"batch_id": batch_id, "count": len(lost)})
             await self.store.clear_states(lost)
-        rejected = len(items) - len(accepted) + len(lost)
-        await self.store.count_batch(batch_id, len(items) - rejected, rejected)
+            await self.store.count_batch(batch_id, -len(lost), len(lost))
         return response
 
     async def publish_failed(
