@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
+import redis
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -528,17 +529,23 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         reader = asyncio.create_task(self._batch_items(request_iterator, opened, chunks, window))
         reader.add_done_callback(lambda _: chunks.put_nowait(None))
         try:
-            while (chunk := await chunks.get()) is not None:
-                response = await chunk
-                window.release(len(response.acks))
-                yield response
             try:
+                while (chunk := await chunks.get()) is not None:
+                    response = await chunk
+                    window.release(len(response.acks))
+                    yield response
                 await reader
+                batch_id = await opened
+                if batch_id:
+                    await self.gateway.store.seal_batch(batch_id)
             except InvalidRequestError as exc:
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            batch_id = await opened
-            if batch_id:
-                await self.gateway.store.seal_batch(batch_id)
+            except (redis.RedisError, OSError) as exc:
+                # Acks sent so far stand; the client resumes with the same batch id.
+                log.error("batch stream failed", extra={"error": repr(exc)})
+                await _abort(
+                    context, grpc.StatusCode.UNAVAILABLE, f"result store unavailable: {exc}"
+                )
         finally:
             reader.cancel()
             while not chunks.empty():
@@ -576,9 +583,15 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         block_ms = None if request.no_follow else _FOLLOW_BLOCK_MS
         ending = False
         while True:
-            results = await store.batch_results(
-                request.batch_id, cursor, self.settings.batch_read_count, block_ms
-            )
+            try:
+                results = await store.batch_results(
+                    request.batch_id, cursor, self.settings.batch_read_count, block_ms
+                )
+            except (redis.RedisError, OSError) as exc:
+                # The client resumes from the last cursor it received.
+                await _abort(
+                    context, grpc.StatusCode.UNAVAILABLE, f"result store unavailable: {exc}"
+                )
             for cursor, result in results:
                 yield tasks_pb2.BatchResult(cursor=cursor, result=result)
             if results:
