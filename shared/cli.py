@@ -475,6 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C outside a batch run's own handling (its first pass over the input,
+        # `batch results`, `task wait`): nothing half-done to report, so no traceback.
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 # Demo requests `make run` sends, one per kind that has a worker.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nlp.v1 import classification_pb2, common_pb2, tasks_pb2
-from shared import bulk
+from shared import bulk, cli
 from shared.cli import UsageError, _task_template, build_parser
 
 
@@ -110,3 +110,23 @@ def test_every_document_gets_the_kind_options() -> None:
 def test_classification_needs_labels() -> None:
     with pytest.raises(UsageError):
         _task_template(build_parser().parse_args(_run_args("--kind", "classification")))
+
+
+def test_ctrl_c_before_the_run_starts_exits_130_and_keeps_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, output = tmp_path / "docs.jsonl", tmp_path / "results.jsonl"
+    source.write_text(json.dumps({"id": "a", "text": "first"}) + "\n")
+    done = json.dumps({"id": "z", "status": "SUCCEEDED"}) + "\n"
+    output.write_text(done)
+
+    def interrupted(path: Path) -> int:
+        raise KeyboardInterrupt
+
+    # The first pass over a large input is where a Ctrl-C before any submission lands.
+    monkeypatch.setattr(bulk, "count_input", interrupted)
+    argv = ["--target", "127.0.0.1:1", "batch", "run", "--kind", "ner", "--no-progress"]
+    code = cli.main([*argv, "--input", str(source), "--output", str(output)])
+    assert code == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+    assert output.read_text() == done
