@@ -219,7 +219,6 @@ class BatchRun:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._batch_known = threading.Event()
-        self._sent = 0
         self._calls: list[Any] = []
         self._error: BaseException | None = None
 
@@ -265,7 +264,6 @@ class BatchRun:
             yield self._message(items)
 
     def _message(self, items: list[tasks_pb2.BatchItem]) -> tasks_pb2.SubmitBatchRequest:
-        self._sent += len(items)
         return tasks_pb2.SubmitBatchRequest(items=items, publish_results=self.publish_results)
 
     def _collect(self) -> None:

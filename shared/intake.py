@@ -36,7 +36,7 @@ from shared.envelope import (
     validate_envelope,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import dead_letter_headers, result_record
+from shared.kafka import dead_letter_headers, publish_results
 from shared.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
@@ -245,10 +245,7 @@ class Intake:
     def finish(self, envelope: tasks_pb2.TaskEnvelope, result: tasks_pb2.TaskResult) -> None:
         """Store a terminal result decided here, published first when the task asks."""
         if envelope.reply.publish_result or self.settings.publish_results:
-            key, value, headers = result_record(result)
-            self.producer.send(self.names.results_topic, value=value, key=key, headers=headers).get(
-                timeout=30
-            )
+            publish_results(self.producer, self.names.results_topic, [result])
         self.store.finish(result)
 
     def dead_letter(self, record: ConsumerRecord, reason: str) -> Any:

@@ -72,25 +72,9 @@ class AsyncProducer:
         Raises :class:`KafkaDeliveryError` when it could not be delivered, or
         BufferError when librdkafka's queue is full (the broker is not keeping up).
         """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def settle(error: Any) -> None:
-            if done.done():
-                return
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(KafkaDeliveryError(str(error)))
-
-        def delivered(error: Any, _message: Any) -> None:
-            loop.call_soon_threadsafe(settle, error)
-
-        kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
-        self._producer.produce(
-            topic, value=value, key=key, headers=kafka_headers, on_delivery=delivered
-        )
-        await done
+        (error,) = await self.send_many([(topic, value, key, headers)])
+        if error is not None:
+            raise error
 
     async def send_many(
         self, messages: Sequence[tuple[str, bytes, bytes | None, Headers]]
@@ -238,6 +222,22 @@ def result_record(result: tasks_pb2.TaskResult) -> tuple[bytes, bytes, Headers]:
     if result.batch_id:
         headers.append((names.HEADER_BATCH_ID, result.batch_id.encode()))
     return key.encode(), result.SerializeToString(), headers
+
+
+def publish_results(
+    producer: KafkaProducer, topic: str, results: Sequence[tasks_pb2.TaskResult]
+) -> None:
+    """Produce results to the results topic and wait for every acknowledgement.
+
+    Callers publish before they store a result: a crash in between repeats the result
+    on the topic (at least once; consumers dedupe by task id) instead of losing it.
+    """
+    sends = []
+    for result in results:
+        key, value, headers = result_record(result)
+        sends.append(producer.send(topic, value=value, key=key, headers=headers))
+    for send in sends:
+        send.get(timeout=30)
 
 
 def dead_letter_headers(

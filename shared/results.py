@@ -264,9 +264,6 @@ class AsyncResultStore:
         self.ttl_s = ttl_s
         self._finish = client.register_script(_FINISH_LUA)
 
-    async def clear_state(self, task_id: str) -> None:
-        await self.client.delete(self.names.state_key(task_id))
-
     async def record_pending(
         self,
         envelopes: Sequence[tasks_pb2.TaskEnvelope],

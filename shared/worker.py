@@ -41,7 +41,7 @@ from shared.envelope import (
     timestamp,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import dead_letter_headers, result_record, task_headers
+from shared.kafka import dead_letter_headers, publish_results, task_headers
 from shared.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
@@ -284,23 +284,13 @@ class WorkerRuntime:
             result.timings.waited_ms = max(0.0, (started - handed_at) * 1000)
             result.timings.ran_ms = (now - started) * 1000
             result.timings.finished_at.CopyFrom(timestamp(now))
-        # Published before they are stored: a crash in between re-runs the task, which
-        # publishes again (at least once on the results topic; consumers dedupe by id).
         publish = [
             result
             for envelope, result in finished
             if envelope.reply.publish_result or self.settings.publish_results
         ]
-        sends = []
-        for result in publish:
-            key, value, headers = result_record(result)
-            sends.append(
-                self.producer.send(
-                    self.settings.names.results_topic, value=value, key=key, headers=headers
-                )
-            )
-        for send in sends:
-            send.get(timeout=30)
+        if publish:  # the producer is made on first use
+            publish_results(self.producer, self.settings.names.results_topic, publish)
         stored = self.store.finish_many([result for _, result in finished])
         for (_, result), ok in zip(finished, stored, strict=True):
             outcome[common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")] += 1

@@ -98,22 +98,9 @@ class Gateway:
 
     async def publish(self, envelope: tasks_pb2.TaskEnvelope) -> None:
         """Produce the envelope and wait for the broker's acks=all acknowledgement."""
-        kind = kind_name(envelope.kind)
-        try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):
-                await self.producer.send(
-                    self.settings.names.task_topic(kind),
-                    value=envelope.SerializeToString(),
-                    # No key: librdkafka's sticky partitioner then fills one partition's
-                    # batch at a time (fewer, larger produce requests: measured 1.65 vs
-                    # 2.7 ms broker CPU per task). The id is in the headers and envelope.
-                    key=None,
-                    headers=task_headers(envelope.task_id, kind),
-                )
-        except Exception:
-            self.kafka_ok = False
-            raise
-        self.kafka_ok = True
+        (error,) = await self.publish_many([envelope])
+        if error is not None:
+            raise error
 
     async def submit(self, context: Ctx, envelope: tasks_pb2.TaskEnvelope) -> None:
         """Record PENDING and publish; the task id is valid once this returns."""
@@ -122,7 +109,7 @@ class Gateway:
         try:
             await self.publish(envelope)
         except Exception as exc:
-            await self.store.clear_state(envelope.task_id)
+            await self.store.clear_states([envelope.task_id])
             await self.publish_failed(context, envelope, exc)
 
     async def build_envelope(
@@ -196,6 +183,9 @@ class Gateway:
             kind = kind_name(envelope.kind)
             topic = self.settings.names.task_topic(kind)
             headers = task_headers(envelope.task_id, kind)
+            # No key: librdkafka's sticky partitioner then fills one partition's batch at
+            # a time (fewer, larger produce requests: measured 1.65 vs 2.7 ms broker CPU
+            # per task). The id is in the headers and the envelope.
             messages.append((topic, envelope.SerializeToString(), None, headers))
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
