@@ -4,6 +4,9 @@ Up to ``max_size`` requests, or whatever arrived within ``max_wait_ms`` of the f
 go through the engine together; each caller gets exactly its own output back. When
 a batch fails, its requests are run one by one so that a single bad input fails
 alone instead of taking its batch-mates with it.
+
+Each model run is one ``inference`` span: a child of its first request's span, linked
+to every request's span (the requests usually belong to as many traces).
 """
 
 from __future__ import annotations
@@ -14,8 +17,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from opentelemetry import trace
+
+from shared.telemetry import (
+    ATTR_BATCH_SIZE,
+    ATTR_TOKENS_IN,
+    ATTR_TOKENS_OUT,
+    counting_tokens,
+    tracer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +38,31 @@ Resp = TypeVar("Resp")
 
 @dataclass(frozen=True)
 class Batched(Generic[Resp]):
-    """An output and the size of the batch that produced it."""
+    """An output, the size of the batch that produced it, how long its request waited
+    for that batch and how long the batch's model run took."""
 
     output: Resp
     batch_size: int
+    batched_s: float = 0.0
+    inference_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One model run, as reported to ``on_batch``."""
+
+    size: int
+    seconds: float
+    tokens_in: int
+    tokens_out: int
+
+
+@dataclass
+class _Item(Generic[Req, Resp]):
+    request: Req
+    future: Future[Batched[Resp]]
+    span: trace.Span
+    submitted: float = field(default_factory=time.monotonic)
 
 
 class MicroBatcher(Generic[Req, Resp]):
@@ -40,8 +74,9 @@ class MicroBatcher(Generic[Req, Resp]):
         max_size: int,
         max_wait_ms: float,
         name: str = "batcher",
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[BatchRun], None] | None = None,
         runners: int = 1,
+        span_attributes: dict[str, str] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -49,9 +84,9 @@ class MicroBatcher(Generic[Req, Resp]):
         self.max_size = max_size
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch
-        self._queue: queue.SimpleQueue[tuple[Req, Future[Batched[Resp]]] | None] = (
-            queue.SimpleQueue()
-        )
+        self.name = name
+        self.span_attributes = dict(span_attributes or {})
+        self._queue: queue.SimpleQueue[_Item[Req, Resp] | None] = queue.SimpleQueue()
         # Several runners: a long batch (a huge document) does not stall every other.
         self._threads = [
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
@@ -60,9 +95,10 @@ class MicroBatcher(Generic[Req, Resp]):
         for thread in self._threads:
             thread.start()
 
-    def submit(self, request: Req) -> Future[Batched[Resp]]:
+    def submit(self, request: Req, span: trace.Span | None = None) -> Future[Batched[Resp]]:
+        """Queue ``request``; ``span`` (its task's) is linked from the batch's span."""
         future: Future[Batched[Resp]] = Future()
-        self._queue.put((request, future))
+        self._queue.put(_Item(request, future, span or trace.INVALID_SPAN))
         return future
 
     def __call__(self, request: Req) -> Batched[Resp]:
@@ -74,7 +110,7 @@ class MicroBatcher(Generic[Req, Resp]):
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def _collect(self, first: tuple[Req, Future[Batched[Resp]]]) -> list[Any]:
+    def _collect(self, first: _Item[Req, Resp]) -> list[_Item[Req, Resp]]:
         batch = [first]
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_size:
@@ -99,23 +135,51 @@ class MicroBatcher(Generic[Req, Resp]):
             if first is None:
                 self._queue.put(None)  # the other runners stop too
                 return
-            batch = self._collect(first)
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            self._run([r for r, _ in batch], [f for _, f in batch])
+            self._run(self._collect(first))
 
-    def _run(self, requests: list[Req], futures: list[Future[Batched[Resp]]]) -> None:
-        try:
-            outputs = self.run_batch(requests)
-            if len(outputs) != len(requests):
-                raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(requests)}")
-        except Exception as exc:
-            if len(requests) == 1:
-                futures[0].set_exception(exc)
+    def _run(self, items: list[_Item[Req, Resp]]) -> None:
+        requests = [item.request for item in items]
+        began = time.monotonic()
+        parent = next((i.span for i in items if i.span.get_span_context().is_valid), None)
+        with (
+            tracer.start_as_current_span(
+                f"inference {self.name}",
+                context=trace.set_span_in_context(parent) if parent is not None else None,
+                links=[
+                    trace.Link(i.span.get_span_context())
+                    for i in items
+                    if i.span.get_span_context().is_valid
+                ],
+                attributes={**self.span_attributes, ATTR_BATCH_SIZE: len(items)},
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span,
+            counting_tokens() as tokens,
+        ):
+            try:
+                outputs = self.run_batch(requests)
+                if len(outputs) != len(requests):
+                    raise RuntimeError(
+                        f"engine returned {len(outputs)} outputs for {len(requests)}"
+                    )
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+                failed: Exception | None = exc
+            else:
+                failed = None
+                span.set_attribute(ATTR_TOKENS_IN, tokens[0])
+                span.set_attribute(ATTR_TOKENS_OUT, tokens[1])
+        seconds = time.monotonic() - began
+        if failed is not None:
+            if len(items) == 1:
+                items[0].future.set_exception(failed)
                 return
-            log.warning("batch of %d failed; running its requests one by one", len(requests))
-            for request, future in zip(requests, futures, strict=True):
-                self._run([request], [future])
+            log.warning("batch of %d failed; running its requests one by one", len(items))
+            for item in items:
+                self._run([item])
             return
-        for output, future in zip(outputs, futures, strict=True):
-            future.set_result(Batched(output, len(requests)))
+        if self.on_batch is not None:
+            self.on_batch(BatchRun(len(items), seconds, tokens[0], tokens[1]))
+        for output, item in zip(outputs, items, strict=True):
+            item.future.set_result(Batched(output, len(items), began - item.submitted, seconds))

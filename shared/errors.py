@@ -22,6 +22,14 @@ class Code(IntEnum):
     UNAVAILABLE = 14
 
 
+def code_name(value: int) -> str:
+    """Name of a code value (``CODE_<n>`` for one outside the subset)."""
+    try:
+        return Code(value).name
+    except ValueError:
+        return f"CODE_{value}"
+
+
 class InvalidRequestError(ValueError):
     """A request or envelope that can never succeed; carries every problem found."""
 

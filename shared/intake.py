@@ -24,6 +24,8 @@ from celery import Celery
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from nlp.v1 import common_pb2, tasks_pb2
 from shared.envelope import (
@@ -37,27 +39,30 @@ from shared.envelope import (
 )
 from shared.errors import Code, InvalidRequestError
 from shared.kafka import dead_letter_headers, publish_results
+from shared.metrics import IntakeMetrics
 from shared.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
     CELERY_KWARG_HANDED_AT,
-    HEADER_TRACEPARENT,
-    HEADER_TRACESTATE,
     Names,
 )
 from shared.results import ResultStore
 from shared.settings import WorkerSettings
+from shared.telemetry import (
+    ATTR_BATCH_ID,
+    ATTR_BUNDLE_SIZE,
+    ATTR_KIND,
+    ATTR_TASK_ID,
+    carrier_of,
+    extract_headers,
+    housekeeping,
+    tracer,
+)
 
 log = logging.getLogger(__name__)
 
-
-def _trace_context(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
-    """The W3C trace context among a Kafka record's headers."""
-    return {
-        k: v.decode("latin-1")
-        for k, v in headers
-        if k in (HEADER_TRACEPARENT, HEADER_TRACESTATE) and v
-    }
+# A task on its way through the intake: its envelope and its ``process`` span.
+Handed = tuple[tasks_pb2.TaskEnvelope, trace.Span]
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Intake:
     celery: Celery
     store: ResultStore
     redis: redis.Redis
+    metrics: IntakeMetrics
     stats: Counter[str] = field(default_factory=Counter)
     paused: bool = False
 
@@ -97,10 +103,13 @@ class Intake:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.settings.sweep_interval_s
                 try:
-                    self.redeliver_silent()
+                    with housekeeping():
+                        self.redeliver_silent()
+                        self.measure_lag()
                 except Exception:
                     log.exception("redelivery sweep failed; will retry")
-            self.apply_backpressure()
+            with housekeeping():
+                self.apply_backpressure()
             batch = self.consumer.poll(
                 timeout_ms=self.settings.poll_timeout_ms,
                 max_records=self.settings.poll_max_records,
@@ -111,8 +120,21 @@ class Intake:
             if batch:
                 self.handle_batch(batch)
 
+    def measure_lag(self) -> None:
+        """Consumer lag of each assigned partition (log end minus our position): what
+        KEDA scales on. End offsets are asked for, since paused partitions fetch nothing."""
+        assigned = list(self.consumer.assignment())
+        ends = self.consumer.end_offsets(assigned) if assigned else {}
+        lags: dict[int, int] = {}
+        for tp in assigned:
+            position = self.consumer.position(tp, timeout_ms=1000)
+            if position is not None and tp in ends:
+                lags[tp.partition] = max(0, ends[tp] - position)
+        self.metrics.lag(lags)
+
     def apply_backpressure(self) -> None:
         depth = self.queue_depth()
+        self.metrics.queue_depth.labels(self.kind).set(depth)
         assigned = self.consumer.assignment()
         if not self.paused and depth >= self.settings.queue_high_water:
             self.paused = True
@@ -122,61 +144,112 @@ class Intake:
             self.paused = False
             self.consumer.resume(*assigned)
             log.info("celery queue below low-water; resuming", extra={"depth": depth})
+        self.metrics.paused.labels(self.kind).set(int(self.paused))
         if self.paused and assigned:
             # Re-applied every loop: partitions assigned by a rebalance start unpaused.
             self.consumer.pause(*assigned)
 
     def handle_batch(self, batch: dict[TopicPartition, Sequence[ConsumerRecord]]) -> None:
-        """Hand off, dead-letter or finish every record, then commit; rewind on failure."""
-        try:
-            pending = self.process([r for records in batch.values() for r in records])
-            for future in pending:
-                future.get(timeout=30)  # the dead letter must be durable before we commit
-        except Exception:
-            log.exception("hand-off failed; rewinding the batch to retry it")
-            for tp, records in batch.items():
-                self.consumer.seek(tp, records[0].offset)
-            time.sleep(1.0)
-            return
-        offsets = {
-            tp: OffsetAndMetadata(records[-1].offset + 1, "", -1) for tp, records in batch.items()
-        }
-        self.consumer.commit(offsets)
+        """Hand off, dead-letter or finish every record, then commit; rewind on failure.
 
-    def process(self, records: Sequence[ConsumerRecord]) -> list[Any]:
+        The poll is one ``receive`` span linked to every record's producer; each record
+        gets a ``process`` span in its own trace, ended once it is handed off.
+        """
+        records = [r for rs in batch.values() for r in rs]
+        contexts = [extract_headers(r.headers or ()) for r in records]
+        topic = self.names.task_topic(self.kind)
+        with tracer.start_as_current_span(
+            f"receive {topic}",
+            context=Context(),
+            kind=trace.SpanKind.CONSUMER,
+            links=[
+                trace.Link(c)
+                for ctx in contexts
+                if (c := trace.get_current_span(ctx).get_span_context()).is_valid
+            ],
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": topic,
+                "messaging.batch.message_count": len(records),
+                ATTR_KIND: self.kind,
+            },
+        ):
+            spans = [
+                tracer.start_span(
+                    f"process {topic}",
+                    context=ctx,
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.destination.name": topic,
+                        "messaging.destination.partition.id": str(r.partition),
+                        "messaging.kafka.offset": r.offset,
+                        ATTR_KIND: self.kind,
+                    },
+                )
+                for r, ctx in zip(records, contexts, strict=True)
+            ]
+            try:
+                pending = self.process(list(zip(records, spans, strict=True)))
+                for future in pending:
+                    future.get(timeout=30)  # the dead letter must be durable before we commit
+            except Exception as exc:
+                log.exception("hand-off failed; rewinding the batch to retry it")
+                for span in spans:
+                    span.record_exception(exc)
+                    span.set_status(trace.StatusCode.ERROR, "hand-off failed; rewound")
+                for tp, rs in batch.items():
+                    self.consumer.seek(tp, rs[0].offset)
+                time.sleep(1.0)
+                return
+            finally:
+                for span in spans:
+                    span.end()
+            offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()}
+            self.consumer.commit(offsets)
+
+    def process(self, records: Sequence[tuple[ConsumerRecord, trace.Span]]) -> list[Any]:
         """Process a poll's records together (one Redis round trip per step, not per
         record); returns the pending dead-letter sends."""
         pending: list[Any] = []
-        valid: list[tuple[tasks_pb2.TaskEnvelope, ConsumerRecord]] = []
-        for record in records:
-            checked = self.check(record)
+        valid: list[Handed] = []
+        for record, span in records:
+            checked = self.check(record, span)
             if isinstance(checked, tasks_pb2.TaskEnvelope):
-                valid.append((checked, record))
+                span.set_attributes(
+                    {ATTR_TASK_ID: checked.task_id, ATTR_BATCH_ID: checked.batch_id}
+                )
+                valid.append((checked, span))
             elif checked is not None:
                 pending.append(checked)
         if not valid:
             return pending
         finished = self.store.finished([envelope.task_id for envelope, _ in valid])
         now = time.time()
-        ready: list[tuple[tasks_pb2.TaskEnvelope, Sequence[tuple[str, bytes | None]]]] = []
-        for envelope, record in valid:
+        ready: list[Handed] = []
+        for envelope, span in valid:
             if envelope.task_id in finished:
                 self.stats["skipped"] += 1  # cancelled before it got here, or a replay
+                self.metrics.outcome("skipped")
+                span.set_attribute("nlp.intake.outcome", "skipped")
             elif expired(envelope, now):
-                self.finish(envelope, deadline_exceeded(envelope, "intake"))
+                with trace.use_span(span, end_on_exit=False):
+                    self.finish(envelope, deadline_exceeded(envelope, "intake"))
                 self.stats["expired"] += 1
+                self.metrics.outcome("expired")
+                span.set_attribute("nlp.intake.outcome", "expired")
             else:
-                ready.append((envelope, record.headers or ()))
+                ready.append((envelope, span))
         self.hand_off(ready)
         return pending
 
-    def check(self, record: ConsumerRecord) -> tasks_pb2.TaskEnvelope | Any:
+    def check(self, record: ConsumerRecord, span: trace.Span) -> tasks_pb2.TaskEnvelope | Any:
         """The record's envelope if it is a valid task; else dead-letter it and return
         the pending send."""
         try:
             envelope = decode_envelope(record.value)
         except Exception as exc:
-            return self.dead_letter(record, f"undecodable: {type(exc).__name__}: {exc}")
+            return self.dead_letter(record, f"undecodable: {type(exc).__name__}: {exc}", span)
         try:
             validate_envelope(envelope, self.kind, self.settings.limits)
         except InvalidRequestError as exc:
@@ -189,8 +262,10 @@ class Intake:
                     f"invalid task: {exc}",
                 )
                 result.dead_lettered = True
-                self.finish(envelope, result)
-            return self.dead_letter(record, f"invalid: {exc}")
+                span.set_attribute(ATTR_TASK_ID, envelope.task_id)
+                with trace.use_span(span, end_on_exit=False):
+                    self.finish(envelope, result)
+            return self.dead_letter(record, f"invalid: {exc}", span)
         return envelope
 
     def redeliver_silent(self) -> None:
@@ -209,13 +284,18 @@ class Intake:
                 continue
             log.warning("re-sending a silent task", extra={"task_id": envelope.task_id})
             self.stats["redelivered"] += 1
-            self.hand_off([(envelope, ())])
+            self.metrics.outcome("redelivered")
+            # The original trace context is not kept with the envelope: a re-sent task
+            # continues in a trace of its own.
+            self.hand_off([(envelope, trace.INVALID_SPAN)])
 
-    def hand_off(
-        self, tasks: Sequence[tuple[tasks_pb2.TaskEnvelope, Sequence[tuple[str, bytes | None]]]]
-    ) -> None:
+    def hand_off(self, tasks: Sequence[Handed]) -> None:
         """Record the tasks as QUEUED (in flight), then publish them to Celery in bundles
-        of at most ``handoff_max_tasks`` (per-message costs are paid per bundle)."""
+        of at most ``handoff_max_tasks`` (per-message costs are paid per bundle).
+
+        Each task's ``nlp_trace`` entry is its own ``process`` span; the Celery publish
+        span goes under the bundle's first task.
+        """
         if not tasks:
             return
         self.store.mark_queued([envelope for envelope, _ in tasks])
@@ -223,24 +303,50 @@ class Intake:
         # Even bundles: 20 tasks with a limit of 16 go as 10 + 10, not 16 + 4.
         count = -(-len(tasks) // self.settings.handoff_max_tasks)
         size = -(-len(tasks) // count)
+        queue = self.names.celery_queue(self.kind)
         # One broker connection for the whole poll instead of one per message.
         with self.celery.producer_or_acquire() as producer:
             for start in range(0, len(tasks), size):
                 bundle = tasks[start : start + size]
-                self.celery.send_task(
-                    Names.celery_task(self.kind),
-                    kwargs={
-                        CELERY_KWARG_ENVELOPES: [encode_b64(envelope) for envelope, _ in bundle],
-                        CELERY_KWARG_HANDED_AT: handed_at,
+                for _, span in bundle:
+                    span.set_attribute(ATTR_BUNDLE_SIZE, len(bundle))
+                # A lone task keeps its id in Celery's tools (inspect, revoke).
+                message_id = bundle[0][0].task_id if len(bundle) == 1 else uuid.uuid4().hex
+                # By hand, not by Celery's instrumentation: its publish hooks look the task
+                # up in this process's registry, and the intake only sends it by name.
+                with tracer.start_as_current_span(
+                    f"publish {queue}",
+                    context=trace.set_span_in_context(bundle[0][1]),
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "celery",
+                        "messaging.destination.name": queue,
+                        "messaging.message.id": message_id,
+                        "messaging.batch.message_count": len(bundle),
+                        ATTR_KIND: self.kind,
                     },
-                    # A lone task keeps its id in Celery's tools (inspect, revoke).
-                    task_id=bundle[0][0].task_id if len(bundle) == 1 else uuid.uuid4().hex,
-                    queue=self.names.celery_queue(self.kind),
-                    headers={CELERY_HEADER_TRACE: [_trace_context(h) for _, h in bundle]},
-                    producer=producer,
-                )
+                ):
+                    # traceparent: the worker's Celery run span continues this publish;
+                    # nlp_trace: each task's own context.
+                    headers: dict[str, Any] = carrier_of()
+                    headers[CELERY_HEADER_TRACE] = [
+                        carrier_of(trace.set_span_in_context(span)) for _, span in bundle
+                    ]
+                    self.celery.send_task(
+                        Names.celery_task(self.kind),
+                        kwargs={
+                            CELERY_KWARG_ENVELOPES: [encode_b64(e) for e, _ in bundle],
+                            CELERY_KWARG_HANDED_AT: handed_at,
+                        },
+                        task_id=message_id,
+                        queue=queue,
+                        headers=headers,
+                        producer=producer,
+                    )
                 self.stats["messages"] += 1
+                self.metrics.handoff_size.labels(self.kind).observe(len(bundle))
         self.stats["handed"] += len(tasks)
+        self.metrics.outcome("handed", len(tasks))
 
     def finish(self, envelope: tasks_pb2.TaskEnvelope, result: tasks_pb2.TaskResult) -> None:
         """Store a terminal result decided here, published first when the task asks."""
@@ -248,34 +354,52 @@ class Intake:
             publish_results(self.producer, self.names.results_topic, [result])
         self.store.finish(result)
 
-    def dead_letter(self, record: ConsumerRecord, reason: str) -> Any:
+    def dead_letter(self, record: ConsumerRecord, reason: str, span: trace.Span) -> Any:
         self.stats["dead_lettered"] += 1
-        log.warning(
-            "dead-lettering record",
-            extra={"partition": record.partition, "offset": record.offset, "reason": reason},
-        )
-        headers = dead_letter_headers(
-            reason, "intake", record.topic, record.partition, record.offset, record.headers or ()
-        )
-        return self.producer.send(
-            self.names.dead_letter_topic, value=record.value or b"", key=record.key, headers=headers
-        )
+        self.metrics.outcome("dead_lettered")
+        self.metrics.dead_lettered("intake")
+        span.set_status(trace.StatusCode.ERROR, f"dead-lettered: {reason[:200]}")
+        with trace.use_span(span, end_on_exit=False):
+            log.warning(
+                "dead-lettering record",
+                extra={"partition": record.partition, "offset": record.offset, "reason": reason},
+            )
+            headers = dead_letter_headers(
+                reason,
+                "intake",
+                record.topic,
+                record.partition,
+                record.offset,
+                record.headers or (),
+            )
+            return self.producer.send(
+                self.names.dead_letter_topic,
+                value=record.value or b"",
+                key=record.key,
+                headers=headers,
+            )
 
 
 def serve(kind: str, settings: WorkerSettings) -> None:
     """Entry point of a kind's intake process: build the clients, run until SIGTERM/SIGINT."""
     import signal
 
+    from shared import telemetry
     from shared.celery_app import make_celery
     from shared.kafka import make_consumer, make_producer
     from shared.logs import configure_logging
+    from shared.metrics import serve_metrics
     from shared.readiness import mark_ready
 
-    configure_logging(f"{kind}-intake", settings.log_level)
+    service = f"{kind}-intake"
+    configure_logging(service, settings.log_level)
+    telemetry.setup_tracing(f"nlp-{service}")
+    telemetry.instrument_kafka_python()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     client = redis.Redis.from_url(settings.redis_url)
+    telemetry.instrument_redis(client)
     consumer = make_consumer(settings, settings.names.consumer_group(kind))
     producer = make_producer(settings)
     intake = Intake(
@@ -286,7 +410,9 @@ def serve(kind: str, settings: WorkerSettings) -> None:
         celery=make_celery(kind, settings),
         store=ResultStore(client, settings.names, settings.result_ttl_s),
         redis=client,
+        metrics=IntakeMetrics(kind),
     )
+    serve_metrics(settings, intake.metrics.registry)
     log.info("intake starting", extra={"topic": settings.names.task_topic(kind)})
     try:
         intake.run(stop, on_first_poll=lambda: mark_ready(settings))

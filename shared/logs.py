@@ -1,4 +1,4 @@
-"""Structured (JSON-lines) logging carrying task ids."""
+"""Structured (JSON-lines) logging carrying task ids and the current trace and span ids."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from shared.telemetry import current_ids
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,4 +52,8 @@ class _ServiceFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
+        # Read here, in the thread that logs: that is where the span is current.
+        ids = current_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         return True

@@ -18,6 +18,8 @@ import onnxruntime as ort
 from pydantic import BaseModel, Field
 from tokenizers import Encoding, Tokenizer
 
+from shared.telemetry import count_tokens
+
 Vector = npt.NDArray[np.float32]
 
 
@@ -149,6 +151,7 @@ class MiniLMEmbedder:
         """One embedding per text; long texts average the embeddings of their windows."""
         windows = [self._windows(t) for t in texts]
         flat = [w for ws in windows for w in ws]
+        count_tokens(sum(len(w.ids) for w in flat))
         order = sorted(range(len(flat)), key=lambda i: len(flat[i].ids))
         parts = [self._run([flat[i] for i in chunk]) for chunk in self._chunks(order, flat)]
         vectors = np.empty_like(np.concatenate(parts))

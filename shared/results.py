@@ -35,6 +35,7 @@ from nlp.v1 import common_pb2, tasks_pb2
 from shared.envelope import TERMINAL_STATUSES
 from shared.errors import Code
 from shared.names import KIND_NAMES, Names, kind_name
+from shared.telemetry import housekeeping
 
 log = logging.getLogger(__name__)
 
@@ -507,6 +508,11 @@ class ResultWaiter:
 
     async def _listen(self) -> None:
         channel = self.store.names.done_channel
+        # The subscription serves every request: its commands belong to no trace.
+        with housekeeping():
+            await self._listen_forever(channel)
+
+    async def _listen_forever(self, channel: str) -> None:
         while True:
             pubsub = self.client.pubsub()
             try:

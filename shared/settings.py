@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
     result_ttl_s: int = Field(24 * 3600, gt=0, description="how long results stay in Redis")
     limits: Limits = Limits()
     log_level: str = "INFO"
+    metrics_host: str = Field("0.0.0.0", description="address of the Prometheus /metrics listener")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="port of the Prometheus /metrics listener; 0: none"
+    )
     ready_file: Path | None = Field(
         None, description="touched once the process serves; the local stack waits on it"
     )

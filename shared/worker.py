@@ -24,10 +24,11 @@ from typing import Any
 from celery import Celery, Task
 from google.protobuf.message import Message
 from kafka import KafkaProducer
+from opentelemetry import trace
 
 from nlp.v1 import common_pb2, tasks_pb2
 from nlp.v1.common_pb2 import ModelInfo
-from shared.batching import Batched, MicroBatcher
+from shared.batching import Batched, BatchRun, MicroBatcher
 from shared.engines import EngineFactory, ModelRegistry
 from shared.envelope import (
     AnyRequest,
@@ -40,8 +41,9 @@ from shared.envelope import (
     seconds,
     timestamp,
 )
-from shared.errors import Code, InvalidRequestError
+from shared.errors import Code, InvalidRequestError, code_name
 from shared.kafka import dead_letter_headers, publish_results, task_headers
+from shared.metrics import WorkerMetrics
 from shared.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
@@ -50,6 +52,19 @@ from shared.names import (
 )
 from shared.results import ResultStore
 from shared.settings import WorkerSettings
+from shared.telemetry import (
+    ATTR_BATCH_ID,
+    ATTR_BATCH_SIZE,
+    ATTR_KIND,
+    ATTR_MODEL_NAME,
+    ATTR_MODEL_VERSION,
+    ATTR_STATUS,
+    ATTR_TASK_ID,
+    attached,
+    context_of,
+    housekeeping,
+    tracer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +82,7 @@ class WorkerRuntime:
     store: ResultStore
     registry: ModelRegistry
     producer_factory: Callable[[], KafkaProducer]
+    metrics: WorkerMetrics
     worker_id: str = field(default_factory=worker_identity)
     _producer: KafkaProducer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -84,22 +100,32 @@ class WorkerRuntime:
                 engine.run_batch,
                 self.settings.batch_max_size,
                 self.settings.batch_max_wait_ms,
-                name=f"batcher-{name}",
-                on_batch=self._count_batch,
+                name=name,
+                on_batch=self._batch_counter(name),
                 runners=self.settings.batch_runners,
+                span_attributes={
+                    ATTR_KIND: self.kind,
+                    ATTR_MODEL_NAME: name,
+                    ATTR_MODEL_VERSION: engine.info.version,
+                },
             )
             for name, engine in self.registry.engines.items()
         }
 
-    def _count_batch(self, size: int) -> None:
-        self.batch_sizes[size] += 1
+    def _batch_counter(self, model: str) -> Callable[[BatchRun], None]:
+        def count(run: BatchRun) -> None:
+            self.batch_sizes[run.size] += 1
+            self.metrics.batch(model, run.size, run.seconds, run.tokens_in, run.tokens_out)
+
+        return count
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_s):
             with self._active_lock:
                 running = list(self._active)
             try:
-                self.store.heartbeat(self.kind, running)
+                with housekeeping():
+                    self.store.heartbeat(self.kind, running)
             except Exception as exc:  # Redis away: the next beat tries again
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
 
@@ -124,48 +150,46 @@ class WorkerRuntime:
         task: Task[Any, Any],
         envelopes_b64: Sequence[str],
         handed_at: float,
-        trace: Sequence[Mapping[str, str]] = (),
+        trace_contexts: Sequence[Mapping[str, str]] = (),
     ) -> dict[str, int]:
         """Run one delivery of a bundle of tasks; returns how many ended in each status.
 
         Every task of the bundle goes to its model's micro-batcher at once, and each
         result is stored as soon as its batch is done. Tasks whose run raised are sent
         again together, as one Celery retry of this message carrying only them.
+
+        Each task gets a ``run <kind>`` span in its own trace (the context its
+        ``nlp_trace`` entry carries), linked to the Celery message's run span.
         """
         started = time.time()
         attempt = int(task.request.retries) + 1
         outcome: Counter[str] = Counter()
-        live: list[tasks_pb2.TaskEnvelope] = []
-        late: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
-        traces: dict[str, Mapping[str, str]] = {}
-        for i, raw in enumerate(envelopes_b64):
-            try:
-                envelope = decode_b64(raw)
-            except Exception as exc:  # the intake validated it: a corrupted Celery message
-                log.error("undecodable envelope in Celery message", extra={"error": str(exc)})
-                self._dead_letter_raw(raw, f"undecodable envelope in worker: {exc}")
-                outcome["DEAD_LETTER"] += 1
-                continue
-            if i < len(trace):
-                traces[envelope.task_id] = trace[i]
-            if expired(envelope, started):
-                late.append((envelope, deadline_exceeded(envelope, "worker")))
-            else:
-                live.append(envelope)
-        self._finish(late, handed_at, started, outcome)
-        flags = self.store.start(live, attempt)
-        runnable = [e for e, ok in zip(live, flags, strict=True) if ok]
-        if len(runnable) < len(live):
-            outcome["SKIPPED"] += len(live) - len(runnable)  # already finished or cancelled
-            log.info("tasks already finished; skipped", extra={"count": len(live) - len(runnable)})
-        ids = {e.task_id for e in runnable}
-        with self._active_lock:
-            self._active |= ids
+        live, late, contexts, spans = self._open(
+            envelopes_b64, trace_contexts, started, attempt, outcome
+        )
         try:
-            failed = self._run(task, runnable, attempt, handed_at, started, outcome)
-        finally:
+            self._finish(late, handed_at, started, outcome, spans)
+            flags = self.store.start(live, attempt)
+            runnable = [e for e, ok in zip(live, flags, strict=True) if ok]
+            for envelope, ok in zip(live, flags, strict=True):
+                if not ok:  # already finished or cancelled
+                    spans.pop(envelope.task_id, trace.INVALID_SPAN).end()
+            if len(runnable) < len(live):
+                outcome["SKIPPED"] += len(live) - len(runnable)
+                log.info(
+                    "tasks already finished; skipped", extra={"count": len(live) - len(runnable)}
+                )
+            ids = {e.task_id for e in runnable}
             with self._active_lock:
-                self._active -= ids
+                self._active |= ids
+            try:
+                failed = self._run(task, runnable, attempt, handed_at, started, outcome, spans)
+            finally:
+                with self._active_lock:
+                    self._active -= ids
+        finally:
+            for span in spans.values():  # retried, or an error escaped
+                span.end()
         if failed:
             error = failed[0][1]
             countdown = self.settings.retry_backoff_s * 2 ** int(task.request.retries)
@@ -177,9 +201,10 @@ class WorkerRuntime:
                     "error": repr(error),
                 },
             )
+            self.metrics.retries.labels(self.kind).inc(len(failed))
             # Celery's stubs type headers as str -> str; ours carry one context per task.
             headers: dict[str, Any] = {
-                CELERY_HEADER_TRACE: [dict(traces.get(e.task_id, {})) for e, _ in failed]
+                CELERY_HEADER_TRACE: [dict(contexts.get(e.task_id, {})) for e, _ in failed]
             }
             raise task.retry(
                 kwargs={
@@ -192,6 +217,58 @@ class WorkerRuntime:
             )
         return dict(outcome)
 
+    def _open(
+        self,
+        envelopes_b64: Sequence[str],
+        trace_contexts: Sequence[Mapping[str, str]],
+        started: float,
+        attempt: int,
+        outcome: Counter[str],
+    ) -> tuple[
+        list[tasks_pb2.TaskEnvelope],
+        list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]],
+        dict[str, Mapping[str, str]],
+        dict[str, trace.Span],
+    ]:
+        """Decode a bundle: the live tasks, the expired ones (with their results), each
+        task's trace context and its started ``run`` span."""
+        live: list[tasks_pb2.TaskEnvelope] = []
+        late: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
+        contexts: dict[str, Mapping[str, str]] = {}
+        spans: dict[str, trace.Span] = {}
+        message_span = trace.get_current_span()
+        message_link = (
+            [trace.Link(message_span.get_span_context())]
+            if message_span.get_span_context().is_valid
+            else []
+        )
+        for i, raw in enumerate(envelopes_b64):
+            try:
+                envelope = decode_b64(raw)
+            except Exception as exc:  # the intake validated it: a corrupted Celery message
+                log.error("undecodable envelope in Celery message", extra={"error": str(exc)})
+                self._dead_letter_raw(raw, f"undecodable envelope in worker: {exc}")
+                outcome["DEAD_LETTER"] += 1
+                continue
+            carrier = trace_contexts[i] if i < len(trace_contexts) else {}
+            contexts[envelope.task_id] = carrier
+            spans[envelope.task_id] = tracer.start_span(
+                f"run {self.kind}",
+                context=context_of(carrier),
+                links=message_link,
+                attributes={
+                    ATTR_TASK_ID: envelope.task_id,
+                    ATTR_KIND: self.kind,
+                    ATTR_BATCH_ID: envelope.batch_id,
+                    "nlp.attempt": attempt,
+                },
+            )
+            if expired(envelope, started):
+                late.append((envelope, deadline_exceeded(envelope, "worker")))
+            else:
+                live.append(envelope)
+        return live, late, contexts, spans
+
     def _run(
         self,
         task: Task[Any, Any],
@@ -200,15 +277,17 @@ class WorkerRuntime:
         handed_at: float,
         started: float,
         outcome: Counter[str],
+        spans: dict[str, trace.Span],
     ) -> list[tuple[tasks_pb2.TaskEnvelope, Exception]]:
         """Run the tasks on their models and store each result as its batch ends; returns
-        the tasks to retry."""
+        the tasks to retry (their spans ended as errors)."""
         retry_left = task.request.retries < self.settings.max_retries
         running: dict[Future[Batched[Message]], tuple[tasks_pb2.TaskEnvelope, ModelInfo]] = {}
         rejected: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
         for envelope in envelopes:
             request = request_of(envelope)
             assert request is not None
+            span = spans.get(envelope.task_id, trace.INVALID_SPAN)
             try:
                 model_name, engine = self.registry.resolve(request.model)
             except InvalidRequestError as exc:
@@ -218,8 +297,11 @@ class WorkerRuntime:
                 result.attempt = attempt
                 rejected.append((envelope, result))
                 continue
-            running[self.batchers[model_name].submit(request)] = (envelope, engine.info)
-        self._finish(rejected, handed_at, started, outcome)
+            span.set_attributes(
+                {ATTR_MODEL_NAME: model_name, ATTR_MODEL_VERSION: engine.info.version}
+            )
+            running[self.batchers[model_name].submit(request, span)] = (envelope, engine.info)
+        self._finish(rejected, handed_at, started, outcome, spans)
         failed: list[tuple[tasks_pb2.TaskEnvelope, Exception]] = []
         pending: set[Future[Batched[Message]]] = set(running)
         while pending:
@@ -227,6 +309,7 @@ class WorkerRuntime:
             finished: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
             for future in done:
                 envelope, info = running[future]
+                span = spans.get(envelope.task_id, trace.INVALID_SPAN)
                 error = future.exception()
                 if error is None:
                     batched = future.result()
@@ -239,31 +322,37 @@ class WorkerRuntime:
                         batch_size=batched.batch_size,
                         batch_id=envelope.batch_id,
                     )
+                    result.timings.batched_ms = batched.batched_s * 1000
+                    result.timings.inference_ms = batched.inference_s * 1000
+                    span.set_attribute(ATTR_BATCH_SIZE, batched.batch_size)
                     getattr(result, self.kind).CopyFrom(batched.output)
                 elif isinstance(error, InvalidRequestError):  # the engine refused this input
                     result = error_result(
                         envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(error)
                     )
                 elif isinstance(error, Exception) and retry_left:
+                    span.record_exception(error)
+                    span.set_status(trace.StatusCode.ERROR, f"retrying: {type(error).__name__}")
                     failed.append((envelope, error))
                     continue
                 else:
-                    log.error(
-                        "task failed after retries",
-                        extra={"task_id": envelope.task_id, "error": repr(error)},
-                    )
-                    result = error_result(
-                        envelope,
-                        common_pb2.TASK_STATUS_FAILED,
-                        Code.INTERNAL,
-                        f"failed after {attempt} attempts: {type(error).__name__}: {error}",
-                        retryable=True,
-                    )
-                    self._dead_letter_envelope(envelope, result.error.message)
+                    with attached(trace.set_span_in_context(span)):
+                        log.error(
+                            "task failed after retries",
+                            extra={"task_id": envelope.task_id, "error": repr(error)},
+                        )
+                        result = error_result(
+                            envelope,
+                            common_pb2.TASK_STATUS_FAILED,
+                            Code.INTERNAL,
+                            f"failed after {attempt} attempts: {type(error).__name__}: {error}",
+                            retryable=True,
+                        )
+                        self._dead_letter_envelope(envelope, result.error.message)
                     result.dead_lettered = True
                 result.attempt = attempt
                 finished.append((envelope, result))
-            self._finish(finished, handed_at, started, outcome)
+            self._finish(finished, handed_at, started, outcome, spans)
         return failed
 
     def _finish(
@@ -272,8 +361,10 @@ class WorkerRuntime:
         handed_at: float,
         started: float,
         outcome: Counter[str],
+        spans: dict[str, trace.Span],
     ) -> None:
-        """Store terminal results (one round trip) and publish those that ask for it."""
+        """Store terminal results (one round trip) and publish those that ask for it; ends
+        their spans, each with a ``store result`` child around that round trip."""
         if not finished:
             return
         now = time.time()
@@ -284,24 +375,46 @@ class WorkerRuntime:
             result.timings.waited_ms = max(0.0, (started - handed_at) * 1000)
             result.timings.ran_ms = (now - started) * 1000
             result.timings.finished_at.CopyFrom(timestamp(now))
-        publish = [
-            result
-            for envelope, result in finished
-            if envelope.reply.publish_result or self.settings.publish_results
+        task_spans = [spans.pop(r.task_id, trace.INVALID_SPAN) for _, r in finished]
+        store_spans = [
+            tracer.start_span("store result", context=trace.set_span_in_context(span))
+            for span in task_spans
         ]
-        if publish:  # the producer is made on first use
-            publish_results(self.producer, self.settings.names.results_topic, publish)
-        stored = self.store.finish_many([result for _, result in finished])
-        for (_, result), ok in zip(finished, stored, strict=True):
-            outcome[common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")] += 1
+        # The group's Redis and Kafka calls go under the first task's span.
+        with trace.use_span(store_spans[0], end_on_exit=False):
+            publish = [
+                result
+                for envelope, result in finished
+                if envelope.reply.publish_result or self.settings.publish_results
+            ]
+            if publish:  # the producer is made on first use
+                publish_results(self.producer, self.settings.names.results_topic, publish)
+            stored = self.store.finish_many([result for _, result in finished])
+        for span in store_spans:
+            span.end()
+        for (_, result), ok, span in zip(finished, stored, task_spans, strict=True):
+            status = common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
+            outcome[status] += 1
+            span.set_attribute(ATTR_STATUS, status)
+            if result.HasField("error"):
+                span.set_status(trace.StatusCode.ERROR, result.error.message[:200])
+            span.end()
             if not ok:
                 log.info("task already had a result; kept it", extra={"task_id": result.task_id})
+                continue
+            t = result.timings
+            stages = {"queued": t.queued_ms, "waited": t.waited_ms, "ran": t.ran_ms}
+            if t.inference_ms:
+                stages |= {"batched": t.batched_ms, "inference": t.inference_ms}
+            code = code_name(result.error.code) if result.HasField("error") else None
+            self.metrics.finished(status, code, stages)
 
     def _dead_letter_envelope(self, envelope: tasks_pb2.TaskEnvelope, reason: str) -> None:
         headers = dead_letter_headers(
             reason, "worker", self.settings.names.celery_queue(self.kind), -1, -1
         )
         headers += task_headers(envelope.task_id, self.kind)
+        self.metrics.dead_letters.labels(self.kind, "worker").inc()
         self.producer.send(
             self.settings.names.dead_letter_topic,
             value=envelope.SerializeToString(),
@@ -314,6 +427,7 @@ class WorkerRuntime:
             raw = base64.b64decode(envelope_b64)
         except Exception:
             raw = str(envelope_b64).encode("utf-8", "replace")
+        self.metrics.dead_letters.labels(self.kind, "worker").inc()
         self.producer.send(
             self.settings.names.dead_letter_topic,
             value=raw,
@@ -355,13 +469,23 @@ def serve_worker(
     import redis
     from celery.signals import worker_ready, worker_shutdown
 
+    from shared import telemetry
     from shared.celery_app import make_celery
     from shared.kafka import make_producer
     from shared.logs import configure_logging
+    from shared.metrics import serve_metrics
     from shared.readiness import mark_ready
 
-    configure_logging(f"{kind}-worker", settings.log_level)
+    service = f"{kind}-worker"
+    configure_logging(service, settings.log_level)
+    # Before the pool starts: the pool is threads; were it prefork, the children would
+    # inherit the signal hooks, and the SDK re-creates its export thread after fork.
+    telemetry.setup_tracing(f"nlp-{service}")
+    telemetry.instrument_celery()
+    telemetry.instrument_kafka_python()
     client = redis.Redis.from_url(settings.redis_url)
+    telemetry.instrument_redis(client)
+    metrics = WorkerMetrics(kind)
     registry = ModelRegistry.build(kind, settings.models, settings.default_model, factories)
     registry.advertise(client, settings.names)
     runtime = WorkerRuntime(
@@ -370,9 +494,13 @@ def serve_worker(
         store=ResultStore(client, settings.names, settings.result_ttl_s),
         registry=registry,
         producer_factory=lambda: make_producer(settings),
+        metrics=metrics,
     )
     app = make_celery(kind, settings)
+    # Current: Celery's instrumentation finds the task of a retry's publish by name there.
+    app.set_current()
     register_task(app, runtime)
+    serve_metrics(settings, metrics.registry)
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:

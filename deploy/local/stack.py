@@ -69,7 +69,12 @@ class Service:
     module: str
     env: dict[str, str]
     data_dir: Path
+    metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def ready_file(self) -> Path:
@@ -189,9 +194,11 @@ class LocalStack:
             replicas = {**DEFAULT_REPLICAS, **self.replicas}
             for kind in self.kinds:
                 for replica in range(1, replicas.get(kind, 1) + 1):
-                    self._add(worker_name(kind, replica), f"services.{kind}.worker")
-                self._add(f"{kind}-intake", f"services.{kind}.intake")
-            self._add("gateway", "services.gateway")
+                    self._add(
+                        worker_name(kind, replica), f"services.{kind}.worker", f"{kind}-worker"
+                    )
+                self._add(f"{kind}-intake", f"services.{kind}.intake", f"{kind}-intake")
+            self._add("gateway", "services.gateway", "gateway")
             for service in self.services.values():
                 service.start()
             for service in self.services.values():
@@ -201,9 +208,22 @@ class LocalStack:
             self.stop()
             raise
 
-    def _add(self, name: str, module: str) -> None:
+    def _add(self, name: str, module: str, role: str) -> None:
+        """Add a service process; replicas share their ``role`` as their trace service name."""
         assert self.data_dir is not None
-        self.services[name] = Service(name, module, self.service_env, self.data_dir)
+        port = free_port()
+        env = {
+            **self.service_env,
+            "OTEL_SERVICE_NAME": f"nlp-{role}",
+            "NLP_METRICS_HOST": "127.0.0.1",
+            "NLP_METRICS_PORT": str(port),
+        }
+        self.services[name] = Service(name, module, env, self.data_dir, metrics_port=port)
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Each service's Prometheus endpoint."""
+        return {name: service.metrics_url for name, service in self.services.items()}
 
     def _wait_serving(self, timeout: float = 30.0) -> None:
         with grpc.insecure_channel(self.gateway_target) as channel:
@@ -277,11 +297,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  Kafka   {stack.kafka.bootstrap if stack.kafka else '?'}")
         print(f"  Redis   {stack.redis.url if stack.redis else '?'}")
         print(f"  gateway {stack.gateway_target} (gRPC; health + reflection on)")
+        for name, url in stack.metrics_urls.items():
+            print(f"  metrics {url} ({name})")
         if args.state_file:
             state = {
                 "pid": os.getpid(),
                 "gateway": stack.gateway_target,
                 "data_dir": str(stack.data_dir),
+                "metrics": stack.metrics_urls,
                 **stack.service_env,
             }
             Path(args.state_file).write_text(json.dumps(state, indent=2))

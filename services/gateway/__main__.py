@@ -7,25 +7,35 @@ import signal
 
 import redis.asyncio as aioredis
 
+from services.gateway.metrics import GatewayMetrics
 from services.gateway.server import serve
 from services.gateway.settings import Settings
+from shared import telemetry
 from shared.kafka import make_async_producer
 from shared.logs import configure_logging
+from shared.metrics import serve_metrics
 from shared.readiness import mark_ready
 
 
 async def main() -> None:
     settings = Settings()
     configure_logging("gateway", settings.log_level)
+    telemetry.setup_tracing("nlp-gateway")
+    telemetry.instrument_grpc_server()
+    metrics = GatewayMetrics()
+    serve_metrics(settings, metrics.registry)
     producer = make_async_producer(settings)
     # Fetch metadata now so that the first request does not pay for it.
     producer.topics()
     client = aioredis.Redis.from_url(settings.redis_url)
+    telemetry.instrument_redis(client)
     stop, started = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = asyncio.create_task(serve(settings, producer, client, started=started, stop=stop))
+    server = asyncio.create_task(
+        serve(settings, producer, client, started=started, stop=stop, metrics=metrics)
+    )
     await asyncio.wait([server, asyncio.create_task(started.wait())], return_when="FIRST_COMPLETED")
     if started.is_set():
         mark_ready(settings)

@@ -32,6 +32,7 @@ from nlp.v1 import common_pb2, ner_pb2
 from shared.engines import EngineFactory
 from shared.errors import InvalidRequestError
 from shared.settings import ModelSpec
+from shared.telemetry import count_tokens
 
 # Paragraph breaks, then sentence ends (Latin punctuation followed by whitespace, or
 # CJK full stops, which are not), then line breaks: in hard-wrapped text a single
@@ -242,6 +243,7 @@ class SpacyNerEngine:
                 for group in _groups(texts, self.params.batch_size, self.params.batch_chars)
             )
             for (index, offset), doc in zip(owners, docs, strict=True):
+                count_tokens(len(doc))
                 text, wanted = requests[index].text, keep[index]
                 for ent in doc.ents:
                     if wanted is not None and ent.label_.casefold() not in wanted:
@@ -370,6 +372,7 @@ class HfTokenClassificationEngine:
             for (text, (index, offset)), row in zip(pending, ids, strict=True):
                 if len(row) <= self._max_tokens or len(text) < 2:
                     fitted.append((text, (index, offset)))
+                    count_tokens(len(row))
                 else:
                     retry.extend(
                         (text[s:e], (index, offset + s))

@@ -33,6 +33,7 @@ from shared.engines import EngineFactory
 from shared.errors import InvalidRequestError
 from shared.minilm import EmbedderParams, MiniLMEmbedder, Vector
 from shared.settings import ModelSpec
+from shared.telemetry import count_tokens
 
 Span = tuple[int, int]
 Scores = npt.NDArray[np.float64]
@@ -399,6 +400,10 @@ def _load_vllm(path: Path, params: AbstractiveParams) -> Generate:
             outputs = llm.chat(chats, sampling, use_tqdm=False)
         else:
             outputs = llm.generate(prompts, sampling, use_tqdm=False)
+        count_tokens(
+            sum(len(o.prompt_token_ids or ()) for o in outputs),
+            sum(len(o.outputs[0].token_ids) for o in outputs),
+        )
         return [str(o.outputs[0].text) for o in outputs]
 
     return generate
@@ -430,6 +435,10 @@ def _load_transformers(path: Path, params: AbstractiveParams) -> Generate:
             texts.append(
                 str(generated[-1]["content"] if isinstance(generated, list) else generated)
             )
+        count_tokens(
+            sum(len(tokenizer(p)["input_ids"]) for p in prompts),
+            sum(len(tokenizer(t)["input_ids"]) for t in texts),
+        )
         return texts
 
     return generate

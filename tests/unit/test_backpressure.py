@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.intake import Intake
+from shared.metrics import IntakeMetrics
 from shared.settings import WorkerSettings
 
 
@@ -44,6 +45,7 @@ def make() -> tuple[Intake, FakeConsumer, FakeRedis]:
         celery=none,
         store=none,
         redis=client,  # type: ignore[arg-type]
+        metrics=IntakeMetrics("classification"),
     )
     return intake, consumer, client
 

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 
 from nlp.v1 import classification_pb2
 from shared.envelope import decode_b64, make_envelope
 from shared.intake import Intake
+from shared.metrics import IntakeMetrics
 from shared.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES, Names
 from shared.settings import WorkerSettings
 
@@ -48,13 +50,17 @@ def handed(count: int, limit: int) -> tuple[list[str], FakeCelery, FakeStore]:
         celery=celery,  # type: ignore[arg-type]
         store=store,  # type: ignore[arg-type]
         redis=none,
+        metrics=IntakeMetrics("classification"),
     )
-    tasks = []
+    tasks: list[tuple[Any, trace.Span]] = []
     for i in range(count):
         request = classification_pb2.ClassifyRequest(text=f"text {i}")
         request.labels.add(name="a")
-        headers = [("traceparent", f"00-{i:032x}-{i + 1:016x}-01".encode())]
-        tasks.append((make_envelope("classification", request, deadline_s=60), headers))
+        # Each task's intake span (as the intake's process span would be).
+        span = trace.NonRecordingSpan(
+            trace.SpanContext(i + 1, i + 2, is_remote=False, trace_flags=trace.TraceFlags(1))
+        )
+        tasks.append((make_envelope("classification", request, deadline_s=60), span))
     intake.hand_off(tasks)
     return [envelope.task_id for envelope, _ in tasks], celery, store
 
@@ -75,7 +81,7 @@ def test_every_task_is_sent_once_in_order_with_its_own_trace_context() -> None:
     sent = [decode_b64(b).task_id for m in celery.sent for b in m["kwargs"][CELERY_KWARG_ENVELOPES]]
     assert sent == ids
     traces = [t["traceparent"] for m in celery.sent for t in m["headers"][CELERY_HEADER_TRACE]]
-    assert traces == [f"00-{i:032x}-{i + 1:016x}-01" for i in range(20)]
+    assert traces == [f"00-{i + 1:032x}-{i + 2:016x}-01" for i in range(20)]
 
 
 def test_a_lone_task_keeps_its_id_as_the_celery_task_id() -> None:

@@ -14,6 +14,7 @@ from nlp.v1 import classification_pb2, common_pb2, tasks_pb2
 from shared.engines import ModelRegistry
 from shared.envelope import decode_b64, encode_b64, make_envelope
 from shared.errors import Code, InvalidRequestError
+from shared.metrics import WorkerMetrics
 from shared.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES
 from shared.settings import WorkerSettings
 from shared.worker import WorkerRuntime
@@ -74,6 +75,7 @@ def runtime(store: FakeStore, max_retries: int = 3) -> WorkerRuntime:
         store=store,  # type: ignore[arg-type]
         registry=ModelRegistry("classification", {"echo": engine}, {"echo": "fake"}, "echo"),
         producer_factory=lambda: pytest.fail("nothing should be produced"),
+        metrics=WorkerMetrics("classification"),
     )
 
 

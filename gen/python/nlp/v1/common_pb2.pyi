@@ -60,13 +60,17 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("queued_ms", "waited_ms", "ran_ms", "finished_at")
+    __slots__ = ("queued_ms", "waited_ms", "ran_ms", "finished_at", "batched_ms", "inference_ms")
     QUEUED_MS_FIELD_NUMBER: _ClassVar[int]
     WAITED_MS_FIELD_NUMBER: _ClassVar[int]
     RAN_MS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     queued_ms: float
     waited_ms: float
     ran_ms: float
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, queued_ms: _Optional[float] = ..., waited_ms: _Optional[float] = ..., ran_ms: _Optional[float] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    batched_ms: float
+    inference_ms: float
+    def __init__(self, queued_ms: _Optional[float] = ..., waited_ms: _Optional[float] = ..., ran_ms: _Optional[float] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., batched_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ...) -> None: ...

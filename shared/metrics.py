@@ -1,0 +1,193 @@
+"""Prometheus metrics of the intake and the Celery worker (every kind), and the listener.
+
+Each process builds its instruments in its own registry and passes them to the code
+that records; ``/metrics`` on ``NLP_METRICS_PORT`` serves them (plus the process's CPU
+and memory). The gateway's instruments are in ``services/gateway/metrics.py``.
+All names start with ``nlp_``; label values are bounded (kinds, stages, statuses,
+error codes, model names, partitions), never ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+# Seconds, from a fast cache hit to a long generation.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# Stages of a task, as in TaskResult.timings.
+STAGES = ("queued", "waited", "batched", "inference", "ran")
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the process collector (CPU seconds, resident memory, open fds)."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def serve_metrics(settings: ServiceSettings, registry: CollectorRegistry) -> int | None:
+    """Serve ``registry`` at ``/metrics`` (a daemon thread); returns the port, or None when
+    ``metrics_port`` is 0."""
+    if not settings.metrics_port:
+        return None
+    server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
+    port = int(server.server_port)
+    log.info("metrics served", extra={"address": f"{settings.metrics_host}:{port}"})
+    return port
+
+
+@dataclass
+class IntakeMetrics:
+    """What the intake of ``kind`` records."""
+
+    kind: str
+    registry: CollectorRegistry = field(default_factory=new_registry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.records = Counter(
+            "nlp_intake_records",
+            "Kafka records the intake processed, by outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "nlp_dead_letters",
+            "Messages sent to the dead-letter topic, by the stage that sent them",
+            ["kind", "stage"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "nlp_kafka_consumer_lag",
+            "Records of an assigned partition not yet consumed by the kind's group",
+            ["kind", "partition"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "nlp_celery_queue_depth",
+            "Messages (task bundles) waiting in the kind's Celery queue",
+            ["kind"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "nlp_intake_paused",
+            "1 while the intake holds Kafka back because the Celery queue is full",
+            ["kind"],
+            registry=r,
+        )
+        self.handoff_size = Histogram(
+            "nlp_handoff_bundle_size",
+            "Tasks per Celery message",
+            ["kind"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth.labels(self.kind)
+        self.paused.labels(self.kind)
+        self._lag_partitions: set[int] = set()
+
+    def outcome(self, outcome: str, count: int = 1) -> None:
+        self.records.labels(self.kind, outcome).inc(count)
+
+    def dead_lettered(self, stage: str) -> None:
+        self.dead_letters.labels(self.kind, stage).inc()
+
+    def lag(self, lags: dict[int, int]) -> None:
+        """Lag of each assigned partition; partitions no longer assigned are dropped."""
+        for partition, value in lags.items():
+            self.consumer_lag.labels(self.kind, str(partition)).set(value)
+        for partition in self._lag_partitions - lags.keys():
+            self.consumer_lag.remove(self.kind, str(partition))
+        self._lag_partitions = set(lags)
+
+
+@dataclass
+class WorkerMetrics:
+    """What the Celery worker of ``kind`` records."""
+
+    kind: str
+    registry: CollectorRegistry = field(default_factory=new_registry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.stage_seconds = Histogram(
+            "nlp_task_stage_seconds",
+            "Time a task spent in each stage: queued (accepted to hand-off: Kafka and intake), "
+            "waited (in the Celery queue), batched (waiting for its micro-batch), inference "
+            "(its batch's model run), ran (start of execution to result)",
+            ["kind", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tasks = Counter(
+            "nlp_tasks", "Tasks that reached a terminal status here", ["kind", "status"], registry=r
+        )
+        self.errors = Counter(
+            "nlp_task_errors",
+            "Tasks that ended with an error, by gRPC code name",
+            ["kind", "code"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "nlp_task_retries", "Tasks sent back to Celery for a retry", ["kind"], registry=r
+        )
+        self.dead_letters = Counter(
+            "nlp_dead_letters",
+            "Messages sent to the dead-letter topic, by the stage that sent them",
+            ["kind", "stage"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nlp_batch_size",
+            "Requests per micro-batch (one model run)",
+            ["kind", "model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "nlp_inference_seconds",
+            "Duration of one micro-batch's model run",
+            ["kind", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "nlp_tokens",
+            "Tokens the models read (input) and wrote (output)",
+            ["kind", "model", "direction"],
+            registry=r,
+        )
+
+    def batch(self, model: str, size: int, seconds: float, tokens_in: int, tokens_out: int) -> None:
+        self.batch_size.labels(self.kind, model).observe(size)
+        self.inference_seconds.labels(self.kind, model).observe(seconds)
+        if tokens_in:
+            self.tokens.labels(self.kind, model, "input").inc(tokens_in)
+        if tokens_out:
+            self.tokens.labels(self.kind, model, "output").inc(tokens_out)
+
+    def finished(self, status: str, code: str | None, stages_ms: dict[str, float]) -> None:
+        """One terminal result: its status, its error code (if any) and its stage times."""
+        self.tasks.labels(self.kind, status).inc()
+        if code is not None:
+            self.errors.labels(self.kind, code).inc()
+        for stage, ms in stages_ms.items():
+            self.stage_seconds.labels(self.kind, stage).observe(ms / 1000)
