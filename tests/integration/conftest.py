@@ -17,6 +17,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
+from deploy.local.otlp import OtlpSink
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2_grpc, tasks_pb2_grpc
 from shared.kafka import make_producer
@@ -37,9 +38,24 @@ STACK_ENV = {
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def otlp() -> Iterator[OtlpSink]:
+    """The OTLP/gRPC receiver every process of the stack exports its spans to."""
+    with OtlpSink() as sink:
+        yield sink
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpSink) -> Iterator[LocalStack]:
+    # Tracing is on for the whole suite, as in production: every test also checks that it
+    # breaks nothing. Spans are exported within 100 ms rather than 5 s.
+    env = {
+        **STACK_ENV,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
     data_dir = tmp_path_factory.mktemp("stack")
-    with LocalStack(data_dir=data_dir, env=STACK_ENV) as s:
+    with LocalStack(data_dir=data_dir, env=env) as s:
         yield s
 
 

@@ -1,0 +1,277 @@
+"""What tracing costs: the same stack and load with the OpenTelemetry SDK off and on.
+
+    python -m bench.tracing [--quick] [--rounds 2] [--env KEY=VALUE ...] [--out PATH]
+
+One ``LocalStack`` with the classification worker per mode and round, taking turns
+(off, on, off, on, …) so that drift of this shared machine hits both alike:
+
+- off: no ``OTEL_*`` endpoint (the SDK is not installed; the API is a no-op);
+- on: every process exports every span (``parentbased_always_on``) over OTLP/gRPC to
+  a receiver in this process that counts them.
+
+For each: saturation throughput of concurrent Classify RPCs (the best of the client
+counts), latency of sequential single RPCs, spans exported per task, and CPU per
+document of each stack process. The ratio on/off of the best round of each mode is the
+headline. Prints a table and writes JSON (default ``bench-results/tracing.json``);
+exit status 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.corpora import CORPORA, SEED
+from bench.harness import (
+    cpu_delta,
+    drive,
+    format_errors,
+    machine_info,
+    note,
+    parse_env,
+    percentiles,
+    stack_cpu,
+    table,
+)
+from deploy.local.otlp import OtlpSink
+from deploy.local.stack import LocalStack
+from nlp.v1 import classification_pb2, classification_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench-results" / "tracing.json"
+KIND = "classification"
+RPC_TIMEOUT_S = 30.0
+# Export every 200 ms: spans leave the processes during the run, not after it.
+TRACING_ENV = {"OTEL_TRACES_SAMPLER": "parentbased_always_on", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+
+
+@dataclass
+class Plan:
+    rounds: int = 2
+    corpus_docs: int = 400
+    concurrency: tuple[int, ...] = (64,)
+    docs: int = 4000
+    budget_s: float = 20.0
+    warmup_requests: int = 300
+    latency_requests: int = 150
+
+
+QUICK = Plan(
+    rounds=1, docs=600, budget_s=5.0, warmup_requests=60, latency_requests=30
+)  # fmt: skip
+
+
+@dataclass
+class ModeRun:
+    mode: str
+    round: int
+    docs_per_s: float
+    clients: int
+    done: int
+    errors: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    spans: int
+    spans_per_task: float
+    cpu_ms_per_doc: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    benchmark: str
+    timestamp: str
+    argv: list[str]
+    quick: bool
+    plan: dict[str, Any]
+    env: dict[str, str]
+    machine: dict[str, Any]
+    runs: list[ModeRun]
+    best_off_docs_per_s: float
+    best_on_docs_per_s: float
+    throughput_on_vs_off: float
+    p50_on_vs_off: float
+    wall_s: float
+
+
+def _group(cpu: dict[str, float]) -> dict[str, float]:
+    groups = {"gateway": 0.0, "intake": 0.0, "worker": 0.0, "kafka": 0.0, "redis": 0.0}
+    for name, seconds in cpu.items():
+        if name == "gateway":
+            groups["gateway"] += seconds
+        elif name.endswith("-intake"):
+            groups["intake"] += seconds
+        elif "-worker" in name:
+            groups["worker"] += seconds
+        elif name == "kafka":
+            groups["kafka"] += seconds
+        elif name.startswith("redis"):
+            groups["redis"] += seconds
+    return groups
+
+
+async def _measure(
+    stack: LocalStack,
+    requests: list[classification_pb2.ClassifyRequest],
+    plan: Plan,
+    sink: OtlpSink | None,
+    mode: str,
+    rnd: int,
+) -> ModeRun:
+    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+        stub = classification_pb2_grpc.ClassificationStub(channel)
+
+        async def call(i: int) -> None:
+            await stub.Classify(requests[i % len(requests)], timeout=RPC_TIMEOUT_S)
+
+        await drive(call, 32, plan.warmup_requests, plan.budget_s)
+        best = None
+        for clients in plan.concurrency:
+            spans_before = sink.count if sink is not None else 0
+            before = stack_cpu(stack)
+            driven = await drive(call, clients, plan.docs, plan.budget_s)
+            after = stack_cpu(stack)
+            if sink is not None:  # what the processes still buffer arrives within ~1 s
+                await asyncio.sleep(1.5)
+            spans = (sink.count - spans_before) if sink is not None else 0
+            note(f"{mode} round {rnd}: {clients} clients: {driven.per_s:.1f} docs/s")
+            if best is None or driven.per_s > best[1].per_s:
+                best = (clients, driven, cpu_delta(before, after), spans)
+        assert best is not None
+        clients, driven, cpu, spans = best
+        latencies = []
+        for i in range(plan.latency_requests):
+            began = time.perf_counter()
+            await call(i)
+            latencies.append((time.perf_counter() - began) * 1000)
+    p50, _, p99 = percentiles(latencies)
+    per_doc = {k: v * 1000 / max(driven.done, 1) for k, v in _group(cpu).items()}
+    return ModeRun(
+        mode=mode,
+        round=rnd,
+        docs_per_s=driven.per_s,
+        clients=clients,
+        done=driven.done,
+        errors=dict(driven.errors),
+        p50_ms=p50,
+        p99_ms=p99,
+        spans=spans,
+        spans_per_task=spans / max(driven.done, 1),
+        cpu_ms_per_doc=per_doc,
+    )
+
+
+def run_mode(
+    mode: str,
+    rnd: int,
+    requests: list[classification_pb2.ClassifyRequest],
+    plan: Plan,
+    env: dict[str, str],
+) -> ModeRun:
+    if mode == "off":
+        with LocalStack(kinds=[KIND], env=env) as stack:
+            return asyncio.run(_measure(stack, requests, plan, None, mode, rnd))
+    with OtlpSink(keep=False) as sink:
+        traced = {**env, **TRACING_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+        with LocalStack(kinds=[KIND], env=traced) as stack:
+            return asyncio.run(_measure(stack, requests, plan, sink, mode, rnd))
+
+
+def render(report: Report) -> str:
+    rows = [
+        [
+            r.mode,
+            r.round,
+            r.docs_per_s,
+            r.clients,
+            r.p50_ms,
+            r.p99_ms,
+            r.spans_per_task,
+            *(r.cpu_ms_per_doc[k] for k in ("gateway", "intake", "worker", "kafka", "redis")),
+            format_errors(r.errors),
+        ]
+        for r in report.runs
+    ]
+    return "\n".join(
+        [
+            "tracing off vs on (classification, Classify RPCs at saturation; CPU in ms/doc)",
+            table(
+                [
+                    "mode",
+                    "round",
+                    "docs/s",
+                    "clients",
+                    "p50 ms",
+                    "p99 ms",
+                    "spans/task",
+                    "gateway",
+                    "intake",
+                    "worker",
+                    "kafka",
+                    "redis",
+                    "errors",
+                ],
+                rows,
+                digits=2,
+            ),
+            f"  best off {report.best_off_docs_per_s:.1f} docs/s, best on "
+            f"{report.best_on_docs_per_s:.1f} docs/s: throughput on/off = "
+            f"{report.throughput_on_vs_off:.2f}; single-request p50 on/off = "
+            f"{report.p50_on_vs_off:.2f}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    parser.add_argument("--rounds", type=int, help="off/on pairs (default 2; quick 1)")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.rounds:
+        plan.rounds = args.rounds
+    env = parse_env(args.env, parser)
+    began = time.monotonic()
+    requests = CORPORA[KIND](plan.corpus_docs, SEED).requests
+    runs = [
+        run_mode(mode, rnd, requests, plan, env)
+        for rnd in range(1, plan.rounds + 1)
+        for mode in ("off", "on")
+    ]
+    off = max((r for r in runs if r.mode == "off"), key=lambda r: r.docs_per_s)
+    on = max((r for r in runs if r.mode == "on"), key=lambda r: r.docs_per_s)
+    report = Report(
+        benchmark="tracing",
+        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        argv=sys.argv,
+        quick=args.quick,
+        plan=asdict(plan),
+        env=env,
+        machine=machine_info(),
+        runs=runs,
+        best_off_docs_per_s=off.docs_per_s,
+        best_on_docs_per_s=on.docs_per_s,
+        throughput_on_vs_off=on.docs_per_s / off.docs_per_s if off.docs_per_s else float("nan"),
+        p50_on_vs_off=min(r.p50_ms for r in runs if r.mode == "on")
+        / min(r.p50_ms for r in runs if r.mode == "off"),
+        wall_s=time.monotonic() - began,
+    )
+    print(render(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(asdict(report), indent=2))
+    note(f"wrote {args.out}")
+    return 1 if any(r.errors for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
