@@ -11,7 +11,7 @@ RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
 .PHONY: setup setup-system setup-python setup-kafka protos protos-check lint typecheck \
-        test test-unit test-integration run up down bench bench-bulk clean
+        test test-unit test-integration run up down bench bench-bulk bench-tracing clean
 
 setup: setup-system setup-python setup-kafka
 
@@ -71,9 +71,13 @@ down:
 bench: setup
 	@$(PY) -m bench.analysis
 	@$(PY) -m bench.bulk
+	@$(PY) -m bench.tracing
 
 bench-bulk: setup
 	@$(PY) -m bench.bulk
+
+bench-tracing: setup
+	@$(PY) -m bench.tracing
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results
