@@ -12,7 +12,8 @@
 
 Text comes from the positional argument (a path to an existing file is read),
 ``--file``, or standard input (``-`` or nothing). ``--json`` prints JSON;
-``--target`` (or ``NLP_TARGET``) picks the gateway.
+``--target`` (or ``NLP_TARGET``) picks the gateway. The standard ``OTEL_*`` variables
+trace the client's calls.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared import bulk
+from shared import bulk, telemetry
 
 
 class ClientSettings(BaseSettings):
@@ -462,6 +463,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # With OTEL_EXPORTER_OTLP_ENDPOINT set, a command's RPCs are client spans: the roots
+    # of the traces the gateway and workers continue.
+    telemetry.setup_tracing("nlp-cli")
+    telemetry.instrument_grpc_client()
     try:
         return run(args)
     except grpc.RpcError as exc:
