@@ -22,6 +22,7 @@ from nlp.v1 import tasks_pb2
 from shared import names
 from shared.names import ALL_KINDS
 from shared.settings import ServiceSettings
+from shared.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,19 @@ def dead_letter_headers(
     offset: int,
     original: Sequence[tuple[str, bytes | None]] = (),
 ) -> Headers:
-    """Headers of a dead-lettered message: the original headers plus why and where from."""
-    kept = [(k, v or b"") for k, v in original if not k.startswith("nlp-dlq-")]
+    """Headers of a dead-lettered message: the original headers plus why and where from.
+
+    With tracing on, the original trace context is dropped: the kafka-python
+    instrumentation adds the dead-letter send's own (a descendant in the same trace),
+    and two ``traceparent`` headers would leave consumers guessing.
+    """
+    traced = tracing_enabled()
+    kept = [
+        (k, v or b"")
+        for k, v in original
+        if not k.startswith("nlp-dlq-")
+        and not (traced and k in (names.HEADER_TRACEPARENT, names.HEADER_TRACESTATE))
+    ]
     return [
         *kept,
         (names.HEADER_DLQ_REASON, reason.encode("utf-8", "replace")[:4096]),

@@ -191,11 +191,14 @@ def instrument_kafka_python() -> None:
 
 
 def instrument_grpc_server() -> None:
-    """Server spans for every RPC of ``grpc.aio`` servers created after this call."""
+    """Server spans for every RPC of ``grpc.aio`` servers created after this call, except
+    health checks (probes every few seconds would each start a trace)."""
     if tracing_enabled():
-        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer, filters
 
-        instrumentor = GrpcAioInstrumentorServer()  # type: ignore[no-untyped-call]
+        instrumentor = GrpcAioInstrumentorServer(  # type: ignore[no-untyped-call]
+            filter_=filters.negate(filters.health_check())
+        )
         if not instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.instrument()
 

@@ -30,7 +30,7 @@ from nlp.v1 import (
 )
 from shared.kafka import task_headers
 from shared.settings import ServiceSettings
-from tests.integration.support import submit_classification, wait_terminal
+from tests.integration.support import TopicTail, submit_classification, wait_terminal
 
 SPAN_SERVER, SPAN_PRODUCER, SPAN_CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values
 
@@ -175,15 +175,25 @@ def test_batch_items_each_get_a_trace_linked_to_the_stream(
 
 
 def test_a_dead_lettered_record_is_traced_and_logged_with_its_trace_id(
-    otlp: OtlpSink, stack: LocalStack, settings: ServiceSettings, producer: KafkaProducer
+    otlp: OtlpSink,
+    stack: LocalStack,
+    settings: ServiceSettings,
+    producer: KafkaProducer,
+    tail: Callable[[str], TopicTail],
 ) -> None:
     trace_id = uuid.uuid4().hex
     traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    value = f"\xff not an envelope {trace_id}".encode()
+    dead_letters = tail(settings.names.dead_letter_topic)
     producer.send(
         settings.names.task_topic("classification"),
-        value=b"\xff not an envelope",
+        value=value,
         headers=[*task_headers("x", "classification"), ("traceparent", traceparent.encode())],
     ).get(timeout=30)
+    # The dead-letter copy continues the same trace, with one context only.
+    (record,) = [r for r in dead_letters.read(1) if r.value == value]
+    contexts = [v.decode() for k, v in record.headers if k == "traceparent"]
+    assert len(contexts) == 1 and contexts[0].split("-")[1] == trace_id
     assert otlp.wait_until(lambda: bool(otlp.trace(trace_id)), timeout=30)
     process = _one(otlp.trace(trace_id), "process nlp.tasks.classification")
     assert process.status_code == 2  # ERROR
