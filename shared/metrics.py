@@ -137,6 +137,8 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        for stage in STAGES:  # every series from the start, not from its first task
+            self.stage_seconds.labels(self.kind, stage)
         self.tasks = Counter(
             "nlp_tasks", "Tasks that reached a terminal status here", ["kind", "status"], registry=r
         )
