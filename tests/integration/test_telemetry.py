@@ -116,10 +116,8 @@ def test_one_trace_per_task_through_every_process(
     assert inference.attributes["nlp.tokens.input"] > 0
     store = _one(spans, "store result", worker)
     assert store.parent_span_id == run.span_id
-    # Nested timing: the worker's part lies within the gateway's RPC... which ended
-    # before the task ran (Submit is asynchronous); the task within the intake's hand-off
-    # to its end.
-    assert process.start_ns <= run.start_ns <= run.end_ns
+    # Causal order across the processes (one machine, one clock).
+    assert rpc.start_ns <= publish.start_ns <= process.start_ns <= run.start_ns <= store.start_ns
 
 
 def test_sync_rpc_waits_in_the_same_trace(otlp: OtlpSink, channel: grpc.Channel) -> None:
@@ -138,8 +136,9 @@ def test_sync_rpc_waits_in_the_same_trace(otlp: OtlpSink, channel: grpc.Channel)
     wait = _one(spans, "wait result", "nlp-gateway")
     store = _one(spans, "store result", "nlp-classification-worker")
     assert wait.parent_span_id == rpc.span_id
-    # The reply waited for the result: the store happened inside the RPC.
-    assert rpc.start_ns <= store.start_ns and store.end_ns <= wait.end_ns <= rpc.end_ns
+    # The reply waited for the result: the store began inside the wait (the gateway may
+    # read the result before the worker's span around the store has ended).
+    assert rpc.start_ns <= wait.start_ns <= store.start_ns <= wait.end_ns <= rpc.end_ns
 
 
 def test_batch_items_each_get_a_trace_linked_to_the_stream(
