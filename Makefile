@@ -10,10 +10,10 @@ PY := $(VENV)/bin/python
 RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
-.PHONY: setup setup-system setup-python setup-kafka protos protos-check lint typecheck \
+.PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools protos protos-check lint typecheck \
         test test-unit test-integration run up down bench bench-bulk bench-tracing clean
 
-setup: setup-system setup-python setup-kafka
+setup: setup-system setup-python setup-kafka setup-deploy-tools
 
 # redis-server comes from Debian; Java 17 and Maven are expected on the machine.
 setup-system:
@@ -30,6 +30,10 @@ setup-python:
 
 setup-kafka: setup-python
 	@$(PY) -m deploy.local.kafka fetch >/dev/null
+
+# kustomize and the KEDA / Compose schemas that check deploy/ (Go module proxy; cached).
+setup-deploy-tools: setup-python
+	@$(PY) -m deploy.tools fetch >/dev/null
 
 # Regenerate the Python code from protos/ (checked in under gen/python).
 protos: setup-python

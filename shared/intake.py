@@ -388,7 +388,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     from shared.celery_app import make_celery
     from shared.kafka import make_consumer, make_producer
     from shared.logs import configure_logging
-    from shared.metrics import serve_metrics
+    from shared.metrics import serve_endpoints
     from shared.readiness import mark_ready
 
     service = f"{kind}-intake"
@@ -412,10 +412,15 @@ def serve(kind: str, settings: WorkerSettings) -> None:
         redis=client,
         metrics=IntakeMetrics(kind),
     )
-    serve_metrics(settings, intake.metrics.registry)
+    endpoints = serve_endpoints(settings, intake.metrics.registry)
+
+    def ready() -> None:
+        mark_ready(settings)
+        endpoints.mark_ready()
+
     log.info("intake starting", extra={"topic": settings.names.task_topic(kind)})
     try:
-        intake.run(stop, on_first_poll=lambda: mark_ready(settings))
+        intake.run(stop, on_first_poll=ready)
     finally:
         consumer.close(autocommit=False)
         producer.close(timeout=10)

@@ -1,8 +1,11 @@
-"""Prometheus metrics of the intake and the Celery worker (every kind), and the listener.
+"""Prometheus metrics of the intake and the Celery worker (every kind), and the HTTP
+listener every process has.
 
 Each process builds its instruments in its own registry and passes them to the code
-that records; ``/metrics`` on ``NLP_METRICS_PORT`` serves them (plus the process's CPU
-and memory). The gateway's instruments are in ``services/gateway/metrics.py``.
+that records; the listener on ``NLP_METRICS_PORT`` serves them at ``/metrics`` (plus the
+process's CPU and memory), ``/healthz`` (liveness: the process answers) and ``/readyz``
+(readiness: 503 until the process says it serves). The gateway's instruments are in
+``services/gateway/metrics.py``.
 All names start with ``nlp_``; label values are bounded (kinds, stages, statuses,
 error codes, model names, partitions), never ids.
 """
@@ -10,7 +13,12 @@ error codes, model names, partitions), never ids.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
+from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,7 +26,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 
 from shared.settings import ServiceSettings
@@ -43,15 +51,64 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
-def serve_metrics(settings: ServiceSettings, registry: CollectorRegistry) -> int | None:
-    """Serve ``registry`` at ``/metrics`` (a daemon thread); returns the port, or None when
-    ``metrics_port`` is 0."""
-    if not settings.metrics_port:
-        return None
-    server, _ = start_http_server(settings.metrics_port, settings.metrics_host, registry)
-    port = int(server.server_port)
-    log.info("metrics served", extra={"address": f"{settings.metrics_host}:{port}"})
-    return port
+class Endpoints:
+    """The process's HTTP endpoints: ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.ready = threading.Event()
+        self.port: int | None = None
+        self._metrics = make_wsgi_app(registry)
+
+    def mark_ready(self) -> None:
+        """From now on ``/readyz`` answers 200 (models loaded, consuming or serving)."""
+        self.ready.set()
+
+    def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            return _plain(start_response, "200 OK", b"ok\n")
+        if path == "/readyz":
+            if self.ready.is_set():
+                return _plain(start_response, "200 OK", b"ready\n")
+            return _plain(start_response, "503 Service Unavailable", b"starting\n")
+        if path == "/metrics":
+            return cast(Iterable[bytes], self._metrics(environ, start_response))
+        return _plain(start_response, "404 Not Found", b"/metrics, /healthz or /readyz\n")
+
+
+def _plain(start_response: Callable[..., Any], status: str, body: bytes) -> list[bytes]:
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes and scrapes every few seconds would flood the logs."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve_endpoints(settings: ServiceSettings, registry: CollectorRegistry) -> Endpoints:
+    """Serve :class:`Endpoints` on ``metrics_host:metrics_port`` from a daemon thread (none
+    when the port is 0; readiness is still tracked)."""
+    endpoints = Endpoints(registry)
+    if settings.metrics_port:
+        server = make_server(
+            settings.metrics_host,
+            settings.metrics_port,
+            endpoints.app,
+            server_class=_Server,
+            handler_class=_QuietHandler,
+        )
+        endpoints.port = int(server.server_port)
+        threading.Thread(target=server.serve_forever, name="http-endpoints", daemon=True).start()
+        log.info(
+            "metrics and health served",
+            extra={"address": f"{settings.metrics_host}:{endpoints.port}"},
+        )
+    return endpoints
 
 
 @dataclass

@@ -473,7 +473,7 @@ def serve_worker(
     from shared.celery_app import make_celery
     from shared.kafka import make_producer
     from shared.logs import configure_logging
-    from shared.metrics import serve_metrics
+    from shared.metrics import serve_endpoints
     from shared.readiness import mark_ready
 
     service = f"{kind}-worker"
@@ -500,11 +500,12 @@ def serve_worker(
     # Current: Celery's instrumentation finds the task of a retry's publish by name there.
     app.set_current()
     register_task(app, runtime)
-    serve_metrics(settings, metrics.registry)
+    endpoints = serve_endpoints(settings, metrics.registry)
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
         mark_ready(settings)
+        endpoints.mark_ready()
 
     @worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:

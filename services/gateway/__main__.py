@@ -13,7 +13,7 @@ from services.gateway.settings import Settings
 from shared import telemetry
 from shared.kafka import make_async_producer
 from shared.logs import configure_logging
-from shared.metrics import serve_metrics
+from shared.metrics import serve_endpoints
 from shared.readiness import mark_ready
 
 
@@ -23,7 +23,7 @@ async def main() -> None:
     telemetry.setup_tracing("nlp-gateway")
     telemetry.instrument_grpc_server()
     metrics = GatewayMetrics()
-    serve_metrics(settings, metrics.registry)
+    endpoints = serve_endpoints(settings, metrics.registry)
     producer = make_async_producer(settings)
     # Fetch metadata now so that the first request does not pay for it.
     producer.topics()
@@ -39,6 +39,7 @@ async def main() -> None:
     await asyncio.wait([server, asyncio.create_task(started.wait())], return_when="FIRST_COMPLETED")
     if started.is_set():
         mark_ready(settings)
+        endpoints.mark_ready()
     try:
         await server
     finally:

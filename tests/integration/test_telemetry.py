@@ -271,6 +271,14 @@ def test_metrics_after_traffic(
     assert value(gateway, "nlp_kafka_publish_seconds_count") > 0
 
 
+def test_every_process_is_live_and_ready(stack: LocalStack) -> None:
+    for name, url in stack.metrics_urls.items():
+        base = url.removesuffix("/metrics")
+        for path in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                assert response.status == 200, (name, path)
+
+
 def test_rpc_errors_are_counted_by_code(
     metrics: Callable[[str], list[tuple[str, dict[str, str], float]]],
     tasks: tasks_pb2_grpc.TasksStub,

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.unit.deployment import compose_environment
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 COLLECTOR_CONFIG = ROOT / "deploy" / "observability" / "otel-collector.yaml"
@@ -35,15 +37,6 @@ def load_mapping(path: Path) -> dict[str, Any]:
 def mapping(value: object, where: str) -> dict[str, Any]:
     assert isinstance(value, dict), f"{where}: not a mapping"
     return {str(key): item for key, item in value.items()}
-
-
-def environment(service: dict[str, Any]) -> dict[str, str]:
-    """A service's environment, from either the mapping or the `KEY=VALUE` list form."""
-    raw: object = service.get("environment") or {}
-    if isinstance(raw, list):
-        pairs = (str(entry).partition("=") for entry in raw)
-        return {key: value for key, _, value in pairs}
-    return {key: "" if value is None else str(value) for key, value in mapping(raw, "env").items()}
 
 
 def depends_on(service: dict[str, Any]) -> dict[str, str]:
@@ -166,7 +159,9 @@ def test_the_stack_has_project_services_and_a_one_shot_job(services: Services) -
 
 
 def test_service_names_are_set_and_unique(services: Services) -> None:
-    names = {name: environment(spec).get("OTEL_SERVICE_NAME") for name, spec in services.items()}
+    names = {
+        name: compose_environment(spec).get("OTEL_SERVICE_NAME") for name, spec in services.items()
+    }
     project = {name: names[name] for name in project_services(services)}
     missing = sorted(name for name, value in project.items() if not value)
     assert not missing, f"no OTEL_SERVICE_NAME: {missing}"
@@ -180,7 +175,7 @@ def test_project_services_export_traces_to_the_collector(
     collector_service = service_with_image(services, COLLECTOR_IMAGE_PREFIX)
     port = collector_grpc_port(collector)
     for name, spec in project_services(services).items():
-        env = environment(spec)
+        env = compose_environment(spec)
         endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         assert endpoint, f"{name}: no OTEL_EXPORTER_OTLP_ENDPOINT"
         assert host_port(endpoint) == (collector_service, port), f"{name}: {endpoint}"
@@ -193,14 +188,14 @@ def test_project_services_export_traces_to_the_collector(
 
 def test_project_services_serve_metrics(services: Services) -> None:
     for name, spec in project_services(services).items():
-        port = environment(spec).get("NLP_METRICS_PORT", "")
+        port = compose_environment(spec).get("NLP_METRICS_PORT", "")
         assert port.isdigit() and int(port) > 0, f"{name}: NLP_METRICS_PORT={port!r}"
 
 
 def test_long_running_services_are_scraped(services: Services, prometheus: dict[str, Any]) -> None:
     targets = scrape_targets(prometheus)
     for name, spec in long_running(services).items():
-        port = int(environment(spec)["NLP_METRICS_PORT"])
+        port = int(compose_environment(spec)["NLP_METRICS_PORT"])
         assert (name, port) in targets, f"{name}:{port} is not scraped ({sorted(targets)})"
 
 

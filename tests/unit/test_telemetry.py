@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from shared.batching import BatchRun, MicroBatcher
 from shared.logs import JsonFormatter, _ServiceFilter
-from shared.metrics import IntakeMetrics, WorkerMetrics
+from shared.metrics import Endpoints, IntakeMetrics, WorkerMetrics
 from shared.telemetry import (
     OtelSettings,
     attached,
@@ -168,3 +168,20 @@ def test_worker_metrics_record_stages_codes_and_tokens() -> None:
     assert errors == {'nlp_task_errors_total{code="INVALID_ARGUMENT",kind="ner"}': 1.0}
     tokens = _samples(text, "nlp_tokens_total")
     assert tokens == {'nlp_tokens_total{direction="input",kind="ner",model="spacy-sm"}': 100.0}
+
+
+def _get(endpoints: Endpoints, path: str) -> tuple[str, bytes]:
+    status: list[str] = []
+    body = b"".join(
+        endpoints.app({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, lambda s, h: status.append(s))
+    )
+    return status[0], body
+
+
+def test_readiness_follows_the_process_and_liveness_does_not() -> None:
+    endpoints = Endpoints(WorkerMetrics("ner").registry)
+    assert _get(endpoints, "/healthz")[0].startswith("200")
+    assert _get(endpoints, "/readyz")[0].startswith("503")
+    endpoints.mark_ready()
+    assert _get(endpoints, "/readyz")[0].startswith("200")
+    assert _get(endpoints, "/nope")[0].startswith("404")

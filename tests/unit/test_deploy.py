@@ -1,0 +1,282 @@
+"""The deployment artefacts agree with the code: the compose file and every rendered
+Kubernetes overlay are schema-valid, every service folder is deployed, every NLP_*
+variable they set is a setting of the process that reads it, and every probe asks a port
+that process serves. Offline: kustomize and the KEDA and Compose schemas come from the
+Go module proxy once (``python -m deploy.tools fetch``, part of ``make setup``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploy import tools
+from shared.kafka import TASK_TOPIC_PARTITIONS
+from shared.names import Names
+from shared.settings import ServiceSettings
+from tests.unit.deployment import (
+    COMPOSE_GPU,
+    OVERLAYS,
+    Doc,
+    compose,
+    compose_environment,
+    compose_project_services,
+    containers,
+    dockerfile_targets,
+    env_names,
+    kinds,
+    load_yaml,
+    module_exists,
+    module_of,
+    of_kind,
+    rendered,
+    settings_class,
+)
+
+K8S_VERSION = "1.31.0"
+METRICS_PORT = ServiceSettings.model_fields["metrics_port"].default
+HEALTH_PATHS = {"/healthz", "/readyz", "/metrics"}
+
+
+def roles() -> list[str]:
+    """Every long-running process the platform has: the gateway, an intake and a worker
+    per kind with a worker folder."""
+    return ["gateway", *(f"{k}-{r}" for k in kinds() for r in ("intake", "worker"))]
+
+
+def role_module(role: str) -> str:
+    return "services.gateway" if role == "gateway" else "services.{}.{}".format(*role.split("-"))
+
+
+# --- compose -------------------------------------------------------------------------------
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    schema = json.loads(tools.compose_schema().read_text())
+    jsonschema.Draft7Validator(schema).validate(compose())
+
+
+def test_compose_runs_every_process() -> None:
+    services = compose_project_services()
+    for role in roles():
+        assert role in services, f"{role} has no compose service"
+        assert module_of(services[role].get("command")) in (role_module(role), None)
+
+
+@pytest.mark.parametrize("name", sorted(compose_project_services()))
+def test_compose_service_is_consistent_with_its_code(name: str) -> None:
+    service = compose_project_services()[name]
+    module = module_of(service.get("command")) or "services.gateway"
+    assert module_exists(module), f"{name}: no module {module}"
+    build = service.get("build") or {}
+    assert build.get("target") in dockerfile_targets(), f"{name}: unknown build target"
+    assert service["image"].split(":")[0] == f"nlp-platform/{build['target']}"
+    env = compose_environment(service)
+    accepted = env_names(settings_class(module))
+    unknown = {k for k in env if k.startswith("NLP_") and k not in accepted} - {
+        "NLP_GATEWAY_PORT",  # host port, used by docker-compose.yml itself
+        "NLP_MODELS_DIR",  # host path, used by docker-compose.yml itself
+    }
+    assert not unknown, f"{name}: not settings of {module}: {sorted(unknown)}"
+    for required in ("NLP_KAFKA_BOOTSTRAP", "NLP_REDIS_URL", "OTEL_SERVICE_NAME"):
+        assert env.get(required), f"{name}: {required} is not set"
+    # Health checks ask what the process serves.
+    check = " ".join(map(str, (service.get("healthcheck") or {}).get("test", [])))
+    metrics_port = env.get("NLP_METRICS_PORT", str(METRICS_PORT))
+    if "/readyz" in check:
+        assert f":{metrics_port}/readyz" in check, f"{name}: readyz on another port"
+    if "HealthStub" in check:
+        assert f":{env.get('NLP_PORT', '50051')}'" in check, f"{name}: gRPC check on another port"
+
+
+def _merged(base: Doc, override: Doc) -> Doc:
+    """Compose's merge of an override file: mappings merge key by key, the rest replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_compose_gpu_override_puts_a_worker_on_a_gpu() -> None:
+    override = load_yaml(COMPOSE_GPU)
+    schema = json.loads(tools.compose_schema().read_text())
+    merged = _merged(compose(), override)
+    jsonschema.Draft7Validator(schema).validate(merged)
+    for name in override["services"]:
+        service = merged["services"][name]
+        assert name in compose_project_services(), f"{name}: overrides no platform service"
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert any("gpu" in d.get("capabilities", []) for d in devices), name
+        assert service["build"]["target"] == "gpu" and service["image"].startswith(
+            "nlp-platform/gpu:"
+        )
+        env = compose_environment(service)
+        accepted = env_names(settings_class(module_of(service["command"]) or ""))
+        assert {k for k in env if k.startswith("NLP_")} <= accepted | {
+            "NLP_GATEWAY_PORT",
+            "NLP_MODELS_DIR",
+        }
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+
+def _crd_schemas() -> dict[tuple[str, str], Doc]:
+    """(apiVersion, kind) → openAPIV3Schema of KEDA's CRDs."""
+    schemas = {}
+    for path in tools.keda_crds().glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_object_is_schema_valid(overlay: str) -> None:
+    crds = _crd_schemas()
+    for doc in rendered(overlay):
+        key = (doc["apiVersion"], doc["kind"])
+        if key in crds:
+            jsonschema.Draft7Validator(crds[key]).validate(doc)
+        else:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _config(docs: tuple[Doc, ...]) -> dict[str, dict[str, str]]:
+    return {name: dict(cm.get("data") or {}) for name, cm in of_kind(docs, "ConfigMap").items()}
+
+
+def _env(container: Doc, configs: dict[str, dict[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= configs[source["configMapRef"]["name"]]
+    for item in container.get("env", []):
+        env[item["name"]] = str(item.get("value", ""))
+    return env
+
+
+def _ports(container: Doc) -> dict[str | int, int]:
+    ports: dict[str | int, int] = {}
+    for p in container.get("ports", []):
+        ports[p["containerPort"]] = p["containerPort"]
+        if "name" in p:
+            ports[p["name"]] = p["containerPort"]
+    return ports
+
+
+def _served_ports(module: str, env: dict[str, str]) -> set[int]:
+    """Ports the process started by ``module`` listens on, given its environment."""
+    served = {int(env.get("NLP_METRICS_PORT", METRICS_PORT))}
+    if module == "services.gateway":
+        served.add(int(env.get("NLP_PORT", 50051)))
+    return served
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_process_is_deployed_with_what_it_needs(overlay: str) -> None:
+    docs = rendered(overlay)
+    deployments = of_kind(docs, "Deployment")
+    accounts = set(of_kind(docs, "ServiceAccount"))
+    budgets = of_kind(docs, "PodDisruptionBudget")
+    configs = _config(docs)
+    modules = {}
+    for name, deployment in deployments.items():
+        main = deployment["spec"]["template"]["spec"]["containers"][0]
+        modules[name] = module_of(main.get("command") or main.get("args")) or "services.gateway"
+    for role in roles():
+        assert role_module(role) in modules.values(), f"{overlay}: no Deployment runs {role}"
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod.get("serviceAccountName") in accounts, f"{name}: no ServiceAccount of its own"
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        assert any(
+            b["spec"]["selector"]["matchLabels"].items() <= labels.items() for b in budgets.values()
+        ), f"{name}: no PodDisruptionBudget"
+        for container in containers(deployment):
+            where = f"{overlay}/{name}/{container['name']}"
+            resources = container.get("resources", {})
+            assert resources.get("requests") and resources.get("limits"), f"{where}: resources"
+            security = container.get("securityContext", {})
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert str(container["image"]).split(":")[0].split("/")[-1] in dockerfile_targets()
+            module = module_of(container.get("command") or container.get("args")) or modules[name]
+            assert module_exists(module), f"{where}: no module {module}"
+            env = _env(container, configs)
+            accepted = env_names(settings_class(module))
+            for var in container.get("env", []):
+                if var["name"].startswith("NLP_"):
+                    assert var["name"] in accepted, f"{where}: {var['name']} is not a setting"
+            _check_probes(where, container, _served_ports(module, env))
+        assert pod["securityContext"].get("runAsNonRoot") is True, name
+
+
+def _check_probes(where: str, container: Doc, served: set[int]) -> None:
+    ports = _ports(container)
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        if probe is None:
+            continue
+        action = probe.get("grpc") or probe.get("httpGet") or probe.get("tcpSocket")
+        assert action is not None, f"{where}: {kind} must ask a port (no exec probes)"
+        port = action["port"]
+        assert port in ports, f"{where}: {kind} on undeclared port {port}"
+        assert ports[port] in served, f"{where}: {kind} on port {ports[port]}, not served"
+        if "httpGet" in probe:
+            assert probe["httpGet"]["path"] in HEALTH_PATHS, f"{where}: {kind} path"
+    if container.get("ports") is not None and "readinessProbe" not in container:
+        pytest.fail(f"{where}: no readiness probe")
+
+
+def test_every_configmap_setting_is_read_by_someone() -> None:
+    accepted = set().union(*(env_names(settings_class(role_module(r))) for r in roles()))
+    for overlay in OVERLAYS:
+        for name, data in _config(rendered(overlay)).items():
+            unknown = {k for k in data if k.startswith("NLP_") and k not in accepted}
+            assert not unknown, f"{overlay}/{name}: not settings of any process: {unknown}"
+
+
+def _names(docs: tuple[Doc, ...]) -> Names:
+    namespaces = {data.get("NLP_NAMESPACE", "") for data in _config(docs).values()}
+    assert len(namespaces) == 1
+    return Names(namespaces.pop())
+
+
+@pytest.mark.parametrize("overlay", ["production", "gpu"])
+def test_autoscaling_follows_the_kafka_lag_and_the_celery_queue(overlay: str) -> None:
+    docs = rendered(overlay)
+    names = _names(docs)
+    scaled = {
+        s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(docs, "ScaledObject").values()
+    }
+    deployments = of_kind(docs, "Deployment")
+    for name, deployment in deployments.items():
+        main = deployment["spec"]["template"]["spec"]["containers"][0]
+        module = module_of(main.get("command") or main.get("args")) or "services.gateway"
+        if module == "services.gateway":
+            continue
+        kind, role = module.split(".")[1:]
+        assert name in scaled, f"{overlay}: {name} is not autoscaled"
+        spec = scaled[name]["spec"]
+        triggers: dict[str, list[dict[str, Any]]] = {}
+        for trigger in spec["triggers"]:
+            triggers.setdefault(trigger["type"], []).append(trigger["metadata"])
+        (kafka,) = triggers["kafka"]
+        assert kafka["topic"] == names.task_topic(kind), name
+        assert kafka["consumerGroup"] == names.consumer_group(kind), name
+        if role == "intake":
+            # More consumers than partitions idle.
+            assert spec["maxReplicaCount"] <= TASK_TOPIC_PARTITIONS, name
+        else:
+            (queue,) = triggers["redis"]
+            assert queue["listName"] == names.celery_queue(kind), name
+        assert spec.get("minReplicaCount", 0) >= 1, f"{name}: scaled to zero loses warm models"

@@ -1,0 +1,508 @@
+"""The root Dockerfile, checked by parsing its text (no Docker needed).
+
+Fails when the images drift from the design in deploy/docker/README.md: a target is
+missing (also for a new worker kind in services/), a base image floats, an image runs as
+root, an image installs another service's extra, a port is not exposed, a model would be
+downloaded, or the GPU image loses its offline settings or its ``models`` build context.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+
+SERVICE_EXTRAS = {
+    "gateway": {"gateway"},
+    "classification": {"classification"},
+    "ner": {"ner"},
+    "summarization": {"summarization"},
+}
+TARGET_EXTRAS = SERVICE_EXTRAS | {"gpu": {"ner", "summarization"}}
+TARGETS = sorted(TARGET_EXTRAS)
+MODEL_EXTRAS = {"classification", "ner", "summarization", "minilm"}
+DEFAULT_MODULES = {
+    "gateway": "services.gateway",
+    "classification": "services.classification.worker",
+    "ner": "services.ner.worker",
+    "summarization": "services.summarization.worker",
+    "gpu": "services.summarization.worker",
+}
+APP_UID = "10001"
+METRICS_PORT = "9464"
+GRPC_PORT = "50051"
+# Fetching anything (models above all) from the network in a build step or at start.
+DOWNLOADS = re.compile(
+    r"pip3?\s+download|huggingface-cli\s+download|\bhf\s+download|snapshot_download"
+    r"|hf_hub_download|\bcurl\b|\bwget\b|git\s+clone|git\s+lfs|\bADD\s+(?:--\S+\s+)*https?://",
+    re.IGNORECASE,
+)
+HEREDOC = re.compile(r"<<(-?)(['\"]?)([A-Za-z_][\w-]*)\2")
+VARIABLE = re.compile(r"\$\{(\w+)(?::?[-+][^}]*)?\}|\$(\w+)")
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+    line: int
+    heredocs: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The instruction with its heredoc bodies (what it runs or writes)."""
+        return "\n".join((f"{self.keyword} {self.args}", *self.heredocs))
+
+    def flags(self) -> list[str]:
+        """The leading ``--flag[=value]`` options."""
+        flags = []
+        for token in self.args.split():
+            if not token.startswith("--"):
+                break
+            flags.append(token)
+        return flags
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    line: int
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def of(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+@dataclass
+class Dockerfile:
+    global_args: dict[str, str]
+    stages: list[Stage]
+    instructions: list[Instruction]
+
+    @property
+    def by_name(self) -> dict[str, Stage]:
+        return {s.name: s for s in self.stages if s.name}
+
+
+def logical_lines(text: str) -> Iterator[tuple[int, str, list[str]]]:
+    """(line number, instruction, heredoc bodies): continuations joined, comments dropped."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        start = i
+        raw = lines[i]
+        i += 1
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        parts = [raw]
+        while parts[-1].rstrip().endswith("\\") and i < len(lines):
+            parts[-1] = parts[-1].rstrip()[:-1]
+            nxt = lines[i]
+            i += 1
+            if nxt.lstrip().startswith("#") or not nxt.strip():
+                parts.append("\\")  # a comment or blank line inside: the instruction goes on
+                continue
+            parts.append(nxt)
+        instruction = " ".join(p.strip() for p in parts if p.strip())
+        bodies = []
+        keyword = instruction.split(None, 1)[0].upper()
+        if keyword in {"RUN", "COPY", "ADD"}:
+            for strip_tabs, _, word in HEREDOC.findall(instruction):
+                body = []
+                while i < len(lines):
+                    line = lines[i]
+                    i += 1
+                    if (line.lstrip("\t") if strip_tabs else line) == word:
+                        break
+                    body.append(line)
+                else:
+                    raise AssertionError(f"Dockerfile:{start + 1}: heredoc {word} is not closed")
+                bodies.append("\n".join(body))
+        yield start + 1, instruction, bodies
+
+
+def parse(text: str) -> Dockerfile:
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    instructions: list[Instruction] = []
+    for line, instruction, bodies in logical_lines(text):
+        keyword, _, args = instruction.partition(" ")
+        parsed = Instruction(keyword.upper(), args.strip(), line, tuple(bodies))
+        instructions.append(parsed)
+        if parsed.keyword == "FROM":
+            words = [w for w in parsed.args.split() if not w.startswith("--")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
+            assert len(words) in {1, 3}, f"Dockerfile:{line}: FROM {parsed.args!r}"
+            stages.append(Stage(words[0], name, line))
+        elif not stages:
+            assert parsed.keyword == "ARG", f"Dockerfile:{line}: {keyword} before the first FROM"
+            name, _, default = parsed.args.partition("=")
+            global_args[name.strip()] = unquote(default.strip())
+        else:
+            stages[-1].instructions.append(parsed)
+    return Dockerfile(global_args, stages, instructions)
+
+
+def unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def substitute(value: str, variables: Mapping[str, str]) -> str:
+    """``$NAME`` and ``${NAME}`` replaced where known (unknown ones are left as they are)."""
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return variables.get(name, match.group(0))
+
+    return VARIABLE.sub(one, value)
+
+
+def pairs(args: str) -> dict[str, str]:
+    """KEY=VALUE pairs of ENV and LABEL (also the legacy ``ENV KEY value`` form)."""
+    words = shlex.split(args)
+    if words and "=" not in words[0]:
+        return {words[0]: " ".join(words[1:])}
+    return dict(word.split("=", 1) for word in words)
+
+
+@cache
+def dockerfile() -> Dockerfile:
+    return parse(DOCKERFILE.read_text(encoding="utf-8"))
+
+
+# --- what a stage amounts to -------------------------------------------------------------------
+
+
+def stage_args(df: Dockerfile, stage: Stage) -> dict[str, str]:
+    """Build arguments as a stage sees them (no --build-arg): its ARG defaults over global."""
+    variables: dict[str, str] = {}
+    for instruction in stage.of("ARG"):
+        name, sep, default = instruction.args.partition("=")
+        name = name.strip()
+        if sep:
+            variables[name] = unquote(default.strip())
+        elif name in df.global_args:
+            variables[name] = df.global_args[name]
+    return variables
+
+
+def chain(df: Dockerfile, target: str) -> list[Stage]:
+    """The stage and the stages it is built FROM, the first one last."""
+    stages = df.by_name
+    assert target in stages, f"Dockerfile has no stage {target!r}"
+    result = [stages[target]]
+    while result[-1].base in stages and result[-1].base != result[-1].name:
+        result.append(stages[result[-1].base])
+    return result
+
+
+def sources(stage: Stage) -> set[str]:
+    """What a stage copies or mounts ``from``: stage names or image references."""
+    names = set()
+    for instruction in stage.instructions:
+        for flag in instruction.flags():
+            if flag.startswith("--from="):
+                names.add(flag.removeprefix("--from="))
+            elif flag.startswith("--mount="):
+                for option in flag.removeprefix("--mount=").split(","):
+                    key, _, value = option.partition("=")
+                    if key == "from":
+                        names.add(value)
+    return names
+
+
+def closure(df: Dockerfile, target: str) -> list[Stage]:
+    """Every stage that contributes to a target (its chain and what they copy from)."""
+    stages = df.by_name
+    seen: dict[str, Stage] = {}
+    pending = [target]
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in stages:
+            continue
+        for stage in chain(df, name):
+            seen.setdefault(stage.name or f"@{stage.line}", stage)
+            pending.extend(sources(stage))
+    return list(seen.values())
+
+
+def env(df: Dockerfile, target: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for stage in reversed(chain(df, target)):
+        variables = stage_args(df, stage) | values
+        for instruction in stage.of("ENV"):
+            for key, value in pairs(instruction.args).items():
+                values[key] = substitute(value, variables | values)
+    return values
+
+
+def labels(df: Dockerfile, target: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for stage in reversed(chain(df, target)):
+        for instruction in stage.of("LABEL"):
+            values |= {
+                k: substitute(v, stage_args(df, stage)) for k, v in pairs(instruction.args).items()
+            }
+    return values
+
+
+def last(df: Dockerfile, target: str, keyword: str) -> Instruction | None:
+    for stage in chain(df, target):
+        found = stage.of(keyword)
+        if found:
+            return found[-1]
+    return None
+
+
+def exec_form(instruction: Instruction | None) -> list[str] | None:
+    if instruction is None:
+        return None
+    if instruction.args.startswith("["):
+        value: object = json.loads(instruction.args)
+        assert isinstance(value, list), f"Dockerfile:{instruction.line}: not a JSON array"
+        return [str(v) for v in value]
+    return ["/bin/sh", "-c", instruction.args]
+
+
+def exposed(df: Dockerfile, target: str) -> set[str]:
+    ports = set()
+    for stage in chain(df, target):
+        for instruction in stage.of("EXPOSE"):
+            words = substitute(instruction.args, stage_args(df, stage)).split()
+            ports |= {w.split("/")[0] for w in words}
+    return ports
+
+
+def extras(df: Dockerfile, target: str) -> set[str]:
+    """The extras every RUN that builds the target installs (``--extra X`` or
+    ``nlp-platform[X,...]``), build args resolved."""
+    found = set()
+    for stage in closure(df, target):
+        for instruction in stage.of("RUN"):
+            text = substitute(instruction.text, stage_args(df, stage))
+            found |= {unquote(v) for v in re.findall(r"--extra[=\s]+(\S+)", text)}
+            for listed in re.findall(r"nlp-platform\[([^\]]*)\]", text):
+                found |= {e.strip() for e in listed.split(",")}
+    return found
+
+
+def external_images(df: Dockerfile) -> list[tuple[int, str]]:
+    """(line, reference) of every image pulled: FROM bases and --from sources, ARGs resolved."""
+    names = {s.name for s in df.stages if s.name}
+    images = []
+    for stage in df.stages:
+        base = substitute(stage.base, df.global_args)
+        if base not in names and base != "scratch":
+            images.append((stage.line, base))
+        for source in sources(stage):
+            ref = substitute(source, df.global_args | stage_args(df, stage))
+            if ref not in names:
+                images.append((stage.line, ref))
+    return images
+
+
+def is_pinned(reference: str) -> bool:
+    if "$" in reference:
+        return False  # an ARG without a default: whatever the caller passes
+    if re.search(r"@sha256:[0-9a-f]{64}$", reference):
+        return True
+    name = reference.rsplit("/", 1)[-1]
+    tag = name.partition(":")[2]
+    return bool(tag) and tag != "latest"
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+def test_every_target_exists() -> None:
+    missing = set(TARGETS) - set(dockerfile().by_name)
+    assert not missing, f"Dockerfile lacks targets {sorted(missing)}"
+
+
+def test_stage_names_are_unique() -> None:
+    names = [s.name for s in dockerfile().stages if s.name]
+    assert len(names) == len(set(names)), names
+
+
+def worker_kinds() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "services").glob("*/worker.py"))
+
+
+def test_there_are_worker_kinds() -> None:
+    assert worker_kinds(), "no services/*/worker.py found: is ROOT right?"
+
+
+@pytest.mark.parametrize("kind", worker_kinds())
+def test_every_worker_kind_has_an_image(kind: str) -> None:
+    df = dockerfile()
+    assert kind in df.by_name, f"services/{kind}/worker.py has no Dockerfile target {kind!r}"
+    assert exec_form(last(df, kind, "CMD")) == ["python", "-m", f"services.{kind}.worker"]
+
+
+def test_every_external_image_is_pinned() -> None:
+    images = external_images(dockerfile())
+    assert images, "no base image found"
+    floating = [f"Dockerfile:{line}: {ref}" for line, ref in images if not is_pinned(ref)]
+    assert not floating, f"not pinned to a tag (other than latest) or a digest: {floating}"
+
+
+@pytest.mark.parametrize(
+    ("reference", "pinned"),
+    [
+        ("python:3.11-slim", True),
+        ("ghcr.io/astral-sh/uv:0.13.9", True),
+        ("localhost:5000/python", False),
+        ("python", False),
+        ("python:latest", False),
+        ("vllm/vllm-openai@sha256:" + "0" * 64, True),
+        ("${PYTHON_IMAGE}", False),
+    ],
+)
+def test_is_pinned(reference: str, pinned: bool) -> None:
+    assert is_pinned(reference) is pinned
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_runs_as_the_app_user(target: str) -> None:
+    df = dockerfile()
+    user = last(df, target, "USER")
+    assert user is not None, f"{target}: no USER (the image would run as root)"
+    uid, _, gid = user.args.partition(":")
+    assert uid == APP_UID, f"{target}: USER {user.args} is not the numeric uid {APP_UID}"
+    assert gid in {"", APP_UID}, f"{target}: USER {user.args}: group is not {APP_UID}"
+    runs = " ".join(i.text for s in chain(df, target) for i in s.of("RUN"))
+    assert re.search(rf"groupadd\b[^&;]*--gid {APP_UID}\b", runs), f"{target}: no group {APP_UID}"
+    useradd = re.search(r"useradd\b[^&;]*", runs)
+    assert useradd, f"{target}: no useradd"
+    for option in (f"--uid {APP_UID}", "--no-create-home", "nologin"):
+        assert option in useradd.group(0), f"{target}: useradd without {option}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_installs_exactly_its_extras(target: str) -> None:
+    found = extras(dockerfile(), target)
+    assert found == TARGET_EXTRAS[target], f"{target}: installs extras {sorted(found)}"
+
+
+def test_gateway_has_no_model_extra() -> None:
+    assert not extras(dockerfile(), "gateway") & MODEL_EXTRAS
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_installs_come_from_the_lockfile(target: str) -> None:
+    df = dockerfile()
+    for stage in closure(df, target):
+        for instruction in stage.of("RUN"):
+            for command in re.findall(r"uv (?:sync|export)[^\n]*", instruction.text):
+                where = f"Dockerfile:{instruction.line}"
+                assert "--frozen" in command or "--locked" in command, f"{where}: {command}"
+                assert "--no-dev" in command, f"{where}: dev dependencies: {command}"
+
+
+@pytest.mark.parametrize("target", sorted(SERVICE_EXTRAS))
+def test_cpu_images_get_bytecode_at_build(target: str) -> None:
+    df = dockerfile()
+    for stage in closure(df, target):
+        if any("uv sync" in i.text for i in stage.of("RUN")):
+            compiled = env(df, stage.name).get("UV_COMPILE_BYTECODE") == "1"
+            assert compiled, f"{stage.name}: uv sync without UV_COMPILE_BYTECODE=1"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_environment(target: str) -> None:
+    values = env(dockerfile(), target)
+    assert values.get("PYTHONUNBUFFERED") == "1", target
+    assert values.get("PYTHONDONTWRITEBYTECODE") == "1", target
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_exposes_its_ports(target: str) -> None:
+    ports = exposed(dockerfile(), target)
+    assert METRICS_PORT in ports, f"{target}: EXPOSE lacks {METRICS_PORT} (metrics, probes)"
+    if target == "gateway":
+        assert GRPC_PORT in ports, f"gateway: EXPOSE lacks {GRPC_PORT} (gRPC)"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_default_command(target: str) -> None:
+    df = dockerfile()
+    module = DEFAULT_MODULES[target]
+    assert exec_form(last(df, target, "CMD")) == ["python", "-m", module], target
+    assert exec_form(last(df, target, "ENTRYPOINT")) in (None, []), target
+    path = ROOT / Path(*module.split("."))
+    assert path.with_suffix(".py").exists() or (path / "__main__.py").exists(), module
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_labels(target: str) -> None:
+    values = labels(dockerfile(), target)
+    assert values.get("org.opencontainers.image.title") == f"nlp-platform/{target}"
+    assert values.get("org.opencontainers.image.licenses") == "Apache-2.0"
+    assert values.get("org.opencontainers.image.source"), f"{target}: no source label"
+
+
+def test_nothing_is_downloaded() -> None:
+    for instruction in dockerfile().instructions:
+        match = DOWNLOADS.search(instruction.text)
+        assert match is None, f"Dockerfile:{instruction.line}: downloads ({match.group(0)!r})"
+
+
+def test_gpu_image_is_offline() -> None:
+    values = env(dockerfile(), "gpu")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        assert values.get(name) == "1", f"gpu: {name} is not 1"
+
+
+def test_gpu_models_come_from_a_named_build_context() -> None:
+    df = dockerfile()
+    models = df.by_name.get("models")
+    assert models is not None, "no `FROM scratch AS models` stage"
+    assert models.base == "scratch" and not models.instructions, "models must be empty scratch"
+    copies = [i.args.split() for s in chain(df, "gpu") for i in s.of("COPY")]
+    assert ["--from=models", "/", "/models/"] in copies, "gpu: no COPY --from=models / /models/"
+
+
+def test_gpu_replaces_the_base_entrypoint() -> None:
+    gpu = dockerfile().by_name["gpu"]
+    assert exec_form(gpu.of("ENTRYPOINT")[-1] if gpu.of("ENTRYPOINT") else None) == [], (
+        "gpu: the vLLM image's ENTRYPOINT (vllm serve) must be reset with ENTRYPOINT []"
+    )
+
+
+# --- the parser itself ----------------------------------------------------------------------------
+
+
+def test_parser_reads_continuations_heredocs_and_args() -> None:
+    df = parse(
+        "# syntax=docker/dockerfile:1\n"
+        "ARG BASE=python:3.11-slim\n"
+        "FROM ${BASE} AS one\n"
+        "ARG EXTRA=ner\n"
+        "RUN --mount=type=bind,from=two,target=/x \\\n"
+        "    # a comment inside\n"
+        '    uv sync --frozen --no-dev --extra "${EXTRA}"\n'
+        "RUN <<'EOF'\n"
+        "echo --extra gateway\n"
+        "EOF\n"
+        "FROM scratch AS two\n"
+    )
+    assert df.global_args == {"BASE": "python:3.11-slim"}
+    assert [s.name for s in df.stages] == ["one", "two"]
+    assert sources(df.by_name["one"]) == {"two"}
+    assert extras(df, "one") == {"ner", "gateway"}
+    assert external_images(df) == [(3, "python:3.11-slim")]
