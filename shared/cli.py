@@ -12,7 +12,10 @@
 
 Text comes from the positional argument (a path to an existing file is read),
 ``--file``, or standard input (``-`` or nothing). ``--json`` prints JSON;
-``--target`` (or ``NLP_TARGET``) picks the gateway. The standard ``OTEL_*`` variables
+``--target`` (or ``NLP_TARGET``) picks the gateway. The API key comes from
+``NLP_API_KEY`` or a file (``--api-key-file``, ``NLP_API_KEY_FILE``), never from the
+command line; TLS with ``NLP_TLS=1`` or a CA bundle (``--ca-file``, ``NLP_CA_FILE``),
+client certificates with ``NLP_CLIENT_CERT_FILE`` and ``NLP_CLIENT_KEY_FILE``. The standard ``OTEL_*`` variables
 trace the client's calls.
 """
 
@@ -30,7 +33,6 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nlp.v1 import (
     classification_pb2,
@@ -46,15 +48,7 @@ from nlp.v1 import (
     tasks_pb2_grpc,
 )
 from shared import bulk, telemetry
-
-
-class ClientSettings(BaseSettings):
-    """Where the CLI finds the gateway (``NLP_TARGET``)."""
-
-    model_config = SettingsConfigDict(env_prefix="NLP_", extra="ignore")
-
-    target: str = "127.0.0.1:50051"
-    timeout_s: float = 60.0
+from shared.client import ClientSettings, connect
 
 
 def _as_dict(message: Message) -> dict[str, Any]:
@@ -243,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=settings.timeout_s, help="RPC deadline (s)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    # Never the key itself as an argument: `ps` shows arguments to every local user.
+    parser.add_argument(
+        "--api-key-file", help="file with the API key (default: NLP_API_KEY_FILE or NLP_API_KEY)"
+    )
+    parser.add_argument("--ca-file", help="CA bundle to verify a TLS gateway (NLP_CA_FILE)")
     # The same options after the command (`nlp classify --json ...`); SUPPRESS keeps
     # the top-level value unless they are given there.
     common = argparse.ArgumentParser(add_help=False)
@@ -440,7 +439,12 @@ def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.target) as channel:
+    settings = ClientSettings()
+    if args.api_key_file:
+        settings = settings.model_copy(update={"api_key_file": Path(args.api_key_file)})
+    if args.ca_file:
+        settings = settings.model_copy(update={"ca_file": Path(args.ca_file)})
+    with connect(settings, args.target) as channel:
         if args.command in _BY_COMMAND:
             kind = KINDS[_BY_COMMAND[args.command]]
             response = kind.call(channel, kind.request(args), args.timeout)

@@ -24,7 +24,7 @@ from nlp.v1 import (
     tasks_pb2,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.names import KIND_NAMES, kind_name, kind_value
+from shared.names import KIND_NAMES, TENANT_RE, kind_name, kind_value
 from shared.settings import Limits
 
 TERMINAL_STATUSES = frozenset(
@@ -252,6 +252,8 @@ def validate_envelope(envelope: tasks_pb2.TaskEnvelope, expected_kind: str, limi
         problems.append("priority must be in [0, 9]")
     if envelope.batch_id and not valid_batch_id(envelope.batch_id):
         problems.append(f"batch_id {envelope.batch_id[:64]!r} is malformed")
+    if envelope.tenant and not TENANT_RE.match(envelope.tenant):
+        problems.append(f"tenant {envelope.tenant[:64]!r} is malformed")
     which = envelope.WhichOneof("request")
     if which is None:
         problems.append("the envelope carries no request")
@@ -286,8 +288,9 @@ def error_result(
         status=status,  # type: ignore[arg-type]
         error=common_pb2.Error(code=int(code), message=message, retryable=retryable),
         correlation_id=envelope.reply.correlation_id,
-        # A malformed id (from a direct producer) must not name Redis keys.
+        # A malformed id or tenant (from a direct producer) must not name Redis keys.
         batch_id=envelope.batch_id if valid_batch_id(envelope.batch_id) else "",
+        tenant=envelope.tenant if TENANT_RE.match(envelope.tenant) else "",
     )
 
 

@@ -41,6 +41,8 @@ CELERY_KWARG_HANDED_AT = "handed_at"
 CELERY_HEADER_TRACE = "nlp_trace"
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+# Tenant names end up in Redis keys: letters, digits, '.', '_' and '-'.
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def kind_name(kind: int) -> str:
@@ -113,17 +115,30 @@ class Names:
         """Hash of the models the workers of ``kind`` serve (name → JSON descriptor)."""
         return self._redis(f"nlp:models:{kind}")
 
-    def batch_key(self, batch_id: str) -> str:
+    def _batch(self, batch_id: str, tenant: str) -> str:
+        # Batch ids are chosen by clients: each tenant has its own space of them.
+        return f"nlp:batch:{tenant}:{batch_id}" if tenant else f"nlp:batch:{batch_id}"
+
+    def batch_key(self, batch_id: str, tenant: str = "") -> str:
         """Hash of a batch's counts by state and its sealed flag."""
-        return self._redis(f"nlp:batch:{batch_id}")
+        return self._redis(self._batch(batch_id, tenant))
 
-    def batch_results_key(self, batch_id: str) -> str:
+    def batch_results_key(self, batch_id: str, tenant: str = "") -> str:
         """Stream of a batch's finished task ids in completion order (the results cursor)."""
-        return self._redis(f"nlp:batch:{batch_id}:results")
+        return self._redis(f"{self._batch(batch_id, tenant)}:results")
 
-    def batch_running_key(self, batch_id: str) -> str:
+    def batch_running_key(self, batch_id: str, tenant: str = "") -> str:
         """Set of a batch's task ids that are running now."""
-        return self._redis(f"nlp:batch:{batch_id}:running")
+        return self._redis(f"{self._batch(batch_id, tenant)}:running")
+
+    def tenant_inflight_key(self, tenant: str) -> str:
+        """Sorted set of a tenant's unfinished task ids, scored by their deadline (the
+        concurrency quota; entries past their deadline no longer count)."""
+        return self._redis(f"nlp:tenant:{tenant}:inflight")
+
+    def tenant_rate_key(self, tenant: str) -> str:
+        """Token bucket of a tenant's request rate (shared by every gateway replica)."""
+        return self._redis(f"nlp:tenant:{tenant}:rate")
 
     @property
     def done_channel(self) -> str:

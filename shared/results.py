@@ -39,14 +39,14 @@ from shared.telemetry import housekeeping
 
 log = logging.getLogger(__name__)
 
-# For each task (7 keys, 6 arguments): set the result only if none exists, then drop
-# the state and in-flight entry, count it in its batch (if any: terminal status and
-# dead-lettered counts, out of the running set) and append it to the batch's results
-# stream, and notify, atomically. Returns 1/0 per task.
+# For each task (8 keys, 6 arguments): set the result only if none exists, then drop
+# the state and in-flight entries (the kind's and its tenant's), count it in its batch
+# (if any: terminal status and dead-lettered counts, out of the running set) and append
+# it to the batch's results stream, and notify, atomically. Returns 1/0 per task.
 _FINISH_LUA = """
 local stored = {}
 for i = 0, #ARGV / 6 - 1 do
-  local k, a = i * 7, i * 6
+  local k, a = i * 8, i * 6
   if redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'NX', 'EX', ARGV[a + 2]) then
     if ARGV[a + 6] == '1' then
       redis.call('HINCRBY', KEYS[k + 5], ARGV[a + 4], 1)
@@ -58,6 +58,7 @@ for i = 0, #ARGV / 6 - 1 do
     end
     redis.call('DEL', KEYS[k + 2])
     redis.call('ZREM', KEYS[k + 4], ARGV[a + 3])
+    redis.call('ZREM', KEYS[k + 8], ARGV[a + 3])
     redis.call('PUBLISH', KEYS[k + 3], ARGV[a + 3])
     stored[i + 1] = 1
   else
@@ -114,9 +115,10 @@ def _finish_args(
             names.state_key(result.task_id),
             names.done_channel,
             names.inflight_key(KIND_NAMES.get(result.kind, "unknown")),
-            names.batch_key(result.batch_id),
-            names.batch_results_key(result.batch_id),
-            names.batch_running_key(result.batch_id),
+            names.batch_key(result.batch_id, result.tenant),
+            names.batch_results_key(result.batch_id, result.tenant),
+            names.batch_running_key(result.batch_id, result.tenant),
+            names.tenant_inflight_key(result.tenant),
         ]
         args += [
             result.SerializeToString(),
@@ -129,22 +131,26 @@ def _finish_args(
     return keys, args
 
 
-def _state_fields(status: int, kind: int, attempt: int) -> dict[Any, Any]:
+def _state_fields(status: int, envelope: tasks_pb2.TaskEnvelope, attempt: int) -> dict[Any, Any]:
     return {
         "status": str(status),
-        "kind": str(kind),
+        "kind": str(envelope.kind),
+        "tenant": envelope.tenant,
         "attempt": str(attempt),
         "updated_at": f"{time.time():.6f}",
     }
 
 
-def _from_state(task_id: str, status: Any, kind: Any, attempt: Any) -> tasks_pb2.TaskResult:
+def _from_state(
+    task_id: str, status: Any, kind: Any, attempt: Any, tenant: Any
+) -> tasks_pb2.TaskResult:
     """A result message carrying only the non-terminal state (raw Redis hash values)."""
     return tasks_pb2.TaskResult(
         task_id=task_id,
         kind=int(kind or 0),  # type: ignore[arg-type]
         status=int(status),  # type: ignore[arg-type]
         attempt=int(attempt or 0),
+        tenant=_bytes(tenant or b"").decode(),
     )
 
 
@@ -175,7 +181,7 @@ class ResultStore:
         pipe = self.client.pipeline(transaction=False)
         for envelope in envelopes:
             key = self.names.state_key(envelope.task_id)
-            fields = _state_fields(common_pb2.TASK_STATUS_QUEUED, envelope.kind, 0)
+            fields = _state_fields(common_pb2.TASK_STATUS_QUEUED, envelope, 0)
             fields["envelope"] = envelope.SerializeToString()
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self.ttl_s)
@@ -199,7 +205,7 @@ class ResultStore:
                 self.names.result_key(envelope.task_id),
                 self.names.state_key(envelope.task_id),
                 self.names.inflight_key(kind_name(envelope.kind)),
-                self.names.batch_running_key(envelope.batch_id),
+                self.names.batch_running_key(envelope.batch_id, envelope.tenant),
             ]
             args += [envelope.kind, envelope.task_id, int(bool(envelope.batch_id))]
         return [bool(n) for n in self._start(keys, args)]
@@ -269,6 +275,7 @@ class AsyncResultStore:
         self,
         envelopes: Sequence[tasks_pb2.TaskEnvelope],
         batch: tuple[str, int] | None = None,
+        tenant: str = "",
     ) -> None:
         """PENDING state for many tasks in one round trip, with what a result decided
         before the intake sees the task (a cancel) needs: reply options and batch id.
@@ -278,13 +285,13 @@ class AsyncResultStore:
         async with self.client.pipeline(transaction=False) as pipe:
             for envelope in envelopes:
                 key = self.names.state_key(envelope.task_id)
-                fields = _state_fields(common_pb2.TASK_STATUS_PENDING, envelope.kind, 0)
+                fields = _state_fields(common_pb2.TASK_STATUS_PENDING, envelope, 0)
                 fields["reply"] = envelope.reply.SerializeToString()
                 fields["batch_id"] = envelope.batch_id
                 pipe.hset(key, mapping=fields)
                 pipe.expire(key, self.ttl_s)
             if batch is not None:
-                batch_key = self.names.batch_key(batch[0])
+                batch_key = self.names.batch_key(batch[0], tenant)
                 pipe.hincrby(batch_key, "submitted", len(envelopes))
                 pipe.hincrby(batch_key, "rejected", batch[1])
                 pipe.expire(batch_key, self.ttl_s)
@@ -297,8 +304,8 @@ class AsyncResultStore:
     async def envelope(self, task_id: str) -> tasks_pb2.TaskEnvelope | None:
         """The envelope kept with a task's non-terminal state (the intake keeps it once
         the task is queued); while PENDING, one with only id, kind, reply and batch id."""
-        data, kind, reply, batch_id = await self.client.hmget(
-            self.names.state_key(task_id), ["envelope", "kind", "reply", "batch_id"]
+        data, kind, reply, batch_id, tenant = await self.client.hmget(
+            self.names.state_key(task_id), ["envelope", "kind", "reply", "batch_id", "tenant"]
         )
         if data is not None:
             return tasks_pb2.TaskEnvelope.FromString(_bytes(data))
@@ -308,37 +315,40 @@ class AsyncResultStore:
             task_id=task_id,
             kind=int(kind),  # type: ignore[arg-type]
             batch_id=_bytes(batch_id or b"").decode(),
+            tenant=_bytes(tenant or b"").decode(),
         )
         envelope.reply.ParseFromString(_bytes(reply or b""))
         return envelope
 
     # --- batches -------------------------------------------------------------------
 
-    async def open_batch(self, batch_id: str) -> None:
+    async def open_batch(self, batch_id: str, tenant: str = "") -> None:
         """Create the batch (or reopen it: a stream is adding items, so it is not sealed)."""
-        key = self.names.batch_key(batch_id)
+        key = self.names.batch_key(batch_id, tenant)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, "created_at", f"{time.time():.6f}")
             pipe.hset(key, "sealed", 0)
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def count_batch(self, batch_id: str, submitted: int, rejected: int) -> None:
-        key = self.names.batch_key(batch_id)
+    async def count_batch(
+        self, batch_id: str, submitted: int, rejected: int, tenant: str = ""
+    ) -> None:
+        key = self.names.batch_key(batch_id, tenant)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hincrby(key, "submitted", submitted)
             pipe.hincrby(key, "rejected", rejected)
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def seal_batch(self, batch_id: str) -> None:
-        await self.client.hset(self.names.batch_key(batch_id), "sealed", 1)
+    async def seal_batch(self, batch_id: str, tenant: str = "") -> None:
+        await self.client.hset(self.names.batch_key(batch_id, tenant), "sealed", 1)
 
-    async def batch_status(self, batch_id: str) -> tasks_pb2.BatchStatus | None:
+    async def batch_status(self, batch_id: str, tenant: str = "") -> tasks_pb2.BatchStatus | None:
         """Counts by state, or None for an unknown (or expired) batch."""
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.names.batch_key(batch_id))
-            pipe.scard(self.names.batch_running_key(batch_id))
+            pipe.hgetall(self.names.batch_key(batch_id, tenant))
+            pipe.scard(self.names.batch_running_key(batch_id, tenant))
             raw, running = await pipe.execute()
         if not raw:
             return None
@@ -368,12 +378,12 @@ class AsyncResultStore:
         return status
 
     async def batch_results(
-        self, batch_id: str, cursor: str, count: int, block_ms: int | None
+        self, batch_id: str, cursor: str, count: int, block_ms: int | None, tenant: str = ""
     ) -> list[tuple[str, tasks_pb2.TaskResult]]:
         """Up to ``count`` results after ``cursor`` in completion order, as (cursor,
         result); waits up to ``block_ms`` for the first one (None: no wait)."""
         reply: Any = await self.client.xread(
-            {self.names.batch_results_key(batch_id): cursor}, count=count, block=block_ms
+            {self.names.batch_results_key(batch_id, tenant): cursor}, count=count, block=block_ms
         )
         if not reply:
             return []
@@ -406,13 +416,13 @@ class AsyncResultStore:
         """The terminal result, else the current state, else None (unknown task)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.names.result_key(task_id))
-        pipe.hmget(self.names.state_key(task_id), ["status", "kind", "attempt"])
-        data, (status, kind, attempt) = await pipe.execute()
+        pipe.hmget(self.names.state_key(task_id), ["status", "kind", "attempt", "tenant"])
+        data, (status, kind, attempt, tenant) = await pipe.execute()
         if data is not None:
             return _parse(data)
         if status is None:
             return None
-        return _from_state(task_id, status, kind, attempt)
+        return _from_state(task_id, status, kind, attempt, tenant)
 
 
 class ResultWaiter:

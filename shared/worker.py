@@ -321,6 +321,7 @@ class WorkerRuntime:
                         correlation_id=envelope.reply.correlation_id,
                         batch_size=batched.batch_size,
                         batch_id=envelope.batch_id,
+                        tenant=envelope.tenant,
                     )
                     result.timings.batched_ms = batched.batched_s * 1000
                     result.timings.inference_ms = batched.inference_s * 1000

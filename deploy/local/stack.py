@@ -164,6 +164,9 @@ class LocalStack:
             "NLP_HOST": "127.0.0.1",
             "NLP_PORT": str(self.gateway_port),
             "PYTHONUNBUFFERED": "1",
+            # A development stack: no API keys (the gateway says so loudly). Pass
+            # NLP_AUTH_MODE=keys and NLP_AUTH_KEYS_FILE in ``env`` for a secured one.
+            "NLP_AUTH_MODE": "dev",
             **self.env,
         }
 
@@ -226,6 +229,10 @@ class LocalStack:
         return {name: service.metrics_url for name, service in self.services.items()}
 
     def _wait_serving(self, timeout: float = 30.0) -> None:
+        if self.env.get("NLP_TLS_CERT_FILE"):
+            # TLS only: the gateway's ready file says it serves; its health loop then
+            # reports Kafka and Redis (clients here hold no CA to check that over gRPC).
+            return
         with grpc.insecure_channel(self.gateway_target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             deadline = time.monotonic() + timeout

@@ -39,6 +39,14 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
+from services.gateway.auth import (
+    AuthInterceptor,
+    KeyStore,
+    QuotaExceededError,
+    Quotas,
+    abort_quota,
+    caller,
+)
 from services.gateway.metrics import GatewayMetrics, MetricsInterceptor
 from services.gateway.settings import Settings
 from shared.engines import ModelCatalog
@@ -107,6 +115,7 @@ class Gateway:
         self.settings = settings
         self.producer = producer
         self.metrics = metrics
+        self.quotas = Quotas(client, settings.names)
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
         self.waiter = ResultWaiter(client, self.store)
         self.catalog = ModelCatalog(client, settings.names)
@@ -120,14 +129,23 @@ class Gateway:
         if error is not None:
             raise error
 
+    async def admit(self, context: Ctx, envelope: tasks_pb2.TaskEnvelope) -> None:
+        """Count the task in its tenant's in-flight quota, or RESOURCE_EXHAUSTED."""
+        try:
+            await self.quotas.admit(caller(), [envelope])
+        except QuotaExceededError as exc:
+            await abort_quota(context, exc)
+
     async def submit(self, context: Ctx, envelope: tasks_pb2.TaskEnvelope) -> None:
         """Record PENDING and publish; the task id is valid once this returns."""
+        await self.admit(context, envelope)
         # Recorded first so that a Get right after Submit never says NOT_FOUND.
         await self.store.record_pending([envelope])
         try:
             await self.publish(envelope)
         except Exception as exc:
             await self.store.clear_states([envelope.task_id])
+            await self.quotas.release(caller(), [envelope.task_id])
             await self.publish_failed(context, envelope, exc)
 
     async def build_envelope(
@@ -141,8 +159,10 @@ class Gateway:
         reply: tasks_pb2.ReplyOptions | None = None,
         batch_id: str = "",
     ) -> tasks_pb2.TaskEnvelope:
-        """A validated envelope for the request; InvalidRequestError otherwise."""
-        validate_request(kind, request, self.settings.limits)
+        """A validated envelope for the request; InvalidRequestError otherwise. The caller's
+        tenant owns it (in development mode: ``tenant`` as given)."""
+        owner = caller()
+        validate_request(kind, request, owner.request_limits(self.settings.limits))
         await self.catalog.check(kind, request.model)
         if not 0 <= priority <= 9:
             raise InvalidRequestError(["priority must be in [0, 9]"])
@@ -151,7 +171,7 @@ class Gateway:
             request,
             deadline_s=deadline_s,
             priority=priority,
-            tenant=tenant,
+            tenant=owner.name if owner.isolated else tenant,
             reply=reply,
             batch_id=batch_id,
         )
@@ -167,6 +187,9 @@ class Gateway:
             )
         if request.deadline_ms < 0:
             raise InvalidRequestError(["deadline_ms must be >= 0"])
+        owner = caller()
+        if owner.isolated and request.tenant and request.tenant != owner.name:
+            raise PermissionError("the tenant is the one your credentials belong to")
         deadline_s = min(
             request.deadline_ms / 1000 if request.deadline_ms else self.settings.task_deadline_s,
             self.settings.max_deadline_s,
@@ -279,11 +302,22 @@ class Gateway:
                 ack.error.message = str(exc)
                 continue
             accepted.append((ack, envelope))
+        owner = caller()
+        try:
+            await self.quotas.admit(owner, [envelope for _, envelope in accepted])
+        except QuotaExceededError as exc:
+            for ack, _ in accepted:
+                ack.error.code = int(Code.RESOURCE_EXHAUSTED)
+                ack.error.message = f"{exc}; retry after {exc.retry_after_ms} ms"
+                ack.error.retryable = True
+            await self.store.count_batch(batch_id, 0, len(items), owner.name)
+            return response
         # Counted as submitted with their PENDING state (one round trip); the rare
         # items Kafka then refuses are moved to rejected.
         await self.store.record_pending(
             [envelope for _, envelope in accepted],
             batch=(batch_id, len(items) - len(accepted)),
+            tenant=owner.name,
         )
         outcomes = await self.publish_many([e for _, e in accepted], own_traces=True)
         lost: list[str] = []
@@ -298,7 +332,8 @@ class Gateway:
         if lost:
             log.error("batch items not enqueued", extra={"batch_id": batch_id, "count": len(lost)})
             await self.store.clear_states(lost)
-            await self.store.count_batch(batch_id, -len(lost), len(lost))
+            await self.quotas.release(owner, lost)
+            await self.store.count_batch(batch_id, -len(lost), len(lost), owner.name)
         return response
 
     async def publish_failed(
@@ -321,11 +356,13 @@ class Gateway:
         trace.get_current_span().set_attributes({ATTR_TASK_ID: envelope.task_id, ATTR_KIND: kind})
         # Waiting starts before the publish, so the result cannot slip by unseen; no one
         # else knows this task id, so no PENDING state is needed for Get.
+        await self.admit(context, envelope)
         registered = self.waiter.register(envelope.task_id)
         try:
             await self.publish(envelope)
         except Exception as exc:
             self.waiter.unregister(envelope.task_id, registered)
+            await self.quotas.release(caller(), [envelope.task_id])
             await self.publish_failed(context, envelope, exc)
         with tracer.start_as_current_span(
             "wait result", attributes={ATTR_TASK_ID: envelope.task_id}
@@ -472,6 +509,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             envelope = await self.gateway.submitted_envelope(request)
         except InvalidRequestError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PermissionError as exc:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         trace.get_current_span().set_attributes(
             {ATTR_TASK_ID: envelope.task_id, ATTR_KIND: kind_name(envelope.kind)}
         )
@@ -489,7 +528,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
 
     async def _existing(self, task_id: str, context: Ctx) -> tasks_pb2.TaskResult:
         current = await self.gateway.store.get(await self._checked_id(task_id, context))
-        if current is None:
+        # Another tenant's task is answered exactly like a missing one.
+        if current is None or not caller().sees(current.tenant):
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"no task {task_id}")
         return current
 
@@ -513,7 +553,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             # Answer with the current state just before the caller's own deadline.
             timeout = min(timeout, max(0.0, remaining - 0.05))
         result = await self.gateway.waiter.wait(request.task_id, timeout)
-        if result is None:
+        if result is None or not caller().sees(result.tenant):
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"no task {request.task_id}")
         return result
 
@@ -549,6 +589,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         """Read the client's stream, start each message's submission in order."""
         batch_id = ""
         index = 0
+        owner = caller()
         async for request in requests:
             if not batch_id:
                 batch_id = request.batch_id or new_task_id()
@@ -556,10 +597,16 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
                     raise InvalidRequestError(
                         ["batch_id must be 1-64 of [A-Za-z0-9._-], starting with a letter or digit"]
                     )
-                await self.gateway.store.open_batch(batch_id)
+                await self.gateway.store.open_batch(batch_id, owner.name)
                 opened.set_result(batch_id)
             elif request.batch_id and request.batch_id != batch_id:
                 raise InvalidRequestError([f"one batch per stream: this stream is {batch_id}"])
+            if index + len(request.items) > owner.limits.max_batch_items and owner.isolated:
+                raise QuotaExceededError(
+                    f"a batch stream takes at most {owner.limits.max_batch_items} items "
+                    "(a new stream may continue with the same batch id)",
+                    0,
+                )
             await window.acquire(len(request.items))
             chunks.put_nowait(
                 asyncio.create_task(
@@ -589,9 +636,11 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
                 await reader
                 batch_id = await opened
                 if batch_id:
-                    await self.gateway.store.seal_batch(batch_id)
+                    await self.gateway.store.seal_batch(batch_id, caller().name)
             except InvalidRequestError as exc:
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except QuotaExceededError as exc:
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except (redis.RedisError, OSError) as exc:
                 # Acks sent so far stand; the client resumes with the same batch id.
                 log.error("batch stream failed", extra={"error": repr(exc)})
@@ -612,7 +661,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
             await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, "batch_id is missing or malformed"
             )
-        status = await self.gateway.store.batch_status(batch_id)
+        # Batch ids live in their tenant's space: another tenant's is simply not there.
+        status = await self.gateway.store.batch_status(batch_id, caller().name)
         if status is None:
             await _abort(context, grpc.StatusCode.NOT_FOUND, f"no batch {batch_id}")
         return status
@@ -632,12 +682,13 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
                 context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed cursor {cursor[:64]!r}"
             )
         store = self.gateway.store
+        tenant = caller().name
         block_ms = None if request.no_follow else _FOLLOW_BLOCK_MS
         ending = False
         while True:
             try:
                 results = await store.batch_results(
-                    request.batch_id, cursor, self.settings.batch_read_count, block_ms
+                    request.batch_id, cursor, self.settings.batch_read_count, block_ms, tenant
                 )
             except (redis.RedisError, OSError) as exc:
                 # The client resumes from the last cursor it received.
@@ -650,7 +701,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
                 continue
             if ending or request.no_follow:
                 return
-            status = await store.batch_status(request.batch_id)
+            status = await store.batch_status(request.batch_id, tenant)
             # Complete (or expired): one more read picks up what finished since the last.
             ending = status is None or status.complete
             block_ms = None if ending else block_ms
@@ -693,7 +744,19 @@ async def serve(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    server = grpc.aio.server(options=options, interceptors=[MetricsInterceptor(metrics)])
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    if settings.auth_mode == "keys":
+        assert settings.auth_keys_file is not None  # the settings validate it
+        keys = KeyStore(settings.auth_keys_file, settings.auth_reload_s)
+        interceptors.append(
+            AuthInterceptor(keys, gateway.quotas, client_certs=settings.tls_client_auth != "none")
+        )
+    else:
+        log.warning(
+            "AUTHENTICATION DISABLED (NLP_AUTH_MODE=dev): every caller is trusted, tasks of "
+            "all tenants are visible to all, no quotas. Never expose this gateway."
+        )
+    server = grpc.aio.server(options=options, interceptors=interceptors)
     classification_pb2_grpc.add_ClassificationServicer_to_server(
         ClassificationService(gateway), server
     )
@@ -714,7 +777,12 @@ async def serve(
         ],
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     await server.start()
     health_task = asyncio.create_task(gateway.health_loop(health, client))
     log.info("gateway serving", extra={"address": f"{settings.host}:{port}"})
@@ -732,3 +800,15 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError):
             await health_task
         await gateway.waiter.stop()
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS for the listener (only TLS then), with client certificates when configured."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca if settings.tls_client_auth != "none" else None,
+        require_client_auth=settings.tls_client_auth == "require",
+    )

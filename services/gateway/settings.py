@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from shared.settings import ServiceSettings
 
@@ -32,3 +35,37 @@ class Settings(ServiceSettings):
     )
     health_interval_s: float = Field(5.0, gt=0)
     grace_s: float = Field(10.0, ge=0, description="shutdown grace for in-flight RPCs")
+    # Security (services/gateway/auth.py).
+    auth_mode: Literal["keys", "dev"] = Field(
+        "keys",
+        description="keys: every RPC but health needs an API key (or a client certificate); "
+        "dev: no authentication, tenants or quotas (local stacks only)",
+    )
+    auth_keys_file: Path | None = Field(
+        None, description="JSON file of tenants, their limits and key digests; reloaded on change"
+    )
+    auth_reload_s: float = Field(5.0, gt=0, description="how often the keys file is checked")
+    tls_cert_file: Path | None = Field(None, description="PEM certificate chain: serve TLS only")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signs client certificates (mutual TLS)"
+    )
+    tls_client_auth: Literal["none", "optional", "require"] = Field(
+        "none",
+        description="client certificates: optional or required; their common name is the tenant",
+    )
+
+    @model_validator(mode="after")
+    def _security(self) -> Settings:
+        if self.auth_mode == "keys" and self.auth_keys_file is None:
+            raise ValueError(
+                "NLP_AUTH_MODE=keys needs NLP_AUTH_KEYS_FILE (or NLP_AUTH_MODE=dev for a "
+                "local stack)"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("NLP_TLS_CERT_FILE and NLP_TLS_KEY_FILE go together")
+        if self.tls_client_auth != "none" and (
+            self.tls_client_ca_file is None or self.tls_cert_file is None
+        ):
+            raise ValueError("client certificates need TLS and NLP_TLS_CLIENT_CA_FILE")
+        return self

@@ -13,6 +13,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("NLP_NAMESPACE", "ci")
     monkeypatch.setenv("NLP_LIMITS__MAX_LABELS", "7")
     monkeypatch.setenv("NLP_PORT", "6000")
+    monkeypatch.setenv("NLP_AUTH_MODE", "dev")
     gateway = GatewaySettings()
     assert gateway.kafka_bootstrap == "k:9092"
     assert gateway.port == 6000
@@ -49,3 +50,13 @@ def test_stack_replicas_parse_and_reject_bad_input() -> None:
         with pytest.raises(ValueError, match="replicas"):
             parse_replicas(bad)
     assert [worker_name("ner", i) for i in (1, 2)] == ["ner-worker", "ner-worker-2"]
+
+
+def test_the_gateway_is_secured_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NLP_AUTH_MODE", raising=False)
+    with pytest.raises(ValidationError, match="NLP_AUTH_KEYS_FILE"):
+        GatewaySettings()
+    with pytest.raises(ValidationError, match="go together"):
+        GatewaySettings(auth_mode="dev", tls_cert_file="cert.pem")
+    with pytest.raises(ValidationError, match="client certificates"):
+        GatewaySettings(auth_mode="dev", tls_client_auth="require")

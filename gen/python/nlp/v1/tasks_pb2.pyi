@@ -53,7 +53,7 @@ class TaskEnvelope(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., batch_id: _Optional[str] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "kind", "status", "generation", "classification", "ner", "summarization", "error", "model", "timings", "worker", "attempt", "correlation_id", "batch_size", "batch_id", "dead_lettered")
+    __slots__ = ("task_id", "kind", "status", "generation", "classification", "ner", "summarization", "error", "model", "timings", "worker", "attempt", "correlation_id", "batch_size", "batch_id", "dead_lettered", "tenant")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class TaskResult(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: _common_pb2.Kind
     status: _common_pb2.TaskStatus
@@ -86,7 +87,8 @@ class TaskResult(_message.Message):
     batch_size: int
     batch_id: str
     dead_lettered: bool
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., generation: _Optional[_Union[_generation_pb2.GenerateResponse, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyResponse, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerResponse, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., correlation_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_id: _Optional[str] = ..., dead_lettered: _Optional[bool] = ...) -> None: ...
+    tenant: str
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., generation: _Optional[_Union[_generation_pb2.GenerateResponse, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyResponse, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerResponse, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., correlation_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_id: _Optional[str] = ..., dead_lettered: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("generation", "classification", "ner", "summarization", "priority", "deadline_ms", "reply", "tenant")
