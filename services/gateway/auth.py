@@ -13,7 +13,8 @@ SHA-256 digests of the keys::
     python -m services.gateway.auth hash     # the digest of a key read from stdin
 
 Every RPC but health checks needs ``authorization: Bearer <key>`` (or, with
-``NLP_TLS_CLIENT_AUTH``, a client certificate whose common name is a tenant). A
+``NLP_TLS_CLIENT_AUTH=require``, a client certificate whose common name is a tenant; a
+key, when one is sent as well, decides). A
 missing, unknown, revoked or expired key is UNAUTHENTICATED with the same message; keys
 never reach logs or traces. ``NLP_AUTH_MODE=dev`` turns all of it off (local stacks).
 """

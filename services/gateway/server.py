@@ -809,6 +809,6 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
         [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=ca if settings.tls_client_auth != "none" else None,
+        root_certificates=ca if settings.tls_client_auth == "require" else None,
         require_client_auth=settings.tls_client_auth == "require",
     )

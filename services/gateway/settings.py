@@ -50,9 +50,10 @@ class Settings(ServiceSettings):
     tls_client_ca_file: Path | None = Field(
         None, description="PEM CA bundle that signs client certificates (mutual TLS)"
     )
-    tls_client_auth: Literal["none", "optional", "require"] = Field(
+    tls_client_auth: Literal["none", "require"] = Field(
         "none",
-        description="client certificates: optional or required; their common name is the tenant",
+        description="require: mutual TLS, every client presents a certificate signed by "
+        "tls_client_ca_file; its common name is the tenant unless an API key says otherwise",
     )
 
     @model_validator(mode="after")

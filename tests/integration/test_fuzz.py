@@ -74,7 +74,7 @@ PROBE_EVERY = 25
 STREAM_TAKE = 3  # messages read from a response stream before cancelling it
 LIMITS = Limits()
 
-FUZZ = fuzz_settings(
+_FUZZ = fuzz_settings(
     deadline=None,
     derandomize=True,
     database=None,
@@ -86,6 +86,11 @@ FUZZ = fuzz_settings(
         HealthCheck.large_base_example,
     ],
 )
+
+
+def fuzzed(max_examples: int) -> fuzz_settings:
+    return fuzz_settings(_FUZZ, max_examples=max_examples)
+
 
 # --- strategies: scalars ----------------------------------------------------------------
 
@@ -670,8 +675,7 @@ def _known(values: Sequence[str], draw: Callable[[st.SearchStrategy[str]], str])
     [("classification", 400), ("ner", 300), ("summarization", 300), ("generation", 300)],
 )
 def test_capability_rpcs(fuzz: Fuzzer, kind: str, examples: int) -> None:
-    @FUZZ
-    @fuzz_settings(max_examples=examples)
+    @fuzzed(examples)
     @given(request=capability_requests[kind], md=metadata)
     def run(request: AnyRequest, md: Metadata) -> None:
         fuzz.call(
@@ -681,8 +685,7 @@ def test_capability_rpcs(fuzz: Fuzzer, kind: str, examples: int) -> None:
     run()
 
 
-@FUZZ
-@fuzz_settings(max_examples=150)
+@fuzzed(150)
 @given(request=generate_requests(), md=metadata)
 def test_generate_stream(
     fuzz: Fuzzer, request: generation_pb2.GenerateRequest, md: Metadata
@@ -690,15 +693,13 @@ def test_generate_stream(
     fuzz.call(GENERATE_STREAM, request, md, Expect(timeout=3.0), _serialize, "server_stream")
 
 
-@FUZZ
-@fuzz_settings(max_examples=400)
+@fuzzed(400)
 @given(request=submit_requests(), md=metadata)
 def test_submit(fuzz: Fuzzer, request: tasks_pb2.SubmitRequest, md: Metadata) -> None:
     fuzz.call(SUBMIT, request, md, fuzz.expect_submit(request), _serialize)
 
 
-@FUZZ
-@fuzz_settings(max_examples=300)
+@fuzzed(300)
 @given(data=st.data(), md=metadata)
 def test_get_wait_cancel(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> None:
     draw = data.draw
@@ -716,8 +717,7 @@ def test_get_wait_cancel(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> Non
     fuzz.call(rpc, request, md, expect, _serialize)
 
 
-@FUZZ
-@fuzz_settings(max_examples=200)
+@fuzzed(200)
 @given(messages=batch_streams(), md=metadata)
 def test_submit_batch(
     fuzz: Fuzzer, messages: list[tasks_pb2.SubmitBatchRequest], md: Metadata
@@ -727,8 +727,7 @@ def test_submit_batch(
     fuzz.call(SUBMIT_BATCH, messages, md, expect, _serialize, "bidi")
 
 
-@FUZZ
-@fuzz_settings(max_examples=250)
+@fuzzed(250)
 @given(data=st.data(), md=metadata)
 def test_batch_reads(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> None:
     draw = data.draw
@@ -744,8 +743,7 @@ def test_batch_reads(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> None:
     fuzz.call(STREAM_BATCH, request, md, expect, _serialize, "server_stream")
 
 
-@FUZZ
-@fuzz_settings(max_examples=100)
+@fuzzed(100)
 @given(kind=st.one_of(st.integers(0, 5), ints(32)), md=metadata)
 def test_list_models(fuzz: Fuzzer, kind: int, md: Metadata) -> None:
     request = models_pb2.ListModelsRequest()
@@ -757,8 +755,7 @@ def test_list_models(fuzz: Fuzzer, kind: int, md: Metadata) -> None:
     fuzz.call(LIST_MODELS, request, md, expect, _serialize)
 
 
-@FUZZ
-@fuzz_settings(max_examples=100)
+@fuzzed(100)
 @given(service=st.one_of(st.sampled_from(["", "nlp.v1.Tasks"]), ids), md=metadata)
 def test_health_check(fuzz: Fuzzer, service: str, md: Metadata) -> None:
     request = health_pb2.HealthCheckRequest(service=service)
@@ -797,8 +794,7 @@ def _decodes(request_type: type[Message], payload: bytes) -> Message | None:
     return message
 
 
-@FUZZ
-@fuzz_settings(max_examples=400)
+@fuzzed(400)
 @given(rpc=st.sampled_from(sorted(RPCS)), payload=raw_payloads(), md=metadata)
 def test_raw_bytes(fuzz: Fuzzer, rpc: str, payload: bytes, md: Metadata) -> None:
     request_type, style = RPCS[rpc]
