@@ -39,4 +39,6 @@ def make_celery(kind: str, settings: WorkerSettings) -> Celery:
         },
         enable_utc=True,
     )
+    if settings.redis_ssl():
+        app.conf.broker_use_ssl = settings.redis_ssl()
     return app

@@ -398,7 +398,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
     telemetry.instrument_redis(client)
     consumer = make_consumer(settings, settings.names.consumer_group(kind))
     producer = make_producer(settings)

@@ -35,7 +35,7 @@ TASK_TOPIC_PARTITIONS = 6
 def make_producer(settings: ServiceSettings, **overrides: Any) -> KafkaProducer:
     """Idempotent producer with acks=all: an acknowledged send is durable in the broker."""
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        **settings.kafka_python_config(),
         "client_id": settings.service_name,
         "acks": "all",
         "enable_idempotence": True,
@@ -145,7 +145,7 @@ def make_async_producer(settings: ServiceSettings) -> AsyncProducer:
     """The gateway's producer: same guarantees as :func:`make_producer`."""
     return AsyncProducer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.librdkafka_config(),
             "client.id": settings.service_name,
             "acks": "all",
             "enable.idempotence": True,
@@ -161,7 +161,7 @@ def make_async_producer(settings: ServiceSettings) -> AsyncProducer:
 def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) -> KafkaConsumer:
     """Consumer in ``group_id`` that commits only when told to."""
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        **settings.kafka_python_config(),
         "client_id": settings.service_name,
         "group_id": group_id,
         "enable_auto_commit": False,
@@ -185,9 +185,7 @@ def ensure_topics(
     """Create the task, dead-letter and results topics of the namespace; returns their names."""
     n = settings.names
     wanted = [n.task_topic(kind) for kind in kinds] + [n.dead_letter_topic, n.results_topic]
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap.split(","), client_id=settings.service_name
-    )
+    admin = KafkaAdminClient(**settings.kafka_python_config(), client_id=settings.service_name)
     try:
         existing = set(admin.list_topics())
         new = [

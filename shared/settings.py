@@ -6,10 +6,11 @@ nested models use ``__`` as delimiter, e.g. ``NLP_LIMITS__MAX_LABELS=32``.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.names import Names
@@ -59,9 +60,79 @@ class ServiceSettings(BaseSettings):
         None, description="touched once the process serves; the local stack waits on it"
     )
 
+    # Transport security to Kafka and Redis (the local stack runs plaintext on loopback).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM CA bundle of the brokers")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate (mTLS)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM key of kafka_ssl_certfile")
+    redis_ssl_ca_file: Path | None = Field(
+        None, description="PEM CA bundle for a rediss:// URL (a password goes in the URL)"
+    )
+    redis_ssl_cert_file: Path | None = None
+    redis_ssl_key_file: Path | None = None
+
     @property
     def names(self) -> Names:
         return Names(self.namespace)
+
+    def kafka_python_config(self) -> dict[str, Any]:
+        """Connection settings for kafka-python clients (producer, consumer, admin)."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap.split(","),
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            config |= {
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": self.kafka_sasl_password.get_secret_value(),
+            }
+        for key, path in (
+            ("ssl_cafile", self.kafka_ssl_cafile),
+            ("ssl_certfile", self.kafka_ssl_certfile),
+            ("ssl_keyfile", self.kafka_ssl_keyfile),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        return config
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The same for confluent-kafka (librdkafka property names)."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol.lower(),
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            config |= {
+                "sasl.mechanisms": self.kafka_sasl_mechanism,
+                "sasl.username": self.kafka_sasl_username,
+                "sasl.password": self.kafka_sasl_password.get_secret_value(),
+            }
+        for key, path in (
+            ("ssl.ca.location", self.kafka_ssl_cafile),
+            ("ssl.certificate.location", self.kafka_ssl_certfile),
+            ("ssl.key.location", self.kafka_ssl_keyfile),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        return config
+
+    def redis_ssl(self) -> dict[str, Any]:
+        """TLS options for redis-py (and kombu's broker_use_ssl) with a rediss:// URL."""
+        if not self.redis_url.startswith("rediss://"):
+            return {}
+        options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+        for key, path in (
+            ("ssl_ca_certs", self.redis_ssl_ca_file),
+            ("ssl_certfile", self.redis_ssl_cert_file),
+            ("ssl_keyfile", self.redis_ssl_key_file),
+        ):
+            if path is not None:
+                options[key] = str(path)
+        return options
 
 
 class WorkerSettings(ServiceSettings):

@@ -484,7 +484,7 @@ def serve_worker(
     telemetry.setup_tracing(f"nlp-{service}")
     telemetry.instrument_celery()
     telemetry.instrument_kafka_python()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
     telemetry.instrument_redis(client)
     metrics = WorkerMetrics(kind)
     registry = ModelRegistry.build(kind, settings.models, settings.default_model, factories)

@@ -27,7 +27,7 @@ async def main() -> None:
     producer = make_async_producer(settings)
     # Fetch metadata now so that the first request does not pay for it.
     producer.topics()
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
     telemetry.instrument_redis(client)
     stop, started = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

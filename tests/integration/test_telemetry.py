@@ -48,10 +48,14 @@ REQUESTS: dict[str, tasks_pb2.SubmitRequest] = {
 }
 
 
-def _trace_of(otlp: OtlpSink, task_id: str, services: set[str]) -> list[SpanRecord]:
+def _trace_of(
+    otlp: OtlpSink, task_id: str, services: set[str], spans: frozenset[str] = frozenset()
+) -> list[SpanRecord]:
     """The spans of the trace that carries ``task_id``, once every service sent its part
-    (and the worker its ``store result`` span, the last one a task makes)."""
+    (and the worker its ``store result`` span, the last one a task makes, and the named
+    ``spans``: a sync RPC's ends after the store)."""
     found: list[SpanRecord] = []
+    wanted = {"store result", *spans}
 
     def complete() -> bool:
         nonlocal found
@@ -59,9 +63,7 @@ def _trace_of(otlp: OtlpSink, task_id: str, services: set[str]) -> list[SpanReco
         if not tagged:
             return False
         found = otlp.trace(tagged[0].trace_id)
-        return services <= {s.service for s in found} and any(
-            s.name == "store result" for s in found
-        )
+        return services <= {s.service for s in found} and wanted <= {s.name for s in found}
 
     assert otlp.wait_until(complete, timeout=30), (
         f"incomplete trace for {task_id}: {sorted({(s.service, s.name) for s in found})}"
@@ -131,6 +133,7 @@ def test_sync_rpc_waits_in_the_same_trace(otlp: OtlpSink, channel: grpc.Channel)
         otlp,
         response.task_id,
         {"nlp-gateway", "nlp-classification-intake", "nlp-classification-worker"},
+        frozenset({"/nlp.v1.Classification/Classify", "wait result"}),
     )
     rpc = _one(spans, "/nlp.v1.Classification/Classify", "nlp-gateway")
     wait = _one(spans, "wait result", "nlp-gateway")

@@ -7,6 +7,7 @@ Go module proxy once (``python -m deploy.tools fetch``, part of ``make setup``).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -280,3 +281,23 @@ def test_autoscaling_follows_the_kafka_lag_and_the_celery_queue(overlay: str) ->
             (queue,) = triggers["redis"]
             assert queue["listName"] == names.celery_queue(kind), name
         assert spec.get("minReplicaCount", 0) >= 1, f"{name}: scaled to zero loses warm models"
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_clusters_run_the_gateway_with_api_keys(overlay: str) -> None:
+    docs = rendered(overlay)
+    configs = _config(docs)
+    for deployment in of_kind(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        main = pod["containers"][0]
+        if (module_of(main.get("command") or main.get("args")) or "services.gateway") != (
+            "services.gateway"
+        ):
+            continue
+        env = _env(main, configs)
+        assert env.get("NLP_AUTH_MODE") == "keys", f"{overlay}: a gateway without API keys"
+        keys_dir = str(Path(env["NLP_AUTH_KEYS_FILE"]).parent)
+        mounts = {m["mountPath"]: m["name"] for m in main.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        assert keys_dir in mounts, f"{overlay}: the keys file is not mounted"
+        assert "secret" in volumes[mounts[keys_dir]], "the keys come from a Secret"

@@ -60,3 +60,28 @@ def test_the_gateway_is_secured_unless_told_otherwise(monkeypatch: pytest.Monkey
         GatewaySettings(auth_mode="dev", tls_cert_file="cert.pem")
     with pytest.raises(ValidationError, match="client certificates"):
         GatewaySettings(auth_mode="dev", tls_client_auth="require")
+
+
+def test_transport_security_reaches_every_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NLP_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("NLP_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("NLP_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("NLP_KAFKA_SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("NLP_KAFKA_SSL_CAFILE", "/etc/kafka/ca.pem")
+    monkeypatch.setenv("NLP_REDIS_URL", "rediss://:pw@redis:6380/0")
+    monkeypatch.setenv("NLP_REDIS_SSL_CA_FILE", "/etc/redis/ca.pem")
+    settings = WorkerSettings()
+    python = settings.kafka_python_config()
+    assert python["security_protocol"] == "SASL_SSL"
+    assert python["sasl_plain_password"] == "s3cret"
+    assert python["ssl_cafile"] == "/etc/kafka/ca.pem"
+    rdkafka = settings.librdkafka_config()
+    assert rdkafka["security.protocol"] == "sasl_ssl"
+    assert rdkafka["sasl.mechanisms"] == "SCRAM-SHA-512"
+    assert rdkafka["ssl.ca.location"] == "/etc/kafka/ca.pem"
+    assert settings.redis_ssl()["ssl_ca_certs"] == "/etc/redis/ca.pem"
+    assert "s3cret" not in repr(settings)  # secrets stay out of logs
+    monkeypatch.delenv("NLP_KAFKA_SECURITY_PROTOCOL")
+    plain = WorkerSettings(redis_url="redis://redis:6379/0")
+    assert plain.redis_ssl() == {}
+    assert plain.kafka_python_config()["security_protocol"] == "PLAINTEXT"
