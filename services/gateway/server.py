@@ -92,6 +92,16 @@ _STATUS_CODES = {
 }
 _GRPC_CODES = {int(c.value[0]): c for c in grpc.StatusCode}
 _CURSOR_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_U64_MAX = 2**64 - 1
+
+
+def valid_cursor(cursor: str) -> bool:
+    """A Redis stream entry id (``ms-seq``, each part an unsigned 64-bit number)."""
+    return bool(_CURSOR_RE.match(cursor)) and all(
+        int(part) <= _U64_MAX for part in cursor.split("-")
+    )
+
+
 # How long one read of a batch's results stream waits for more before re-checking the batch.
 _FOLLOW_BLOCK_MS = 1000
 _MAX_ITEM_ID_CHARS = 256
@@ -677,7 +687,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
     ) -> AsyncIterator[tasks_pb2.BatchResult]:
         await self._existing_batch(request.batch_id, context)
         cursor = request.cursor or "0-0"
-        if not _CURSOR_RE.match(cursor):
+        if not valid_cursor(cursor):
             await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed cursor {cursor[:64]!r}"
             )

@@ -364,6 +364,7 @@ def batch_streams(draw: st.DrawFn) -> list[tasks_pb2.SubmitBatchRequest]:
 cursors = st.one_of(
     st.sampled_from(["", "0-0", "0", "-", "+", "$", ">", "0-0-0", "99999999999999999999-0"]),
     st.from_regex(r"[0-9]{1,20}-[0-9]{1,20}", fullmatch=True),
+    st.from_regex(r"[0-9]{19,20}-[0-9]{1,20}", fullmatch=True),  # around 2**64
     ids,
 )
 
@@ -485,13 +486,16 @@ class Fuzzer:
             self.skipped += 1
             return
         self.calls += 1
-        self.codes[code.name] += 1
-        self.by_rpc[(rpc, code.name)] += 1
         parse_failure = code in (Code.INTERNAL, Code.UNKNOWN) and any(
             word in details.lower() for word in ("pars", "deserializ", "decod")
         )
         # grpc's own answer to bytes that are no request (raw-bytes fuzz only).
         ok = code in expect.codes or (serializer is None and parse_failure)
+        # grpc.aio answers undecodable bytes with UNKNOWN "Unexpected <DecodeError>": counted
+        # apart from UNKNOWN raised by a handler.
+        name = f"{code.name}(parse)" if parse_failure and code not in expect.codes else code.name
+        self.codes[name] += 1
+        self.by_rpc[(rpc, name)] += 1
         assert ok, (
             f"{rpc} answered {code.name} {details[:300]!r}, expected one of "
             f"{sorted(c.name for c in expect.codes)}; metadata {_short(md)}; "
@@ -731,7 +735,7 @@ def test_submit_batch(
 @given(data=st.data(), md=metadata)
 def test_batch_reads(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> None:
     draw = data.draw
-    known = draw(st.integers(0, 3)) == 0
+    known = draw(st.booleans())
     batch_id = _known(fuzz.known_batches, draw) if known else draw(ids)
     expect = Expect(REJECTED) if not valid_batch_id(batch_id) else Expect(timeout=3.0)
     if draw(st.booleans()):
@@ -794,7 +798,7 @@ def _decodes(request_type: type[Message], payload: bytes) -> Message | None:
     return message
 
 
-@fuzzed(400)
+@fuzzed(500)
 @given(rpc=st.sampled_from(sorted(RPCS)), payload=raw_payloads(), md=metadata)
 def test_raw_bytes(fuzz: Fuzzer, rpc: str, payload: bytes, md: Metadata) -> None:
     request_type, style = RPCS[rpc]

@@ -66,3 +66,14 @@ def test_batch_ids() -> None:
     assert valid_batch_id("a" * 64)
     for bad in ("", "a" * 65, "-leading", "has space", "colon:no", "ü"):
         assert not valid_batch_id(bad), bad
+
+
+def test_cursors_are_redis_stream_ids() -> None:
+    from services.gateway.server import valid_cursor
+
+    assert valid_cursor("0-0") and valid_cursor("1732890000000-3")
+    assert valid_cursor("18446744073709551615-18446744073709551615")
+    # Redis refuses ids past 64 bits: that is bad input, not an unavailable store.
+    assert not valid_cursor("18446744073709551616-0")
+    assert not valid_cursor("99999999999999999999-0")
+    assert not valid_cursor("1-") and not valid_cursor("-1") and not valid_cursor("a-1")
