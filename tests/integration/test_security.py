@@ -16,6 +16,7 @@ import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
 from deploy.local.stack import LocalStack
@@ -49,7 +50,13 @@ TENANTS: dict[str, dict[str, Any]] = {
     # A low rate: the fourth call in quick succession is over it.
     "slow": {"rate_per_s": 0.5, "burst": 3},
     # Three tasks in flight at most, short documents.
-    "narrow": {"rate_per_s": 500, "burst": 1000, "max_in_flight": 3, "max_text_bytes": 100},
+    "narrow": {
+        "rate_per_s": 500,
+        "burst": 1000,
+        "max_in_flight": 3,
+        "max_text_bytes": 100,
+        "max_batch_items": 5,
+    },
 }
 
 
@@ -167,6 +174,11 @@ RPCS: list[tuple[str, Message, str]] = [
         "stream",
     ),
     ("/nlp.v1.Models/List", models_pb2.ListModelsRequest(), "unary"),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        "bidi",
+    ),
 ]
 
 
@@ -385,6 +397,13 @@ def test_over_its_tasks_in_flight_a_tenant_waits_while_others_are_served(
     long_text = submit_classification("x" * 101)
     error = code_of(lambda: narrow.Submit(long_text, timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # And so is its batch size (5 items per stream).
+    items = [
+        tasks_pb2.BatchItem(item_id=f"i{i}", task=submit_classification("x")) for i in range(6)
+    ]
+    stream = iter([tasks_pb2.SubmitBatchRequest(batch_id="too-big", items=items)])
+    error = code_of(lambda: list(narrow.SubmitBatch(stream, timeout=30)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_revoking_a_key_takes_effect_without_a_restart(
@@ -420,3 +439,27 @@ def test_keys_never_reach_the_logs(secured: LocalStack) -> None:
     assert "API keys loaded" in logs
     for key in [*KEYS.values(), REVOKED]:
         assert key not in logs
+
+
+def test_the_cli_reads_its_key_from_the_environment_or_a_file(
+    secured: LocalStack,
+    pki: Pki,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from shared.cli import main
+
+    argv = ["--target", secured.gateway_target, "--ca-file", str(pki.ca), "--json", "models"]
+    monkeypatch.delenv("NLP_API_KEY", raising=False)
+    monkeypatch.delenv("NLP_API_KEY_FILE", raising=False)
+    assert main(argv) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    monkeypatch.setenv("NLP_API_KEY", KEYS["team-a"])
+    assert main(argv) == 0
+    assert "minilm-l6-v2-int8" in capsys.readouterr().out
+    monkeypatch.delenv("NLP_API_KEY")
+    key_file = tmp_path / "key"
+    key_file.write_text(KEYS["team-b"] + "\n")
+    assert main(["--api-key-file", str(key_file), *argv]) == 0
+    assert "minilm-l6-v2-int8" in capsys.readouterr().out
