@@ -116,7 +116,7 @@ class Report:
 CPU_GROUPS = ("gateway", "intake", "worker", "kafka", "redis", "client")
 
 
-def _group(cpu: dict[str, float]) -> dict[str, float]:
+def group_cpu(cpu: dict[str, float]) -> dict[str, float]:
     groups = dict.fromkeys(CPU_GROUPS, 0.0)
     for name, seconds in cpu.items():
         if name in ("gateway", "client"):
@@ -132,19 +132,30 @@ def _group(cpu: dict[str, float]) -> dict[str, float]:
     return groups
 
 
-async def _measure(
+async def measure(
     stack: LocalStack,
     requests: list[classification_pb2.ClassifyRequest],
     plan: Plan,
     sink: OtlpSink | None,
     mode: str,
     rnd: int,
+    credentials: grpc.ChannelCredentials | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> ModeRun:
-    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+    """Saturation throughput, sequential latency and CPU per document of one stack (TLS
+    with ``credentials``, ``metadata`` on every call)."""
+    channel = (
+        grpc.aio.insecure_channel(stack.gateway_target)
+        if credentials is None
+        else grpc.aio.secure_channel(stack.gateway_target, credentials)
+    )
+    async with channel:
         stub = classification_pb2_grpc.ClassificationStub(channel)
 
         async def call(i: int) -> None:
-            await stub.Classify(requests[i % len(requests)], timeout=RPC_TIMEOUT_S)
+            await stub.Classify(
+                requests[i % len(requests)], timeout=RPC_TIMEOUT_S, metadata=metadata
+            )
 
         await drive(call, 32, plan.warmup_requests, plan.budget_s)
         best = None
@@ -167,7 +178,7 @@ async def _measure(
             await call(i)
             latencies.append((time.perf_counter() - began) * 1000)
     p50, _, p99 = percentiles(latencies)
-    per_doc = {k: v * 1000 / max(driven.done, 1) for k, v in _group(cpu).items()}
+    per_doc = {k: v * 1000 / max(driven.done, 1) for k, v in group_cpu(cpu).items()}
     return ModeRun(
         mode=mode,
         round=rnd,
@@ -192,11 +203,11 @@ def run_mode(
 ) -> ModeRun:
     if mode == "off":
         with LocalStack(kinds=[KIND], env=env) as stack:
-            return asyncio.run(_measure(stack, requests, plan, None, mode, rnd))
+            return asyncio.run(measure(stack, requests, plan, None, mode, rnd))
     with OtlpSink(keep=False) as sink:
         traced = {**env, **EXPORT_ENV, **MODES[mode], "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
         with LocalStack(kinds=[KIND], env=traced) as stack:
-            return asyncio.run(_measure(stack, requests, plan, sink, mode, rnd))
+            return asyncio.run(measure(stack, requests, plan, sink, mode, rnd))
 
 
 def render(report: Report) -> str:

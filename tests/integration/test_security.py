@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 
+from deploy.local.certs import CertificateAuthority, Pair
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
     classification_pb2,
@@ -34,7 +35,6 @@ from nlp.v1 import (
 )
 from services.gateway.auth import UNAUTHENTICATED_DETAILS, digest
 from shared.client import ClientSettings, connect
-from tests.integration.certs import CertificateAuthority, Pair
 from tests.integration.support import submit_classification, wait_terminal
 
 KEYS = {

@@ -1,5 +1,6 @@
-"""A throwaway certificate authority for the TLS tests: a CA, a server certificate for
-127.0.0.1/localhost and client certificates whose common name is a tenant."""
+"""A throwaway certificate authority for TLS on the local stack (tests, benchmarks): a CA,
+a server certificate for 127.0.0.1/localhost and client certificates whose common name
+is a tenant."""
 
 from __future__ import annotations
 

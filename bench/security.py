@@ -1,0 +1,166 @@
+"""What the gateway's security costs: the same stack and load with authentication off,
+with API keys and quotas, and with API keys over TLS.
+
+    python -m bench.security [--quick] [--rounds 2] [--out PATH]
+
+One ``LocalStack`` with the classification worker per mode and round, taking turns:
+
+- dev: ``NLP_AUTH_MODE=dev`` (no authentication, no quotas), plaintext;
+- keys: every RPC authenticated by an API key and charged to its tenant's rate (a token
+  bucket in Redis) and in-flight quota (a sorted set in Redis), plaintext;
+- keys+tls: the same over TLS (a throwaway CA, ECDSA P-256).
+
+The tenant's limits are far above the load, so nothing is refused: this measures the
+checks, not the throttling. Prints a table and writes JSON (default
+``bench-results/security.json``); exit status 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import grpc
+
+from bench.corpora import CORPORA, SEED
+from bench.harness import format_errors, machine_info, note, table
+from bench.tracing import CPU_GROUPS, QUICK, ModeRun, Plan, measure
+from deploy.local.certs import CertificateAuthority
+from deploy.local.stack import LocalStack
+from nlp.v1 import classification_pb2
+from services.gateway.auth import digest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench-results" / "security.json"
+KIND = "classification"
+MODES = ("dev", "keys", "keys+tls")
+KEY = "nlp_bench_key_0123456789abcdef0123456789"
+LIMITS = {"rate_per_s": 1e6, "burst": 1_000_000, "max_in_flight": 1_000_000}
+
+
+@dataclass
+class Report:
+    benchmark: str
+    timestamp: str
+    argv: list[str]
+    quick: bool
+    plan: dict[str, Any]
+    machine: dict[str, Any]
+    runs: list[ModeRun]
+    best_docs_per_s: dict[str, float]
+    throughput_vs_dev: dict[str, float]
+    p50_vs_dev: dict[str, float]
+    wall_s: float
+
+
+def run_mode(
+    mode: str,
+    rnd: int,
+    requests: list[classification_pb2.ClassifyRequest],
+    plan: Plan,
+    workdir: Path,
+) -> ModeRun:
+    env: dict[str, str] = {"NLP_AUTH_MODE": "dev"}
+    credentials = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    if mode != "dev":
+        keys = workdir / "keys.json"
+        keys.write_text(
+            json.dumps(
+                {
+                    "tenants": {"bench": LIMITS},
+                    "keys": [{"id": "bench", "tenant": "bench", "sha256": digest(KEY)}],
+                }
+            )
+        )
+        env = {"NLP_AUTH_MODE": "keys", "NLP_AUTH_KEYS_FILE": str(keys)}
+        metadata = (("authorization", f"Bearer {KEY}"),)
+    if mode == "keys+tls":
+        ca = CertificateAuthority(workdir)
+        server = ca.issue("gateway", "localhost", server=True)
+        env |= {"NLP_TLS_CERT_FILE": str(server.cert), "NLP_TLS_KEY_FILE": str(server.key)}
+        credentials = grpc.ssl_channel_credentials(ca.pair.cert.read_bytes())
+    with LocalStack(kinds=[KIND], env=env) as stack:
+        return asyncio.run(measure(stack, requests, plan, None, mode, rnd, credentials, metadata))
+
+
+def render(report: Report) -> str:
+    rows = [
+        [
+            r.mode,
+            r.round,
+            r.docs_per_s,
+            r.clients,
+            r.p50_ms,
+            r.p99_ms,
+            *(r.cpu_ms_per_doc[k] for k in CPU_GROUPS),
+            format_errors(r.errors),
+        ]
+        for r in report.runs
+    ]
+    headers = ["mode", "round", "docs/s", "clients", "p50 ms", "p99 ms", *CPU_GROUPS, "errors"]
+    return "\n".join(
+        [
+            "gateway security off vs on (classification, Classify RPCs at saturation; CPU in "
+            "ms/doc)",
+            table(headers, rows, digits=2),
+            *(
+                f"  {mode}: best {report.best_docs_per_s[mode]:.1f} docs/s, throughput vs dev "
+                f"{report.throughput_vs_dev[mode]:.2f}, single-request p50 vs dev "
+                f"{report.p50_vs_dev[mode]:.2f}"
+                for mode in MODES
+            ),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.security", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    parser.add_argument("--rounds", type=int, help="rounds of all modes (default 2; quick 1)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.rounds:
+        plan.rounds = args.rounds
+    began = time.monotonic()
+    requests = CORPORA[KIND](plan.corpus_docs, SEED).requests
+    runs = []
+    with TemporaryDirectory(prefix="nlp-bench-security-") as tmp:
+        for rnd in range(1, plan.rounds + 1):
+            for mode in MODES:
+                workdir = Path(tmp) / f"{mode}-{rnd}"
+                workdir.mkdir()
+                runs.append(run_mode(mode, rnd, requests, plan, workdir))
+    best = {m: max(r.docs_per_s for r in runs if r.mode == m) for m in MODES}
+    p50 = {m: min(r.p50_ms for r in runs if r.mode == m) for m in MODES}
+    report = Report(
+        benchmark="security",
+        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        argv=sys.argv,
+        quick=args.quick,
+        plan=asdict(plan),
+        machine=machine_info(),
+        runs=runs,
+        best_docs_per_s=best,
+        throughput_vs_dev={m: best[m] / best["dev"] for m in MODES},
+        p50_vs_dev={m: p50[m] / p50["dev"] for m in MODES},
+        wall_s=time.monotonic() - began,
+    )
+    print(render(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(asdict(report), indent=2))
+    note(f"wrote {args.out}")
+    return 1 if any(r.errors for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
