@@ -11,7 +11,7 @@ RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools protos protos-check lint typecheck \
-        test test-unit test-integration run up down bench bench-bulk bench-tracing clean
+        test test-unit test-integration run up down bench bench-bulk bench-tracing bench-security clean
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools
 
@@ -76,12 +76,16 @@ bench: setup
 	@$(PY) -m bench.analysis
 	@$(PY) -m bench.bulk
 	@$(PY) -m bench.tracing
+	@$(PY) -m bench.security
 
 bench-bulk: setup
 	@$(PY) -m bench.bulk
 
 bench-tracing: setup
 	@$(PY) -m bench.tracing
+
+bench-security: setup
+	@$(PY) -m bench.security
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results
