@@ -463,3 +463,44 @@ def test_the_cli_reads_its_key_from_the_environment_or_a_file(
     key_file.write_text(KEYS["team-b"] + "\n")
     assert main(["--api-key-file", str(key_file), *argv]) == 0
     assert "minilm-l6-v2-int8" in capsys.readouterr().out
+
+
+def test_quotas_hold_across_gateway_replicas(secured: LocalStack) -> None:
+    """Two gateways' quota checks on the same Redis share one budget per tenant."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from services.gateway.auth import QuotaExceededError, Quotas, Tenant, TenantLimits
+    from shared.envelope import make_envelope
+
+    assert secured.redis is not None
+    url = secured.redis.url
+    tenant = Tenant(
+        f"replicas-{time.time_ns()}", TenantLimits(rate_per_s=0.1, burst=3, max_in_flight=2)
+    )
+
+    async def scenario() -> None:
+        clients = [aioredis.Redis.from_url(url) for _ in range(2)]
+        one, two = (Quotas(c, secured.settings().names) for c in clients)
+        try:
+            await one.take(tenant)
+            await two.take(tenant)
+            await one.take(tenant)
+            for quotas in (one, two):  # the burst of 3 is spent, whoever asks
+                with pytest.raises(QuotaExceededError):
+                    await quotas.take(tenant)
+            tasks = [
+                make_envelope("ner", ner_pb2.NerRequest(text="x"), deadline_s=60) for _ in range(3)
+            ]
+            await one.admit(tenant, tasks[:1])
+            await two.admit(tenant, tasks[1:2])
+            with pytest.raises(QuotaExceededError):
+                await one.admit(tenant, tasks[2:])
+            await two.release(tenant, [tasks[0].task_id])
+            await one.admit(tenant, tasks[2:])
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    asyncio.run(scenario())
