@@ -21,6 +21,7 @@ never reach logs or traces. ``NLP_AUTH_MODE=dev`` turns all of it off (local sta
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -28,11 +29,11 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeAlias, cast
+from typing import Any, NoReturn
 
 import grpc
 import redis
@@ -43,14 +44,13 @@ from grpc_status import rpc_status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlp.v1 import tasks_pb2
+from services.gateway.interceptors import AroundInterceptor, Ctx
 from shared.envelope import seconds
 from shared.names import TENANT_RE, Names
 from shared.settings import Limits
 
 log = logging.getLogger(__name__)
 
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-Ctx = grpc.aio.ServicerContext[Any, Any]
 
 # Deliberately the same for every failure: nothing that helps guessing.
 UNAUTHENTICATED_DETAILS = "missing or invalid credentials"
@@ -304,9 +304,9 @@ async def abort_quota(context: Ctx, exc: QuotaExceededError) -> NoReturn:
     raise AssertionError("unreachable")
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class Authenticator:
     """Authenticates every RPC but health checks and spends one unit of the caller's rate;
-    handlers read the caller with :func:`caller`."""
+    handlers read the caller with :func:`caller`. Installed by :meth:`interceptor`."""
 
     def __init__(self, keys: KeyStore, quotas: Quotas, client_certs: bool) -> None:
         self.keys = keys
@@ -340,34 +340,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"quota store unavailable: {exc}")
         return tenant
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        found = await continuation(handler_call_details)
-        if found is None or handler_call_details.method.startswith(_EXEMPT_PREFIX):
-            return found
-        handler: Any = found
-        metadata = tuple(handler_call_details.invocation_metadata or ())
-        if handler.unary_unary is not None or handler.stream_unary is not None:
-            inner: Any = handler.unary_unary or handler.stream_unary
+    @contextlib.asynccontextmanager
+    async def admitted(self, method: str, context: Ctx) -> AsyncIterator[None]:
+        # Set in the RPC's own task: the handler's caller() sees it.
+        _caller.set(await self._admit(tuple(context.invocation_metadata() or ()), context))
+        yield
 
-            async def unary(request: Any, context: Ctx) -> Any:
-                _caller.set(await self._admit(metadata, context))
-                return await inner(request, context)
-
-            wrap = "unary_unary" if handler.unary_unary is not None else "stream_unary"
-            return cast(Handler, handler._replace(**{wrap: unary}))
-        inner_stream: Any = handler.unary_stream or handler.stream_stream
-
-        async def streaming(request: Any, context: Ctx) -> AsyncIterator[Any]:
-            _caller.set(await self._admit(metadata, context))
-            async for item in inner_stream(request, context):
-                yield item
-
-        wrap = "unary_stream" if handler.unary_stream is not None else "stream_stream"
-        return cast(Handler, handler._replace(**{wrap: streaming}))
+    def interceptor(self) -> AroundInterceptor:
+        """The server interceptor: every RPC but health checks."""
+        return AroundInterceptor(self.admitted, skip=lambda m: m.startswith(_EXEMPT_PREFIX))
 
 
 def main(argv: list[str] | None = None) -> int:

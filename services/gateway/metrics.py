@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, cast
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from services.gateway.interceptors import AroundInterceptor, Ctx
 from shared.metrics import LATENCY_BUCKETS, new_registry
 
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"  # generic only in the stubs
 _CODES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
@@ -46,7 +46,7 @@ class GatewayMetrics:
         )
 
 
-def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> str:
+def _code(context: Ctx, error: BaseException | None) -> str:
     code = context.code()
     if code is not None:
         # Set by abort() (a StatusCode) or set_code(); an int when set from a raw value.
@@ -56,58 +56,21 @@ def _code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | No
     return "CANCELLED" if isinstance(error, asyncio.CancelledError) else "UNKNOWN"
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+def metrics_interceptor(metrics: GatewayMetrics) -> AroundInterceptor:
     """Observes every RPC's duration with its method and final status code."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self.metrics = metrics
+    @contextlib.asynccontextmanager
+    async def timed(method: str, context: Ctx) -> AsyncIterator[None]:
+        began = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            metrics.rpc_seconds.labels(method, _code(context, error)).observe(
+                time.perf_counter() - began
+            )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        found = await continuation(handler_call_details)
-        if found is None:
-            return found
-        # The stubs type handlers for the sync server; here they hold coroutine functions
-        # and async generators, and are namedtuples (hence _replace).
-        handler: Any = found
-        method = handler_call_details.method
-        observe = self.metrics.rpc_seconds
-        if handler.unary_unary is not None or handler.stream_unary is not None:
-            inner: Any = handler.unary_unary or handler.stream_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                began = time.perf_counter()
-                error: BaseException | None = None
-                try:
-                    return await inner(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    observe.labels(method, _code(context, error)).observe(
-                        time.perf_counter() - began
-                    )
-
-            wrap = "unary_unary" if handler.unary_unary is not None else "stream_unary"
-            return cast(Handler, handler._replace(**{wrap: unary}))
-        inner_stream: Any = handler.unary_stream or handler.stream_stream
-
-        async def streaming(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            began = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                async for item in inner_stream(request, context):
-                    yield item
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                observe.labels(method, _code(context, error)).observe(time.perf_counter() - began)
-
-        wrap = "unary_stream" if handler.unary_stream is not None else "stream_stream"
-        return cast(Handler, handler._replace(**{wrap: streaming}))
+    return AroundInterceptor(timed)

@@ -40,14 +40,14 @@ from nlp.v1 import (
     tasks_pb2_grpc,
 )
 from services.gateway.auth import (
-    AuthInterceptor,
+    Authenticator,
     KeyStore,
     QuotaExceededError,
     Quotas,
     abort_quota,
     caller,
 )
-from services.gateway.metrics import GatewayMetrics, MetricsInterceptor
+from services.gateway.metrics import GatewayMetrics, metrics_interceptor
 from services.gateway.settings import Settings
 from shared.engines import ModelCatalog
 from shared.envelope import (
@@ -754,13 +754,14 @@ async def serve(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
     ]
-    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [metrics_interceptor(metrics)]
     if settings.auth_mode == "keys":
         assert settings.auth_keys_file is not None  # the settings validate it
         keys = KeyStore(settings.auth_keys_file, settings.auth_reload_s)
-        interceptors.append(
-            AuthInterceptor(keys, gateway.quotas, client_certs=settings.tls_client_auth != "none")
+        authenticator = Authenticator(
+            keys, gateway.quotas, client_certs=settings.tls_client_auth != "none"
         )
+        interceptors.append(authenticator.interceptor())
     else:
         log.warning(
             "AUTHENTICATION DISABLED (NLP_AUTH_MODE=dev): every caller is trusted, tasks of "
