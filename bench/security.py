@@ -22,17 +22,13 @@ import asyncio
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
 
 import grpc
 
 from bench.corpora import CORPORA, SEED
-from bench.harness import format_errors, machine_info, note, table
-from bench.tracing import CPU_GROUPS, QUICK, ModeRun, Plan, measure
+from bench.tracing import QUICK, ModeRun, ModesReport, Plan, measure
 from deploy.local.certs import CertificateAuthority
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2
@@ -44,21 +40,6 @@ KIND = "classification"
 MODES = ("dev", "keys", "keys+tls")
 KEY = "nlp_bench_key_0123456789abcdef0123456789"
 LIMITS = {"rate_per_s": 1e6, "burst": 1_000_000, "max_in_flight": 1_000_000}
-
-
-@dataclass
-class Report:
-    benchmark: str
-    timestamp: str
-    argv: list[str]
-    quick: bool
-    plan: dict[str, Any]
-    machine: dict[str, Any]
-    runs: list[ModeRun]
-    best_docs_per_s: dict[str, float]
-    throughput_vs_dev: dict[str, float]
-    p50_vs_dev: dict[str, float]
-    wall_s: float
 
 
 def run_mode(
@@ -92,36 +73,6 @@ def run_mode(
         return asyncio.run(measure(stack, requests, plan, None, mode, rnd, credentials, metadata))
 
 
-def render(report: Report) -> str:
-    rows = [
-        [
-            r.mode,
-            r.round,
-            r.docs_per_s,
-            r.clients,
-            r.p50_ms,
-            r.p99_ms,
-            *(r.cpu_ms_per_doc[k] for k in CPU_GROUPS),
-            format_errors(r.errors),
-        ]
-        for r in report.runs
-    ]
-    headers = ["mode", "round", "docs/s", "clients", "p50 ms", "p99 ms", *CPU_GROUPS, "errors"]
-    return "\n".join(
-        [
-            "gateway security off vs on (classification, Classify RPCs at saturation; CPU in "
-            "ms/doc)",
-            table(headers, rows, digits=2),
-            *(
-                f"  {mode}: best {report.best_docs_per_s[mode]:.1f} docs/s, throughput vs dev "
-                f"{report.throughput_vs_dev[mode]:.2f}, single-request p50 vs dev "
-                f"{report.p50_vs_dev[mode]:.2f}"
-                for mode in MODES
-            ),
-        ]
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.security", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
@@ -140,26 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / f"{mode}-{rnd}"
                 workdir.mkdir()
                 runs.append(run_mode(mode, rnd, requests, plan, workdir))
-    best = {m: max(r.docs_per_s for r in runs if r.mode == m) for m in MODES}
-    p50 = {m: min(r.p50_ms for r in runs if r.mode == m) for m in MODES}
-    report = Report(
-        benchmark="security",
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-        argv=sys.argv,
-        quick=args.quick,
-        plan=asdict(plan),
-        machine=machine_info(),
-        runs=runs,
-        best_docs_per_s=best,
-        throughput_vs_dev={m: best[m] / best["dev"] for m in MODES},
-        p50_vs_dev={m: p50[m] / p50["dev"] for m in MODES},
-        wall_s=time.monotonic() - began,
-    )
-    print(render(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(asdict(report), indent=2))
-    note(f"wrote {args.out}")
-    return 1 if any(r.errors for r in runs) else 0
+    report = ModesReport.of("security", runs, "dev", plan, {}, args.quick, began)
+    print(report.render("gateway security off vs on", spans=False))
+    return report.write(args.out)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,9 @@ class ModeRun:
 
 
 @dataclass
-class Report:
+class ModesReport:
+    """Runs of one stack in several modes, each compared with the ``baseline`` mode."""
+
     benchmark: str
     timestamp: str
     argv: list[str]
@@ -106,11 +108,88 @@ class Report:
     plan: dict[str, Any]
     env: dict[str, str]
     machine: dict[str, Any]
+    baseline: str
     runs: list[ModeRun]
     best_docs_per_s: dict[str, float]
-    throughput_vs_off: dict[str, float]
-    p50_vs_off: dict[str, float]
+    throughput_vs_baseline: dict[str, float]
+    p50_vs_baseline: dict[str, float]
     wall_s: float
+
+    @classmethod
+    def of(
+        cls,
+        benchmark: str,
+        runs: list[ModeRun],
+        baseline: str,
+        plan: Plan,
+        env: dict[str, str],
+        quick: bool,
+        began: float,
+    ) -> ModesReport:
+        modes = list(dict.fromkeys(r.mode for r in runs))
+        best = {m: max(r.docs_per_s for r in runs if r.mode == m) for m in modes}
+        p50 = {m: min(r.p50_ms for r in runs if r.mode == m) for m in modes}
+        return cls(
+            benchmark=benchmark,
+            timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+            argv=sys.argv,
+            quick=quick,
+            plan=asdict(plan),
+            env=env,
+            machine=machine_info(),
+            baseline=baseline,
+            runs=runs,
+            best_docs_per_s=best,
+            throughput_vs_baseline={m: best[m] / best[baseline] for m in modes},
+            p50_vs_baseline={m: p50[m] / p50[baseline] for m in modes},
+            wall_s=time.monotonic() - began,
+        )
+
+    def render(self, title: str, spans: bool) -> str:
+        rows = [
+            [
+                r.mode,
+                r.round,
+                r.docs_per_s,
+                r.clients,
+                r.p50_ms,
+                r.p99_ms,
+                *([r.spans_per_task] if spans else []),
+                *(r.cpu_ms_per_doc[k] for k in CPU_GROUPS),
+                format_errors(r.errors),
+            ]
+            for r in self.runs
+        ]
+        headers = [
+            "mode",
+            "round",
+            "docs/s",
+            "clients",
+            "p50 ms",
+            "p99 ms",
+            *(["spans/task"] if spans else []),
+            *CPU_GROUPS,
+            "errors",
+        ]
+        return "\n".join(
+            [
+                f"{title} (classification, Classify RPCs at saturation; CPU in ms/doc)",
+                table(headers, rows, digits=2),
+                *(
+                    f"  {mode}: best {best:.1f} docs/s, throughput vs {self.baseline} "
+                    f"{self.throughput_vs_baseline[mode]:.2f}, single-request p50 vs "
+                    f"{self.baseline} {self.p50_vs_baseline[mode]:.2f}"
+                    for mode, best in self.best_docs_per_s.items()
+                ),
+            ]
+        )
+
+    def write(self, out: Path) -> int:
+        """Write the JSON; the exit status (1 when any request failed)."""
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(asdict(self), indent=2))
+        note(f"wrote {out}")
+        return 1 if any(r.errors for r in self.runs) else 0
 
 
 CPU_GROUPS = ("gateway", "intake", "worker", "kafka", "redis", "client")
@@ -210,54 +289,6 @@ def run_mode(
             return asyncio.run(measure(stack, requests, plan, sink, mode, rnd))
 
 
-def render(report: Report) -> str:
-    rows = [
-        [
-            r.mode,
-            r.round,
-            r.docs_per_s,
-            r.clients,
-            r.p50_ms,
-            r.p99_ms,
-            r.spans_per_task,
-            *(r.cpu_ms_per_doc[k] for k in CPU_GROUPS),
-            format_errors(r.errors),
-        ]
-        for r in report.runs
-    ]
-    return "\n".join(
-        [
-            "tracing off vs on (classification, Classify RPCs at saturation; CPU in ms/doc)",
-            table(
-                [
-                    "mode",
-                    "round",
-                    "docs/s",
-                    "clients",
-                    "p50 ms",
-                    "p99 ms",
-                    "spans/task",
-                    "gateway",
-                    "intake",
-                    "worker",
-                    "kafka",
-                    "redis",
-                    "client",
-                    "errors",
-                ],
-                rows,
-                digits=2,
-            ),
-            *(
-                f"  {mode}: best {report.best_docs_per_s[mode]:.1f} docs/s, throughput vs off "
-                f"{report.throughput_vs_off[mode]:.2f}, single-request p50 vs off "
-                f"{report.p50_vs_off[mode]:.2f}"
-                for mode in MODES
-            ),
-        ]
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
@@ -276,27 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(1, plan.rounds + 1)
         for mode in MODES
     ]
-    best = {m: max(r.docs_per_s for r in runs if r.mode == m) for m in MODES}
-    p50 = {m: min(r.p50_ms for r in runs if r.mode == m) for m in MODES}
-    report = Report(
-        benchmark="tracing",
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-        argv=sys.argv,
-        quick=args.quick,
-        plan=asdict(plan),
-        env=env,
-        machine=machine_info(),
-        runs=runs,
-        best_docs_per_s=best,
-        throughput_vs_off={m: best[m] / best["off"] for m in MODES},
-        p50_vs_off={m: p50[m] / p50["off"] for m in MODES},
-        wall_s=time.monotonic() - began,
-    )
-    print(render(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(asdict(report), indent=2))
-    note(f"wrote {args.out}")
-    return 1 if any(r.errors for r in runs) else 0
+    report = ModesReport.of("tracing", runs, "off", plan, env, args.quick, began)
+    print(report.render("tracing off vs on", spans=True))
+    return report.write(args.out)
 
 
 if __name__ == "__main__":
