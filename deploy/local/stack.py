@@ -304,6 +304,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  Kafka   {stack.kafka.bootstrap if stack.kafka else '?'}")
         print(f"  Redis   {stack.redis.url if stack.redis else '?'}")
         print(f"  gateway {stack.gateway_target} (gRPC; health + reflection on)")
+        if stack.service_env.get("NLP_AUTH_MODE") == "dev":
+            print("  auth    DEVELOPMENT MODE: no API keys, no tenants, no quotas")
         for name, url in stack.metrics_urls.items():
             print(f"  metrics {url} ({name})")
         if args.state_file:
