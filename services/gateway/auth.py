@@ -230,12 +230,12 @@ if redis.call('ZCARD', KEYS[1]) + n > limit then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return math.max(1, math.ceil((tonumber(first[2] or now + 1) - now)))
 end
-local latest = now
 for i = 2, #ARGV, 2 do
   redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
-  latest = math.max(latest, tonumber(ARGV[i + 1]))
 end
-redis.call('EXPIREAT', KEYS[1], math.ceil(latest) + 60)
+-- Kept until the latest deadline of any task in it (not just of these).
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(last[2])) + 60)
 return -1
 """
 
