@@ -39,12 +39,17 @@ from shared.telemetry import housekeeping
 
 log = logging.getLogger(__name__)
 
+# Results up to this size ride along with their notification (``<id>\0<result>``), so a
+# waiting gateway need not read them back; larger ones are announced by id alone.
+NOTIFY_INLINE_MAX = 4096
+
 # For each task (8 keys, 6 arguments): set the result only if none exists, then drop
 # the state and in-flight entries (the kind's and its tenant's), count it in its batch
 # (if any: terminal status and dead-lettered counts, out of the running set) and append
 # it to the batch's results stream, and notify, atomically. Returns 1/0 per task.
-_FINISH_LUA = """
-local stored = {}
+_FINISH_LUA = f"""
+local INLINE_MAX = {NOTIFY_INLINE_MAX}
+local stored = {{}}
 for i = 0, #ARGV / 6 - 1 do
   local k, a = i * 8, i * 6
   if redis.call('SET', KEYS[k + 1], ARGV[a + 1], 'NX', 'EX', ARGV[a + 2]) then
@@ -59,7 +64,11 @@ for i = 0, #ARGV / 6 - 1 do
     redis.call('DEL', KEYS[k + 2])
     redis.call('ZREM', KEYS[k + 4], ARGV[a + 3])
     redis.call('ZREM', KEYS[k + 8], ARGV[a + 3])
-    redis.call('PUBLISH', KEYS[k + 3], ARGV[a + 3])
+    if #ARGV[a + 1] <= INLINE_MAX then
+      redis.call('PUBLISH', KEYS[k + 3], ARGV[a + 3] .. '\\0' .. ARGV[a + 1])
+    else
+      redis.call('PUBLISH', KEYS[k + 3], ARGV[a + 3])
+    end
     stored[i + 1] = 1
   else
     stored[i + 1] = 0
@@ -425,19 +434,24 @@ class AsyncResultStore:
         return _from_state(task_id, status, kind, attempt, tenant)
 
 
+# What a waiting request gets when woken: the result, when its notification carried it.
+Waiting = asyncio.Future[tasks_pb2.TaskResult | None]
+
+
 class ResultWaiter:
     """Waits for task results over one shared pub/sub subscription.
 
     The gateway subscribes once to the done channel; each waiting request
     registers a future for its task id, then reads the store. A notification
-    (or a reconnect, which may have lost some) only wakes waiters to read the
-    store again, so no result can be missed between subscribe and read.
+    (or a reconnect, which may have lost some) wakes waiters: with the result when
+    it came along (small results do), else to read the store again, so no result
+    can be missed between subscribe and read.
     """
 
     def __init__(self, client: aioredis.Redis, store: AsyncResultStore) -> None:
         self.client = client
         self.store = store
-        self._waiters: defaultdict[str, set[asyncio.Future[None]]] = defaultdict(set)
+        self._waiters: defaultdict[str, set[Waiting]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -451,17 +465,17 @@ class ResultWaiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def register(self, task_id: str) -> asyncio.Future[None]:
+    def register(self, task_id: str) -> Waiting:
         """A future set when ``task_id`` may have finished; pass it to :meth:`wait`.
 
         Registering before the task is published makes the first store read of
         :meth:`wait` unnecessary: no notification can be missed before then.
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: Waiting = asyncio.get_running_loop().create_future()
         self._waiters[task_id].add(future)
         return future
 
-    def unregister(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def unregister(self, task_id: str, future: Waiting) -> None:
         futures = self._waiters.get(task_id)
         if futures is not None:
             futures.discard(future)
@@ -472,7 +486,7 @@ class ResultWaiter:
         self,
         task_id: str,
         timeout: float,
-        registered: asyncio.Future[None] | None = None,
+        registered: Waiting | None = None,
     ) -> tasks_pb2.TaskResult | None:
         """Terminal result of ``task_id`` within ``timeout`` seconds, else the latest state.
 
@@ -495,10 +509,13 @@ class ResultWaiter:
                     async with asyncio.timeout_at(deadline):
                         await future
                 woken = future.done() and not future.cancelled()
+                carried = future.result() if woken else None
                 self.unregister(task_id, future)
                 future = None
+                if carried is not None:
+                    return carried
                 if woken:
-                    # Usually a notification: the result is stored, and one GET reads it.
+                    # A notification without the result (a large one): one GET reads it.
                     result = await self.store.result(task_id)
                     if result is not None:
                         return result
@@ -506,7 +523,7 @@ class ResultWaiter:
             if future is not None:
                 self.unregister(task_id, future)
 
-    def _wake(self, task_id: str | None) -> None:
+    def _wake(self, task_id: str | None, result: tasks_pb2.TaskResult | None = None) -> None:
         targets = (
             list(self._waiters.get(task_id, ()))
             if task_id is not None
@@ -514,7 +531,20 @@ class ResultWaiter:
         )
         for future in targets:
             if not future.done():
-                future.set_result(None)
+                future.set_result(result)
+
+    def _notified(self, data: bytes | str) -> None:
+        """A done-channel message: ``<id>`` or ``<id>\\0<serialized result>``."""
+        raw = data.encode() if isinstance(data, str) else data
+        task_id, sep, payload = raw.partition(b"\0")
+        if not sep:
+            self._wake(task_id.decode())
+            return
+        try:
+            result = tasks_pb2.TaskResult.FromString(payload)
+        except Exception:  # unreadable: let the waiter read the store instead
+            result = None
+        self._wake(task_id.decode(), result)
 
     async def _listen(self) -> None:
         channel = self.store.names.done_channel
@@ -533,8 +563,7 @@ class ResultWaiter:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+                        self._notified(message["data"])
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError) as exc:
