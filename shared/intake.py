@@ -24,6 +24,7 @@ from celery import Celery
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -53,7 +54,9 @@ from shared.telemetry import (
     ATTR_BUNDLE_SIZE,
     ATTR_KIND,
     ATTR_TASK_ID,
+    attached,
     carrier_of,
+    context_of,
     extract_headers,
     housekeeping,
     tracer,
@@ -277,17 +280,24 @@ class Intake:
         silent = self.store.silent_tasks(
             self.kind, self.settings.redeliver_after_s, queue_empty=self.queue_depth() == 0
         )
-        for data in silent:
+        for data, carrier in silent:
             envelope = decode_envelope(data)
             if expired(envelope):
                 self.finish(envelope, deadline_exceeded(envelope, "redelivery"))
                 continue
-            log.warning("re-sending a silent task", extra={"task_id": envelope.task_id})
             self.stats["redelivered"] += 1
             self.metrics.outcome("redelivered")
-            # The original trace context is not kept with the envelope: a re-sent task
-            # continues in a trace of its own.
-            self.hand_off([(envelope, trace.INVALID_SPAN)])
+            # The re-sent task continues its own trace (kept with its QUEUED state), even
+            # though the sweep runs outside any.
+            with attached(otel_context.Context()):
+                span = tracer.start_span(
+                    f"redeliver {self.names.task_topic(self.kind)}",
+                    context=context_of(carrier),
+                    attributes={ATTR_TASK_ID: envelope.task_id, ATTR_KIND: self.kind},
+                )
+                with trace.use_span(span, end_on_exit=True):
+                    log.warning("re-sending a silent task", extra={"task_id": envelope.task_id})
+                    self.hand_off([(envelope, span)])
 
     def hand_off(self, tasks: Sequence[Handed]) -> None:
         """Record the tasks as QUEUED (in flight), then publish them to Celery in bundles
@@ -298,7 +308,8 @@ class Intake:
         """
         if not tasks:
             return
-        self.store.mark_queued([envelope for envelope, _ in tasks])
+        carriers = [carrier_of(trace.set_span_in_context(span)) for _, span in tasks]
+        self.store.mark_queued([envelope for envelope, _ in tasks], carriers)
         handed_at = time.time()
         # Even bundles: 20 tasks with a limit of 16 go as 10 + 10, not 16 + 4.
         count = -(-len(tasks) // self.settings.handoff_max_tasks)
@@ -329,9 +340,7 @@ class Intake:
                     # traceparent: the worker's Celery run span continues this publish;
                     # nlp_trace: each task's own context.
                     headers: dict[str, Any] = carrier_of()
-                    headers[CELERY_HEADER_TRACE] = [
-                        carrier_of(trace.set_span_in_context(span)) for _, span in bundle
-                    ]
+                    headers[CELERY_HEADER_TRACE] = carriers[start : start + size]
                     self.celery.send_task(
                         Names.celery_task(self.kind),
                         kwargs={

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -183,15 +184,21 @@ class ResultStore:
         self._finish = client.register_script(_FINISH_LUA)
         self._start = client.register_script(_START_LUA)
 
-    def mark_queued(self, envelopes: Sequence[tasks_pb2.TaskEnvelope]) -> None:
-        """QUEUED state, the envelope (for redelivery) and the in-flight entry, for many
-        tasks in one round trip."""
+    def mark_queued(
+        self,
+        envelopes: Sequence[tasks_pb2.TaskEnvelope],
+        traces: Sequence[Mapping[str, str]] = (),
+    ) -> None:
+        """QUEUED state, the envelope and its trace context (for redelivery) and the
+        in-flight entry, for many tasks in one round trip."""
         now = time.time()
         pipe = self.client.pipeline(transaction=False)
-        for envelope in envelopes:
+        for i, envelope in enumerate(envelopes):
             key = self.names.state_key(envelope.task_id)
             fields = _state_fields(common_pb2.TASK_STATUS_QUEUED, envelope, 0)
             fields["envelope"] = envelope.SerializeToString()
+            if i < len(traces) and traces[i]:
+                fields["trace"] = json.dumps(dict(traces[i]))
             pipe.hset(key, mapping=fields)
             pipe.expire(key, self.ttl_s)
             pipe.zadd(self.names.inflight_key(kind_name(envelope.kind)), {envelope.task_id: now})
@@ -244,8 +251,9 @@ class ResultStore:
 
     def silent_tasks(
         self, kind: str, silent_for_s: float, queue_empty: bool, limit: int = 100
-    ) -> list[bytes]:
-        """Envelopes of in-flight tasks with no sign of life for ``silent_for_s`` seconds.
+    ) -> list[tuple[bytes, dict[str, str]]]:
+        """Envelopes (with their trace contexts) of in-flight tasks with no sign of life for
+        ``silent_for_s`` seconds.
 
         RUNNING tasks are kept alive by their worker's heartbeat, so silence means the
         worker died. A QUEUED task is silent while it waits in the Celery queue, so it
@@ -256,18 +264,18 @@ class ResultStore:
         key = self.names.inflight_key(kind)
         now = time.time()
         ids = self.client.zrangebyscore(key, "-inf", now - silent_for_s, start=0, num=limit)
-        envelopes: list[bytes] = []
+        envelopes: list[tuple[bytes, dict[str, str]]] = []
         for raw_id in ids:
             task_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             pipe = self.client.pipeline(transaction=False)
             pipe.exists(self.names.result_key(task_id))
-            pipe.hmget(self.names.state_key(task_id), ["status", "envelope"])
-            done, (status, envelope) = pipe.execute()
+            pipe.hmget(self.names.state_key(task_id), ["status", "envelope", "trace"])
+            done, (status, envelope, carrier) = pipe.execute()
             if done or envelope is None:
                 self.client.zrem(key, task_id)
             elif queue_empty or int(status) != common_pb2.TASK_STATUS_QUEUED:
                 self.client.zadd(key, {task_id: now}, xx=True)
-                envelopes.append(envelope)
+                envelopes.append((envelope, json.loads(carrier) if carrier else {}))
         return envelopes
 
 

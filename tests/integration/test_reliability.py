@@ -14,6 +14,7 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from deploy.local.otlp import OtlpSink
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
     classification_pb2,
@@ -263,9 +264,11 @@ def test_task_lost_by_the_celery_broker_is_sent_again(
     redis_client: redis.Redis,
     settings: ServiceSettings,
     paused_worker: Callable[[], None],
+    otlp: OtlpSink,
 ) -> None:
     """A message a dying worker popped from Redis but never recorded is gone from the
-    Celery queue; the intake's sweep must notice the silent task and send it again."""
+    Celery queue; the intake's sweep must notice the silent task and send it again, in
+    the task's own trace."""
     submitted = tasks.Submit(submit_classification("The striker scored twice."), timeout=10)
     queue = settings.names.celery_queue(KIND)
     deadline = time.monotonic() + 30
@@ -276,3 +279,15 @@ def test_task_lost_by_the_celery_broker_is_sent_again(
     paused_worker()
     result = wait_terminal(tasks, submitted.task_id, timeout=60)
     assert status_name(result.status) == "TASK_STATUS_SUCCEEDED"
+
+    def traced() -> set[str]:
+        submit = otlp.find("/nlp.v1.Tasks/Submit", nlp__task_id=submitted.task_id)
+        if not submit:
+            return set()
+        return {s.name for s in otlp.trace(submit[0].trace_id)}
+
+    # The re-sent task ran in the trace its Submit started.
+    assert otlp.wait_until(
+        lambda: {"redeliver nlp.tasks.classification", "run classification"} <= traced(),
+        timeout=30,
+    ), traced()

@@ -35,7 +35,7 @@ class FakeCelery:
 class FakeStore:
     queued: list[str] = field(default_factory=list)
 
-    def mark_queued(self, envelopes: Any) -> None:
+    def mark_queued(self, envelopes: Any, traces: Any = ()) -> None:
         self.queued += [e.task_id for e in envelopes]
 
 
