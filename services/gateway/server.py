@@ -107,8 +107,23 @@ _FOLLOW_BLOCK_MS = 1000
 _MAX_ITEM_ID_CHARS = 256
 
 
+# gRPC drops a status message whose header (percent-encoded) is over 2 KiB: the client
+# would see no message at all.
+_MAX_DETAILS_ENCODED = 1800
+
+
+def _fit(details: str) -> str:
+    """``details`` cut to what fits the status header, saying that it was cut."""
+    size = 0
+    for i, char in enumerate(details):
+        size += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode())
+        if size > _MAX_DETAILS_ENCODED:
+            return details[:i] + " ... (message truncated)"
+    return details
+
+
 async def _abort(context: Ctx, code: grpc.StatusCode, details: str) -> NoReturn:
-    await context.abort(code, details)
+    await context.abort(code, _fit(details))
     raise AssertionError("unreachable")  # context.abort always raises
 
 

@@ -123,6 +123,20 @@ def test_invalid_classify_is_invalid_argument(
     ), why
 
 
+def test_a_long_list_of_problems_still_reaches_the_client(
+    classifier: classification_pb2_grpc.ClassificationStub,
+) -> None:
+    # Many bad labels: every problem is listed, more than a status header holds.
+    labels = [classification_pb2.Label(name=f"{i}-" + "é" * 300) for i in range(100)]
+    request = classification_pb2.ClassifyRequest(text="x", labels=labels)
+    with pytest.raises(grpc.RpcError) as info:
+        classifier.Classify(request, timeout=10)
+    error: grpc.RpcError = info.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = str(error.details())
+    assert "label" in details and details.endswith("(message truncated)"), details[:200]
+
+
 def test_task_ids_are_checked(tasks: tasks_pb2_grpc.TasksStub) -> None:
     unknown = tasks_pb2.GetTaskRequest(task_id="0123456789abcdef0123456789abcdef")
     assert _code(lambda: tasks.Get(unknown, timeout=10)) == grpc.StatusCode.NOT_FOUND

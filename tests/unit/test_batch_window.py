@@ -77,3 +77,14 @@ def test_cursors_are_redis_stream_ids() -> None:
     assert not valid_cursor("18446744073709551616-0")
     assert not valid_cursor("99999999999999999999-0")
     assert not valid_cursor("1-") and not valid_cursor("-1") and not valid_cursor("a-1")
+
+
+def test_long_error_messages_are_cut_to_fit_the_status_header() -> None:
+    from services.gateway.server import _fit
+
+    assert _fit("short") == "short"
+    cut = _fit("x" * 5000)
+    assert cut.endswith("(message truncated)") and len(cut) < 1900
+    # Non-ASCII text is percent-encoded (3 bytes per byte): it is cut sooner.
+    cut = _fit("é" * 2000)
+    assert cut.endswith("(message truncated)") and len(cut.split(" ...")[0]) * 6 <= 1800
