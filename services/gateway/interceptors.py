@@ -54,3 +54,90 @@ class AroundInterceptor(grpc.aio.ServerInterceptor):
 
         wrap = "unary_stream" if handler.unary_stream is not None else "stream_stream"
         return cast(Handler, handler._replace(**{wrap: streaming}))
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError and friends: decided in the handler's task
+            return _Undecodable(exc)
+
+    return parse
+
+
+async def _refuse(context: Ctx, method: str) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {method} message"
+    )
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Request bytes that do not parse are INVALID_ARGUMENT: grpc.aio itself would answer
+    UNKNOWN and log an error as if a handler had failed. Innermost, so that
+    authentication comes first."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        found = await continuation(handler_call_details)
+        handler: Any = found
+        if handler is None or handler.request_deserializer is None:
+            return found
+        method = handler_call_details.method
+        parse = _tolerant(handler.request_deserializer)
+        if handler.unary_unary is not None:
+            inner: Any = handler.unary_unary
+
+            async def unary(request: Any, context: Ctx) -> Any:
+                if isinstance(request, _Undecodable):
+                    await _refuse(context, method)
+                return await inner(request, context)
+
+            return cast(Handler, handler._replace(request_deserializer=parse, unary_unary=unary))
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await _refuse(context, method)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return cast(
+                Handler, handler._replace(request_deserializer=parse, unary_stream=unary_stream)
+            )
+
+        async def checked(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Undecodable):
+                    await _refuse(context, method)
+                yield request
+
+        if handler.stream_unary is not None:
+            inner_su: Any = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: Ctx) -> Any:
+                return await inner_su(checked(requests, context), context)
+
+            return cast(
+                Handler, handler._replace(request_deserializer=parse, stream_unary=stream_unary)
+            )
+        inner_ss: Any = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: Ctx) -> AsyncIterator[Any]:
+            async for item in inner_ss(checked(requests, context), context):
+                yield item
+
+        return cast(
+            Handler, handler._replace(request_deserializer=parse, stream_stream=stream_stream)
+        )

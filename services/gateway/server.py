@@ -47,6 +47,7 @@ from services.gateway.auth import (
     abort_quota,
     caller,
 )
+from services.gateway.interceptors import DecodeGuard
 from services.gateway.metrics import GatewayMetrics, metrics_interceptor
 from services.gateway.settings import Settings
 from shared.engines import ModelCatalog
@@ -782,6 +783,7 @@ async def serve(
             "AUTHENTICATION DISABLED (NLP_AUTH_MODE=dev): every caller is trusted, tasks of "
             "all tenants are visible to all, no quotas. Never expose this gateway."
         )
+    interceptors.append(DecodeGuard())
     server = grpc.aio.server(options=options, interceptors=interceptors)
     classification_pb2_grpc.add_ClassificationServicer_to_server(
         ClassificationService(gateway), server

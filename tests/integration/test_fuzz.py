@@ -486,14 +486,8 @@ class Fuzzer:
             self.skipped += 1
             return
         self.calls += 1
-        parse_failure = code in (Code.INTERNAL, Code.UNKNOWN) and any(
-            word in details.lower() for word in ("pars", "deserializ", "decod")
-        )
-        # grpc's own answer to bytes that are no request (raw-bytes fuzz only).
-        ok = code in expect.codes or (serializer is None and parse_failure)
-        # grpc.aio answers undecodable bytes with UNKNOWN "Unexpected <DecodeError>": counted
-        # apart from UNKNOWN raised by a handler.
-        name = f"{code.name}(parse)" if parse_failure and code not in expect.codes else code.name
+        ok = code in expect.codes
+        name = code.name
         self.codes[name] += 1
         self.by_rpc[(rpc, name)] += 1
         assert ok, (
@@ -802,11 +796,12 @@ def _decodes(request_type: type[Message], payload: bytes) -> Message | None:
 @given(rpc=st.sampled_from(sorted(RPCS)), payload=raw_payloads(), md=metadata)
 def test_raw_bytes(fuzz: Fuzzer, rpc: str, payload: bytes, md: Metadata) -> None:
     request_type, style = RPCS[rpc]
-    # Bytes that do not parse must be refused by grpc (a parse failure, or over the size
-    # cap); others are a proper status, with a short deadline so that a payload that happens
-    # to be a valid synchronous request (waiting for a worker) costs little.
+    # Bytes that do not parse are INVALID_ARGUMENT (or RESOURCE_EXHAUSTED over the size cap);
+    # others are a proper status, with a short deadline so that a payload that happens to be
+    # a valid synchronous request (waiting for a worker) costs little.
     parses = _decodes(request_type, payload) is not None
-    expect = Expect(timeout=2.0) if parses else Expect(frozenset({Code.RESOURCE_EXHAUSTED}), 2.0)
+    refused = frozenset({Code.INVALID_ARGUMENT, Code.RESOURCE_EXHAUSTED})
+    expect = Expect(timeout=2.0) if parses else Expect(refused, 2.0)
     fuzz.call(rpc, payload, md, expect, None, style)
 
 
