@@ -217,6 +217,9 @@ def test_every_process_is_deployed_with_what_it_needs(overlay: str) -> None:
             for var in container.get("env", []):
                 if var["name"].startswith("NLP_"):
                     assert var["name"] in accepted, f"{where}: {var['name']} is not a setting"
+            # What no default can know in a cluster.
+            for required in ("NLP_KAFKA_BOOTSTRAP", "NLP_REDIS_URL", "OTEL_SERVICE_NAME"):
+                assert env.get(required), f"{where}: {required} is not set"
             _check_probes(where, container, _served_ports(module, env))
         assert pod["securityContext"].get("runAsNonRoot") is True, name
 
