@@ -73,7 +73,19 @@ def read_folder(path: Path) -> Iterator[Doc]:
 
 
 def read_input(path: Path) -> Iterator[Doc]:
-    return read_folder(path) if path.is_dir() else read_jsonl(path)
+    return unique(read_folder(path) if path.is_dir() else read_jsonl(path))
+
+
+def unique(docs: Iterator[Doc]) -> Iterator[Doc]:
+    """A document whose id came before is a problem, not a second result under that id:
+    ids name the results and what a resumed run skips."""
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.id in seen:
+            yield Doc(doc.id, problem=f"duplicate id {doc.id!r}: ids must be unique in the input")
+            continue
+        seen.add(doc.id)
+        yield doc
 
 
 def count_input(path: Path) -> int:

@@ -130,3 +130,13 @@ def test_ctrl_c_before_the_run_starts_exits_130_and_keeps_the_output(
     assert code == 130
     assert capsys.readouterr().err.strip() == "interrupted"
     assert output.read_text() == done
+
+
+def test_a_repeated_id_is_a_problem_not_a_second_result(tmp_path: Path) -> None:
+    source = tmp_path / "docs.jsonl"
+    lines = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}, {"id": "a", "text": "three"}]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    docs = list(bulk.read_input(source))
+    assert [(d.id, d.text) for d in docs if not d.problem] == [("a", "one"), ("b", "two")]
+    assert [d.id for d in docs if d.problem] == ["a"]
+    assert "duplicate id" in docs[2].problem
