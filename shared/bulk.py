@@ -154,6 +154,8 @@ class Summary:
     rejected: int = 0
     dead_lettered: int = 0
     interrupted: bool = False
+    # Why the run stopped early (the gateway failed); what finished is in the output.
+    error: str = ""
     elapsed_s: float = 0.0
     docs_per_s: float = 0.0
     statuses: dict[str, int] = field(default_factory=dict)
@@ -170,7 +172,9 @@ class Summary:
             f"batch {self.batch_id or '-'}: {self.succeeded} done, {self.failed} failed, "
             f"{self.rejected} rejected, {self.dead_lettered} dead-lettered, "
             f"{self.skipped} skipped (already in the output); {self.elapsed_s:.1f} s, "
-            f"{self.docs_per_s:.1f} docs/s" + (" — interrupted" if self.interrupted else "")
+            f"{self.docs_per_s:.1f} docs/s"
+            + (" — interrupted" if self.interrupted else "")
+            + (f" — stopped: {self.error}" if self.error else "")
         )
 
 
@@ -297,6 +301,13 @@ class BatchRun:
         except BaseException as exc:  # surfaced by run() in the main thread
             self._error = exc
 
+    def _halt(self, collector: threading.Thread) -> None:
+        self._stop.set()
+        self._batch_known.set()
+        for call in self._calls:
+            call.cancel()
+        collector.join(5)
+
     def run(self, docs: Iterator[Doc]) -> Summary:
         """Submit every document and write every result; returns the counts."""
         started = time.monotonic()
@@ -321,11 +332,13 @@ class BatchRun:
                 raise self._error
         except KeyboardInterrupt:
             self.summary.interrupted = True
-            self._stop.set()
-            self._batch_known.set()
-            for call in self._calls:
-                call.cancel()
-            collector.join(5)
+            self._halt(collector)
+        except grpc.RpcError as exc:
+            # The gateway failed: stop, and say what finished (a re-run resumes).
+            code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            self.summary.error = f"{code}: {details}"
+            self._halt(collector)
         finally:
             self.summary.elapsed_s = time.monotonic() - started
             self.summary.docs_per_s = self.summary.finished / max(self.summary.elapsed_s, 1e-9)

@@ -375,6 +375,13 @@ def _batch_run(channel: grpc.Channel, args: argparse.Namespace) -> int:
         print(json.dumps(summary.as_dict()))
     if summary.interrupted:
         return 130
+    if summary.error:
+        print(
+            f"error: {summary.error}; {args.output} holds every result that finished: "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 1
     return 0 if summary.failed + summary.rejected == 0 else 1
 
 

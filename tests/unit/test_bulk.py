@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from nlp.v1 import classification_pb2, common_pb2, tasks_pb2
@@ -140,3 +144,65 @@ def test_a_repeated_id_is_a_problem_not_a_second_result(tmp_path: Path) -> None:
     assert [(d.id, d.text) for d in docs if not d.problem] == [("a", "one"), ("b", "two")]
     assert [d.id for d in docs if d.problem] == ["a"]
     assert "duplicate id" in docs[2].problem
+
+
+class _Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the gateway went away"
+
+
+class _Stream:
+    """A response stream that ends in an error after its responses (once ``before`` is
+    set, when given)."""
+
+    def __init__(
+        self, responses: list[Any], before: threading.Event | None = None, after: Any = None
+    ) -> None:
+        self.responses, self.before, self.after = responses, before, after
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.responses
+        if self.after is not None:
+            self.after.set()
+        if self.before is not None:
+            self.before.wait(5)
+        raise _Unavailable()
+
+    def cancel(self) -> None:
+        pass
+
+
+class _FailingGateway:
+    """Acknowledges the first message's items, streams one result, then fails."""
+
+    def __init__(self) -> None:
+        self.result_written = threading.Event()
+
+    def SubmitBatch(self, messages: Iterator[tasks_pb2.SubmitBatchRequest]) -> _Stream:  # noqa: N802
+        first = next(messages)
+        response = tasks_pb2.SubmitBatchResponse(batch_id="b1")
+        for i, item in enumerate(first.items):
+            response.acks.add(item_id=item.item_id, index=i, task_id=f"{i:032x}")
+        return _Stream([response], before=self.result_written)
+
+    def StreamBatchResults(self, request: Any) -> _Stream:  # noqa: N802
+        result = tasks_pb2.TaskResult(task_id=f"{0:032x}", status=common_pb2.TASK_STATUS_SUCCEEDED)
+        result.correlation_id = "d0"
+        item = tasks_pb2.BatchResult(cursor="1-0", result=result)
+        return _Stream([item], after=self.result_written)
+
+
+def test_a_failing_gateway_stops_the_run_with_a_summary(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    with output.open("a") as out:
+        stub: Any = _FailingGateway()
+        run = bulk.BatchRun(stub, lambda text: tasks_pb2.SubmitRequest(), out, chunk=2)
+        summary = run.run(iter([bulk.Doc(f"d{i}", "text") for i in range(4)]))
+    assert summary.error == "UNAVAILABLE: the gateway went away"
+    assert "stopped: UNAVAILABLE" in summary.text()
+    assert summary.batch_id == "b1"
+    # What finished before the failure is written (a re-run resumes after it).
+    assert bulk.scan_output(output) == {"d0"}
