@@ -27,6 +27,7 @@ from shared.telemetry import (
     ATTR_TOKENS_IN,
     ATTR_TOKENS_OUT,
     counting_tokens,
+    links_to,
     tracer,
 )
 
@@ -140,16 +141,15 @@ class MicroBatcher(Generic[Req, Resp]):
     def _run(self, items: list[_Item[Req, Resp]]) -> None:
         requests = [item.request for item in items]
         began = time.monotonic()
-        parent = next((i.span for i in items if i.span.get_span_context().is_valid), None)
+        links = links_to([i.span for i in items])
         with (
             tracer.start_as_current_span(
                 f"inference {self.name}",
-                context=trace.set_span_in_context(parent) if parent is not None else None,
-                links=[
-                    trace.Link(i.span.get_span_context())
-                    for i in items
-                    if i.span.get_span_context().is_valid
-                ],
+                # A child of its first task, linked to all of them.
+                context=trace.set_span_in_context(trace.NonRecordingSpan(links[0].context))
+                if links
+                else None,
+                links=links,
                 attributes={**self.span_attributes, ATTR_BATCH_SIZE: len(items)},
                 record_exception=False,
                 set_status_on_exception=False,

@@ -39,6 +39,7 @@ def make_celery(kind: str, settings: WorkerSettings) -> Celery:
         },
         enable_utc=True,
     )
-    if settings.redis_ssl():
-        app.conf.broker_use_ssl = settings.redis_ssl()
+    ssl_options = settings.redis_ssl()
+    if ssl_options:
+        app.conf.broker_use_ssl = ssl_options
     return app

@@ -147,13 +147,6 @@ def tracing_enabled() -> bool:
     return _provider() is not None
 
 
-def shutdown_tracing() -> None:
-    """Export what is buffered and stop (idempotent; also registered at exit by the SDK)."""
-    provider = _provider()
-    if provider is not None:
-        provider.shutdown()
-
-
 def instrument_redis(client: Any) -> None:
     """Trace the commands of one of our Redis clients (sync or asyncio).
 
@@ -264,11 +257,6 @@ def carrier_of(ctx: Context | None = None) -> dict[str, str]:
 def context_of(carrier: Mapping[str, str] | None) -> Context:
     """The context of a mapping made by :func:`carrier_of` (empty when there is none)."""
     return propagate.extract(dict(carrier or {}))
-
-
-def span_context(span: trace.Span) -> Context:
-    """A context whose current span is ``span`` (to start children or inject)."""
-    return trace.set_span_in_context(span)
 
 
 def links_to(spans: Sequence[trace.Span]) -> list[trace.Link]:

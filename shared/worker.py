@@ -63,6 +63,7 @@ from shared.telemetry import (
     attached,
     context_of,
     housekeeping,
+    links_to,
     tracer,
 )
 
@@ -236,12 +237,7 @@ class WorkerRuntime:
         late: list[tuple[tasks_pb2.TaskEnvelope, tasks_pb2.TaskResult]] = []
         contexts: dict[str, Mapping[str, str]] = {}
         spans: dict[str, trace.Span] = {}
-        message_span = trace.get_current_span()
-        message_link = (
-            [trace.Link(message_span.get_span_context())]
-            if message_span.get_span_context().is_valid
-            else []
-        )
+        message_link = links_to([trace.get_current_span()])
         for i, raw in enumerate(envelopes_b64):
             try:
                 envelope = decode_b64(raw)

@@ -46,6 +46,7 @@ from services.gateway.auth import (
     Quotas,
     abort_quota,
     caller,
+    development_interceptor,
 )
 from services.gateway.interceptors import DecodeGuard
 from services.gateway.metrics import GatewayMetrics, metrics_interceptor
@@ -71,6 +72,7 @@ from shared.telemetry import (
     ATTR_TASK_ID,
     housekeeping,
     inject_headers,
+    links_to,
     tracer,
 )
 
@@ -250,12 +252,7 @@ class Gateway:
         """
         if not envelopes:
             return []
-        current = trace.get_current_span()
-        links = (
-            [trace.Link(current.get_span_context())]
-            if own_traces and current.get_span_context().is_valid
-            else None
-        )
+        links = links_to([trace.get_current_span()]) if own_traces else None
         messages = []
         spans = []
         for envelope in envelopes:
@@ -779,6 +776,7 @@ async def serve(
         )
         interceptors.append(authenticator.interceptor())
     else:
+        interceptors.append(development_interceptor())
         log.warning(
             "AUTHENTICATION DISABLED (NLP_AUTH_MODE=dev): every caller is trusted, tasks of "
             "all tenants are visible to all, no quotas. Never expose this gateway."
