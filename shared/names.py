@@ -140,6 +140,10 @@ class Names:
         """Token bucket of a tenant's request rate (shared by every gateway replica)."""
         return self._redis(f"nlp:tenant:{tenant}:rate")
 
+    def token_stream_key(self, task_id: str) -> str:
+        """Redis Stream of a generation task's token deltas (then one end entry)."""
+        return self._redis(f"nlp:tokens:{task_id}")
+
     @property
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""

@@ -29,7 +29,7 @@ from opentelemetry import trace
 from nlp.v1 import common_pb2, tasks_pb2
 from nlp.v1.common_pb2 import ModelInfo
 from shared.batching import Batched, BatchRun, MicroBatcher
-from shared.engines import EngineFactory, ModelRegistry
+from shared.engines import EngineFactory, Job, ModelRegistry, StreamingEngine, TaskAborted
 from shared.envelope import (
     AnyRequest,
     deadline_exceeded,
@@ -96,6 +96,15 @@ class WorkerRuntime:
 
     def __post_init__(self) -> None:
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        self.streaming = {
+            name: engine
+            for name, engine in self.registry.engines.items()
+            if isinstance(engine, StreamingEngine)
+        }
+        for engine in self.streaming.values():
+            engine.bind(self.metrics)
+        if self.streaming:
+            threading.Thread(target=self._watch_cancels, name="cancels", daemon=True).start()
         self.batchers = {
             name: MicroBatcher(
                 engine.run_batch,
@@ -111,6 +120,7 @@ class WorkerRuntime:
                 },
             )
             for name, engine in self.registry.engines.items()
+            if not isinstance(engine, StreamingEngine)
         }
 
     def _batch_counter(self, model: str) -> Callable[[BatchRun], None]:
@@ -130,6 +140,38 @@ class WorkerRuntime:
             except Exception as exc:  # Redis away: the next beat tries again
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
 
+    def _watch_cancels(self) -> None:
+        """Abort running streamed tasks that got a terminal result elsewhere (a cancel).
+
+        Every terminal result is announced on the done channel; the ids of tasks still
+        running here can only be ones that someone else finished: Tasks.Cancel, or a
+        gateway whose client went away.
+        """
+        cancelled = TaskAborted(
+            common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, "cancelled while generating"
+        )
+        while not self._stop.is_set():
+            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                with housekeeping():
+                    pubsub.subscribe(self.settings.names.done_channel)
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(timeout=1.0)
+                        if message is None or message.get("type") != "message":
+                            continue
+                        task_id = bytes(message["data"]).partition(b"\0")[0].decode()
+                        with self._active_lock:
+                            if task_id not in self._active:
+                                continue
+                        for engine in self.streaming.values():
+                            if engine.abort(task_id, cancelled):
+                                log.info("aborting cancelled task", extra={"task_id": task_id})
+            except Exception as exc:  # Redis away: subscribe again
+                log.warning("cancel subscription lost", extra={"error": repr(exc)})
+                self._stop.wait(1.0)
+            finally:
+                pubsub.close()
+
     @property
     def producer(self) -> KafkaProducer:
         # Built on first use: most workers never dead-letter or publish.
@@ -142,6 +184,8 @@ class WorkerRuntime:
         self._stop.set()
         for batcher in self.batchers.values():
             batcher.close()
+        for engine in self.streaming.values():
+            engine.close()
         if self._producer is not None:
             self._producer.close(timeout=10)
         log.info("worker runtime closed", extra={"batch_sizes": dict(self.batch_sizes)})
@@ -296,7 +340,12 @@ class WorkerRuntime:
             span.set_attributes(
                 {ATTR_MODEL_NAME: model_name, ATTR_MODEL_VERSION: engine.info.version}
             )
-            running[self.batchers[model_name].submit(request, span)] = (envelope, engine.info)
+            if isinstance(engine, StreamingEngine):
+                job = Job(envelope.task_id, attempt, seconds(envelope.deadline), span)
+                future = engine.start(request, job)
+            else:
+                future = self.batchers[model_name].submit(request, span)
+            running[future] = (envelope, engine.info)
         self._finish(rejected, handed_at, started, outcome, spans)
         failed: list[tuple[tasks_pb2.TaskEnvelope, Exception]] = []
         pending: set[Future[Batched[Message]]] = set(running)
@@ -307,50 +356,69 @@ class WorkerRuntime:
                 envelope, info = running[future]
                 span = spans.get(envelope.task_id, trace.INVALID_SPAN)
                 error = future.exception()
-                if error is None:
-                    batched = future.result()
-                    result = tasks_pb2.TaskResult(
-                        task_id=envelope.task_id,
-                        kind=envelope.kind,
-                        status=common_pb2.TASK_STATUS_SUCCEEDED,
-                        model=info,
-                        correlation_id=envelope.reply.correlation_id,
-                        batch_size=batched.batch_size,
-                        batch_id=envelope.batch_id,
-                        tenant=envelope.tenant,
-                    )
-                    result.timings.batched_ms = batched.batched_s * 1000
-                    result.timings.inference_ms = batched.inference_s * 1000
-                    span.set_attribute(ATTR_BATCH_SIZE, batched.batch_size)
-                    getattr(result, self.kind).CopyFrom(batched.output)
-                elif isinstance(error, InvalidRequestError):  # the engine refused this input
-                    result = error_result(
-                        envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(error)
-                    )
-                elif isinstance(error, Exception) and retry_left:
+                if isinstance(error, Exception) and retry_left and not _final(error):
                     span.record_exception(error)
                     span.set_status(trace.StatusCode.ERROR, f"retrying: {type(error).__name__}")
                     failed.append((envelope, error))
                     continue
-                else:
-                    with attached(trace.set_span_in_context(span)):
-                        log.error(
-                            "task failed after retries",
-                            extra={"task_id": envelope.task_id, "error": repr(error)},
-                        )
-                        result = error_result(
-                            envelope,
-                            common_pb2.TASK_STATUS_FAILED,
-                            Code.INTERNAL,
-                            f"failed after {attempt} attempts: {type(error).__name__}: {error}",
-                            retryable=True,
-                        )
-                        self._dead_letter_envelope(envelope, result.error.message)
-                    result.dead_lettered = True
+                result = self._result(envelope, info, future, attempt, span)
                 result.attempt = attempt
                 finished.append((envelope, result))
             self._finish(finished, handed_at, started, outcome, spans)
         return failed
+
+    def _result(
+        self,
+        envelope: tasks_pb2.TaskEnvelope,
+        info: ModelInfo,
+        future: Future[Batched[Message]],
+        attempt: int,
+        span: trace.Span,
+    ) -> tasks_pb2.TaskResult:
+        """The terminal result of a task whose run ended (and is not retried)."""
+        error = future.exception()
+        if error is None:
+            batched = future.result()
+            result = tasks_pb2.TaskResult(
+                task_id=envelope.task_id,
+                kind=envelope.kind,
+                status=common_pb2.TASK_STATUS_SUCCEEDED,
+                model=info,
+                correlation_id=envelope.reply.correlation_id,
+                batch_size=batched.batch_size,
+                batch_id=envelope.batch_id,
+                tenant=envelope.tenant,
+            )
+            result.timings.batched_ms = batched.batched_s * 1000
+            result.timings.inference_ms = batched.inference_s * 1000
+            span.set_attribute(ATTR_BATCH_SIZE, batched.batch_size)
+            getattr(result, self.kind).CopyFrom(batched.output)
+            return result
+        if isinstance(error, TaskAborted):  # cancelled or past its deadline
+            result = error_result(envelope, error.status, error.code, error.message)
+            result.model.CopyFrom(info)
+            if error.output is not None:
+                getattr(result, self.kind).CopyFrom(error.output)
+            return result
+        if isinstance(error, InvalidRequestError):  # the engine refused this input
+            return error_result(
+                envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(error)
+            )
+        with attached(trace.set_span_in_context(span)):
+            log.error(
+                "task failed after retries",
+                extra={"task_id": envelope.task_id, "error": repr(error)},
+            )
+            result = error_result(
+                envelope,
+                common_pb2.TASK_STATUS_FAILED,
+                Code.INTERNAL,
+                f"failed after {attempt} attempts: {type(error).__name__}: {error}",
+                retryable=True,
+            )
+            self._dead_letter_envelope(envelope, result.error.message)
+        result.dead_lettered = True
+        return result
 
     def _finish(
         self,
@@ -432,6 +500,11 @@ class WorkerRuntime:
                 reason, "worker", self.settings.names.celery_queue(self.kind), -1, -1
             ),
         ).get(timeout=30)
+
+
+def _final(error: BaseException) -> bool:
+    """Outcomes that a retry would not change."""
+    return isinstance(error, (TaskAborted, InvalidRequestError))
 
 
 def register_task(app: Celery, runtime: WorkerRuntime) -> Task[Any, Any]:

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
@@ -48,6 +49,7 @@ from services.gateway.auth import (
     caller,
     development_interceptor,
 )
+from services.gateway.generation import RelayEnded, relay_tokens
 from services.gateway.interceptors import DecodeGuard
 from services.gateway.metrics import GatewayMetrics, metrics_interceptor
 from services.gateway.settings import Settings
@@ -58,6 +60,7 @@ from shared.envelope import (
     error_result,
     make_envelope,
     new_task_id,
+    seconds,
     valid_batch_id,
     valid_task_id,
     validate_request,
@@ -65,7 +68,7 @@ from shared.envelope import (
 from shared.errors import Code, InvalidRequestError
 from shared.kafka import AsyncProducer, result_record, task_headers
 from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
-from shared.results import AsyncResultStore, ResultWaiter
+from shared.results import AsyncResultStore, ResultWaiter, Waiting
 from shared.telemetry import (
     ATTR_BATCH_ID,
     ATTR_KIND,
@@ -130,6 +133,22 @@ async def _abort(context: Ctx, code: grpc.StatusCode, details: str) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort always raises
 
 
+@dataclass(frozen=True)
+class SyncTask:
+    """A published task whose caller waits for it."""
+
+    envelope: tasks_pb2.TaskEnvelope
+    registered: Waiting
+    deadline: float  # time.monotonic()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    @property
+    def deadline_s(self) -> float:
+        return seconds(self.envelope.deadline) - seconds(self.envelope.created_at)
+
+
 class Gateway:
     """What every servicer shares: validation, publishing, waiting."""
 
@@ -147,6 +166,8 @@ class Gateway:
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
         self.waiter = ResultWaiter(client, self.store)
         self.catalog = ModelCatalog(client, settings.names)
+        self.client = client
+        self._abandoning: set[asyncio.Future[bool]] = set()
         # Kafka health as the last publish saw it (a probe per health check would cost a
         # metadata request every few seconds for what traffic already tells).
         self.kafka_ok = True
@@ -365,20 +386,25 @@ class Gateway:
         log.error("publish failed", extra={"task_id": envelope.task_id, "error": repr(exc)})
         await _abort(context, grpc.StatusCode.UNAVAILABLE, f"could not enqueue the task: {exc}")
 
-    async def run_sync(self, context: Ctx, kind: str, request: AnyRequest) -> Any:
-        """Publish a task, wait for it and return its typed output (or the matching error)."""
+    async def open_sync(
+        self, context: Ctx, kind: str, request: AnyRequest, default_deadline_s: float
+    ) -> SyncTask:
+        """Validate, admit and publish the task of a synchronous RPC, already waited for.
+
+        The gRPC deadline (or ``default_deadline_s``) becomes the envelope deadline.
+        Waiting starts before the publish, so the result cannot slip by unseen; no one
+        else knows this task id, so no PENDING state is needed for Get.
+        """
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline already passed")
         deadline_s = min(
-            remaining if remaining is not None else self.settings.sync_deadline_s,
+            remaining if remaining is not None else default_deadline_s,
             self.settings.max_deadline_s,
         )
         started = time.monotonic()
         envelope = await self.envelope(context, kind, request, deadline_s)
         trace.get_current_span().set_attributes({ATTR_TASK_ID: envelope.task_id, ATTR_KIND: kind})
-        # Waiting starts before the publish, so the result cannot slip by unseen; no one
-        # else knows this task id, so no PENDING state is needed for Get.
         await self.admit(context, envelope)
         registered = self.waiter.register(envelope.task_id)
         try:
@@ -387,19 +413,54 @@ class Gateway:
             self.waiter.unregister(envelope.task_id, registered)
             await self.quotas.release(caller(), [envelope.task_id])
             await self.publish_failed(context, envelope, exc)
-        with tracer.start_as_current_span(
-            "wait result", attributes={ATTR_TASK_ID: envelope.task_id}
+        return SyncTask(envelope, registered, started + deadline_s)
+
+    async def run_sync(self, context: Ctx, kind: str, request: AnyRequest) -> Any:
+        """Publish a task, wait for it and return its typed output (or the matching error).
+
+        A generation whose caller goes away (or whose deadline passes) is stopped, not
+        left running for no one.
+        """
+        task = await self.open_sync(context, kind, request, self.settings.sync_deadline_s)
+        envelope = task.envelope
+        with (
+            self.abandoned_on_exit(context, envelope, kind == "generation"),
+            tracer.start_as_current_span(
+                "wait result", attributes={ATTR_TASK_ID: envelope.task_id}
+            ),
         ):
-            result = await self.waiter.wait(
-                envelope.task_id, deadline_s - (time.monotonic() - started), registered
-            )
+            result = await self.waiter.wait(envelope.task_id, task.remaining(), task.registered)
         if result is None or result.status not in TERMINAL_STATUSES:
             await _abort(
                 context,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no result within {deadline_s:.1f}s (task {envelope.task_id})",
+                f"no result within {task.deadline_s:.1f}s (task {envelope.task_id})",
             )
         return await self.output(context, result)
+
+    @contextlib.contextmanager
+    def abandoned_on_exit(
+        self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, enabled: bool = True
+    ) -> Iterator[None]:
+        """When the block is cancelled (the client cancelled, or its deadline passed),
+        end the task CANCELLED or DEADLINE_EXCEEDED, which stops a running generation."""
+        try:
+            yield
+        except asyncio.CancelledError:
+            if enabled:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    status, code = common_pb2.TASK_STATUS_DEADLINE_EXCEEDED, Code.DEADLINE_EXCEEDED
+                    message = "the caller's deadline passed"
+                else:
+                    status, code = common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED
+                    message = "the caller cancelled the call"
+                result = error_result(envelope, status, code, message)
+                # Its own task: this one is being cancelled; the first result still wins.
+                stop = asyncio.ensure_future(self.store.finish(result))
+                self._abandoning.add(stop)
+                stop.add_done_callback(self._abandoning.discard)
+            raise
 
     async def output(self, context: Ctx, result: tasks_pb2.TaskResult) -> Any:
         if result.status == common_pb2.TASK_STATUS_SUCCEEDED:
@@ -477,6 +538,7 @@ class SummarizationService(summarization_pb2_grpc.SummarizationServicer):
 class GenerationService(generation_pb2_grpc.GenerationServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.settings = gateway.settings
 
     async def Generate(  # noqa: N802
         self, request: generation_pb2.GenerateRequest, context: Ctx
@@ -489,12 +551,58 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
     async def GenerateStream(  # noqa: N802
         self, request: generation_pb2.GenerateRequest, context: Ctx
     ) -> AsyncIterator[generation_pb2.GenerateChunk]:
-        await _abort(
-            context,
-            grpc.StatusCode.UNIMPLEMENTED,
-            "token streaming is not served yet; use Generate or Tasks.Submit",
+        task = await self.gateway.open_sync(
+            context, "generation", request, self.settings.stream_deadline_s
         )
-        yield generation_pb2.GenerateChunk()  # makes this an async generator
+        with self.gateway.abandoned_on_exit(context, task.envelope):
+            async for chunk in self._relay(context, task.envelope.task_id, task):
+                yield chunk
+
+    async def StreamTask(  # noqa: N802
+        self, request: generation_pb2.StreamTaskRequest, context: Ctx
+    ) -> AsyncIterator[generation_pb2.GenerateChunk]:
+        if not valid_task_id(request.task_id):
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "task_id is missing or malformed"
+            )
+        current = await self.gateway.store.get(request.task_id)
+        if current is None or not caller().sees(current.tenant):
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no task {request.task_id}")
+        if current.kind != common_pb2.KIND_GENERATION:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task {request.task_id} is a {kind_name(current.kind)} task; only "
+                "generation tasks stream tokens",
+            )
+        async for chunk in self._relay(context, request.task_id, None):
+            yield chunk
+
+    async def _relay(
+        self, context: Ctx, task_id: str, task: SyncTask | None
+    ) -> AsyncIterator[generation_pb2.GenerateChunk]:
+        """The task's chunks, then the status of how it ended when not normally."""
+        remaining = context.time_remaining()
+        if task is not None:
+            timeout = task.remaining()
+        else:  # follow the task for as long as the caller does
+            timeout = remaining if remaining is not None else self.settings.max_deadline_s
+        result = self.gateway.waiter.wait(
+            task_id, timeout, task.registered if task is not None else None
+        )
+        try:
+            async for chunk in relay_tokens(
+                self.gateway.client,
+                self.settings.names,
+                task_id,
+                result,
+                self.settings.stream_poll_ms,
+            ):
+                yield chunk
+        except RelayEnded as ended:
+            if ended.result is not None and ended.result.status in TERMINAL_STATUSES:
+                await self.gateway.output(context, ended.result)
+            await _abort(context, ended.code, f"{ended.message} (task {task_id})")
 
 
 class ModelsService(models_pb2_grpc.ModelsServicer):

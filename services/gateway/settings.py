@@ -17,6 +17,15 @@ class Settings(ServiceSettings):
     sync_deadline_s: float = Field(
         30.0, gt=0, description="deadline of a synchronous RPC whose caller set none"
     )
+    stream_deadline_s: float = Field(
+        600.0, gt=0, description="deadline of a GenerateStream call whose caller set none"
+    )
+    stream_poll_ms: int = Field(
+        250,
+        gt=0,
+        description="token streams: longest wait for new tokens before checking whether the "
+        "task ended otherwise (cancelled, failed)",
+    )
     task_deadline_s: float = Field(
         3600.0, gt=0, description="default start deadline of a submitted task"
     )

@@ -44,6 +44,11 @@ class GenerationStub:
                 request_serializer=nlp_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=nlp_dot_v1_dot_generation__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.StreamTask = channel.unary_stream(
+                '/nlp.v1.Generation/StreamTask',
+                request_serializer=nlp_dot_v1_dot_generation__pb2.StreamTaskRequest.SerializeToString,
+                response_deserializer=nlp_dot_v1_dot_generation__pb2.GenerateChunk.FromString,
+                _registered_method=True)
 
 
 class GenerationServicer:
@@ -56,7 +61,18 @@ class GenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tokens as the worker produces them (one chunk per engine step), then a last chunk
+        with the finish reason and token counts. Cancelling the call cancels the task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamTask(self, request, context):
+        """The token stream of a generation task submitted with Tasks.Submit, from its first
+        token however late the call comes; ends like GenerateStream. Cancelling this call
+        leaves the task running.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -72,6 +88,11 @@ def add_GenerationServicer_to_server(servicer, server):
             'GenerateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateStream,
                     request_deserializer=nlp_dot_v1_dot_generation__pb2.GenerateRequest.FromString,
+                    response_serializer=nlp_dot_v1_dot_generation__pb2.GenerateChunk.SerializeToString,
+            ),
+            'StreamTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamTask,
+                    request_deserializer=nlp_dot_v1_dot_generation__pb2.StreamTaskRequest.FromString,
                     response_serializer=nlp_dot_v1_dot_generation__pb2.GenerateChunk.SerializeToString,
             ),
     }
@@ -128,6 +149,33 @@ class Generation:
             target,
             '/nlp.v1.Generation/GenerateStream',
             nlp_dot_v1_dot_generation__pb2.GenerateRequest.SerializeToString,
+            nlp_dot_v1_dot_generation__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nlp.v1.Generation/StreamTask',
+            nlp_dot_v1_dot_generation__pb2.StreamTaskRequest.SerializeToString,
             nlp_dot_v1_dot_generation__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,

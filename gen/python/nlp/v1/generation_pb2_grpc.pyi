@@ -33,12 +33,28 @@ class GenerationStub:
     def __new__(cls, channel: _aio.Channel) -> GenerationAsyncStub: ...
     Generate: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
     GenerateStream: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateChunk]
+    """Tokens as the worker produces them (one chunk per engine step), then a last chunk
+    with the finish reason and token counts. Cancelling the call cancels the task.
+    """
+    StreamTask: _grpc.UnaryStreamMultiCallable[_generation_pb2.StreamTaskRequest, _generation_pb2.GenerateChunk]
+    """The token stream of a generation task submitted with Tasks.Submit, from its first
+    token however late the call comes; ends like GenerateStream. Cancelling this call
+    leaves the task running.
+    """
 
 @_typing.type_check_only
 class GenerationAsyncStub(GenerationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
     GenerateStream: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateChunk]  # type: ignore[assignment]
+    """Tokens as the worker produces them (one chunk per engine step), then a last chunk
+    with the finish reason and token counts. Cancelling the call cancels the task.
+    """
+    StreamTask: _aio.UnaryStreamMultiCallable[_generation_pb2.StreamTaskRequest, _generation_pb2.GenerateChunk]  # type: ignore[assignment]
+    """The token stream of a generation task submitted with Tasks.Submit, from its first
+    token however late the call comes; ends like GenerateStream. Cancelling this call
+    leaves the task running.
+    """
 
 class GenerationServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -53,6 +69,20 @@ class GenerationServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _generation_pb2.GenerateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateChunk], _abc.AsyncIterator[_generation_pb2.GenerateChunk]]: ...
+    ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateChunk], _abc.AsyncIterator[_generation_pb2.GenerateChunk]]:
+        """Tokens as the worker produces them (one chunk per engine step), then a last chunk
+        with the finish reason and token counts. Cancelling the call cancels the task.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamTask(
+        self,
+        request: _generation_pb2.StreamTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateChunk], _abc.AsyncIterator[_generation_pb2.GenerateChunk]]:
+        """The token stream of a generation task submitted with Tasks.Submit, from its first
+        token however late the call comes; ends like GenerateStream. Cancelling this call
+        leaves the task running.
+        """
 
 def add_GenerationServicer_to_server(servicer: GenerationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,115 @@
+"""Relaying a generation task's token stream (Redis) to a gRPC stream.
+
+Deltas are relayed as they arrive; the worker's end entry becomes the last chunk.
+The task's result is awaited alongside: a task that ends without an end entry
+(cancelled, failed, past its deadline, never started) ends the relay with its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+
+import grpc
+import redis.asyncio as aioredis
+
+from nlp.v1 import common_pb2, generation_pb2, tasks_pb2
+from shared.envelope import TERMINAL_STATUSES
+from shared.names import Names
+from shared.streams import Delta, End, TokenStreamReader
+
+
+class RelayEnded(Exception):  # noqa: N818 (an outcome)
+    """The stream ended without its last chunk: the status to answer with."""
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, result: tasks_pb2.TaskResult | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.result = result
+
+
+def _final(task_id: str, index: int, end: End) -> generation_pb2.GenerateChunk:
+    return generation_pb2.GenerateChunk(
+        task_id=task_id,
+        index=index,
+        finish_reason=end.finish_reason,  # type: ignore[arg-type]
+        prompt_tokens=end.prompt_tokens,
+        completion_tokens=end.completion_tokens,
+    )
+
+
+async def relay_tokens(
+    client: aioredis.Redis,
+    names: Names,
+    task_id: str,
+    result: Awaitable[tasks_pb2.TaskResult | None],
+    poll_ms: int,
+) -> AsyncIterator[generation_pb2.GenerateChunk]:
+    """Chunks of ``task_id`` from its first token; raises :class:`RelayEnded` when the
+    task ends otherwise. ``result`` resolves to the task's result (or its state when
+    waiting for it timed out)."""
+    reader = TokenStreamReader(client, names, task_id)
+    outcome = asyncio.ensure_future(result)
+    attempt: int | None = None
+    sent: list[str] = []
+    index = 0
+    try:
+        while True:
+            done = outcome.done()
+            entries = await reader.read(None if done else poll_ms)
+            for entry in entries:
+                if attempt is None or (entry.attempt != attempt and not sent):
+                    attempt = entry.attempt
+                if entry.attempt != attempt:
+                    # A retry (its first worker died) after text of the earlier attempt
+                    # went out: mixing them would garble the text; the result decides.
+                    continue
+                if isinstance(entry, Delta):
+                    sent.append(entry.text)
+                    yield generation_pb2.GenerateChunk(
+                        task_id=task_id, delta=entry.text, index=index
+                    )
+                    index += 1
+                else:
+                    yield _final(task_id, index, entry)
+                    return
+            if not done or entries:
+                continue
+            final = outcome.result()
+            if final is None or final.status not in TERMINAL_STATUSES:
+                raise RelayEnded(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "no result within the deadline", final
+                )
+            if final.status != common_pb2.TASK_STATUS_SUCCEEDED:
+                raise RelayEnded(grpc.StatusCode.UNKNOWN, final.error.message, final)
+            # Succeeded without an end entry of the attempt relayed: a retry produced the
+            # result, or the stream expired. Finish from the result when it continues
+            # what was sent.
+            text, so_far = final.generation.text, "".join(sent)
+            if not text.startswith(so_far):
+                raise RelayEnded(
+                    grpc.StatusCode.ABORTED,
+                    "the generation was restarted after a worker failure and its text "
+                    "changed; the complete result is available from Tasks.Get",
+                )
+            if len(text) > len(so_far):
+                yield generation_pb2.GenerateChunk(
+                    task_id=task_id, delta=text[len(so_far) :], index=index
+                )
+                index += 1
+            g = final.generation
+            yield _final(
+                task_id,
+                index,
+                End(0, index, g.finish_reason, g.prompt_tokens, g.completion_tokens),
+            )
+            return
+    finally:
+        if not outcome.done():
+            outcome.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await outcome

@@ -1,0 +1,1 @@
+"""Text generation worker (vLLM) and its intake."""

