@@ -19,6 +19,8 @@ from shared.envelope import TERMINAL_STATUSES
 from shared.names import Names
 from shared.streams import Delta, End, TokenStreamReader
 
+_RESULT_AFTER_END_S = 5.0
+
 
 class RelayEnded(Exception):  # noqa: N818 (an outcome)
     """The stream ended without its last chunk: the status to answer with."""
@@ -75,6 +77,10 @@ async def relay_tokens(
                     )
                     index += 1
                 else:
+                    # The worker stores the result right after the end entry: once the
+                    # stream ends, Tasks.Get says it finished.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(outcome), _RESULT_AFTER_END_S)
                     yield _final(task_id, index, entry)
                     return
             if not done or entries:

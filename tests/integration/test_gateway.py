@@ -153,15 +153,6 @@ def test_task_ids_are_checked(tasks: tasks_pb2_grpc.TasksStub) -> None:
     assert _code(lambda: tasks.Submit(bad_priority, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_kind_without_a_worker_waits_in_kafka(tasks: tasks_pb2_grpc.TasksStub) -> None:
-    request = tasks_pb2.SubmitRequest()
-    request.generation.prompt = "Write a haiku about queues."
-    submitted = tasks.Submit(request, timeout=30)
-    result = tasks.Get(tasks_pb2.GetTaskRequest(task_id=submitted.task_id), timeout=10)
-    assert status_name(result.status) == "TASK_STATUS_PENDING"
-    assert result.kind == common_pb2.KIND_GENERATION
-
-
 def test_health_and_reflection(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "nlp.v1.Classification", "nlp.v1.Tasks"):
