@@ -3,15 +3,20 @@
     nlp classify --labels sports,politics,technology "The striker scored twice."
     nlp ner "Barack Obama visited Paris in 2015 with Angela Merkel."
     nlp summarize --max-sentences 2 report.txt
+    nlp generate --max-tokens 64 --temperature 0.7 "Write a haiku about the sea."
+    nlp generate --system "Answer in one sentence." --stop END question.txt
     nlp models
-    nlp task submit classification|ner|summarization ...   (prints the task id)
+    nlp task submit classification|ner|summarization|generation ...   (prints the task id)
     nlp task get|wait|cancel TASK_ID
+    nlp task stream TASK_ID   (a generation task's text as it is written)
     nlp batch run --kind ner --input docs.jsonl --output results.jsonl
     nlp batch status|results BATCH_ID
     nlp health
 
 Text comes from the positional argument (a path to an existing file is read),
-``--file``, or standard input (``-`` or nothing). ``--json`` prints JSON;
+``--file``, or standard input (``-`` or nothing). ``nlp generate`` prints the text as
+it is written and a summary line on stderr; Ctrl-C cancels the generation. ``--json``
+prints JSON (``nlp generate``: the whole response at the end);
 ``--target`` (or ``NLP_TARGET``) picks the gateway. The API key comes from
 ``NLP_API_KEY`` or a file (``--api-key-file``, ``NLP_API_KEY_FILE``), never from the
 command line; TLS with ``NLP_TLS=1`` or a CA bundle (``--ca-file``, ``NLP_CA_FILE``),
@@ -38,6 +43,8 @@ from nlp.v1 import (
     classification_pb2,
     classification_pb2_grpc,
     common_pb2,
+    generation_pb2,
+    generation_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     ner_pb2,
@@ -157,6 +164,113 @@ def _summary_text(response: summarization_pb2.SummarizeResponse) -> str:
     return f"{response.summary}\n(model: {response.model.name})"
 
 
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    _add_text_args(p)
+    p.add_argument(
+        "--max-tokens", type=int, default=0, help="tokens to generate at most (0: server default)"
+    )
+    p.add_argument("--temperature", type=float, help="0 is greedy (default: the server's)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling: probability mass kept")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (-1: off)")
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    p.add_argument("--seed", type=int, help="seed of the sampler, for repeatable output")
+    p.add_argument("--system", help="system message (implies --chat)")
+    p.add_argument(
+        "--chat", action="store_true", help="send the text as a user message (chat template)"
+    )
+
+
+def generate_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest:
+    text = _read_text(args)
+    request = generation_pb2.GenerateRequest(model=args.model)
+    if args.chat or args.system is not None:
+        # An empty --system still means chat, just without a system message.
+        if args.system:
+            request.messages.messages.add(role="system", content=args.system)
+        request.messages.messages.add(role="user", content=text)
+    else:
+        request.prompt = text
+    sampling = request.sampling
+    sampling.max_tokens = args.max_tokens
+    sampling.stop.extend(args.stop)
+    # Only what was given: an unset field means the server's default, not zero.
+    if args.temperature is not None:
+        sampling.temperature = args.temperature
+    if args.top_p is not None:
+        sampling.top_p = args.top_p
+    if args.top_k is not None:
+        sampling.top_k = args.top_k
+    if args.seed is not None:
+        sampling.seed = args.seed
+    return request
+
+
+def _finish_line(end: generation_pb2.GenerateChunk | generation_pb2.GenerateResponse) -> str:
+    finish = generation_pb2.FinishReason.Name(end.finish_reason)
+    return (
+        f"[finish: {finish.removeprefix('FINISH_REASON_').lower()}, "
+        f"prompt {end.prompt_tokens} tokens, completion {end.completion_tokens} tokens, "
+        f"task {end.task_id}]"
+    )
+
+
+def _generation_text(response: generation_pb2.GenerateResponse) -> str:
+    return f"{response.text}\n{_finish_line(response)}"
+
+
+def print_generation(
+    chunks: Iterable[generation_pb2.GenerateChunk], as_json: bool = False
+) -> generation_pb2.GenerateChunk | None:
+    """Print a token stream as it arrives: the text on stdout and a summary line on
+    stderr, or (``as_json``) one JSON object per chunk. Returns the last chunk, None when
+    the stream ended without one."""
+    final: generation_pb2.GenerateChunk | None = None
+    wrote = False
+    try:
+        for chunk in chunks:
+            if as_json:
+                print(json.dumps(_as_dict(chunk), ensure_ascii=False), flush=True)
+            elif chunk.delta:
+                sys.stdout.write(chunk.delta)
+                sys.stdout.flush()
+                wrote = True
+            if chunk.finish_reason != generation_pb2.FINISH_REASON_UNSPECIFIED:
+                final = chunk
+    except BaseException:
+        # Interrupted or failed: end the partial line so the error message (or the
+        # shell prompt) starts its own.
+        if wrote:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        raise
+    if not as_json:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if final is not None:
+            print(_finish_line(final), file=sys.stderr)
+    return final
+
+
+def follow_generation(
+    call: Iterable[generation_pb2.GenerateChunk], as_json: bool, interrupted: str
+) -> int:
+    """Print a streaming call's chunks (see :func:`print_generation`); the exit status."""
+    try:
+        final = print_generation(call, as_json)
+    except KeyboardInterrupt:
+        # Cancelling tells the gateway now that nobody is reading. With tracing on, the
+        # call comes wrapped in a generator that cannot cancel; closing the channel on
+        # the way out ends it then.
+        if isinstance(call, grpc.Call):
+            call.cancel()
+        print(interrupted, file=sys.stderr)
+        return 130
+    if final is None:
+        print("error: the stream ended before its last chunk", file=sys.stderr)
+        return 1
+    return 0
+
+
 @dataclass(frozen=True)
 class KindCommand:
     """How the CLI handles one kind: its command, arguments, request and sync RPC."""
@@ -194,7 +308,18 @@ KINDS: dict[str, KindCommand] = {
         lambda ch, r, t: summarization_pb2_grpc.SummarizationStub(ch).Summarize(r, timeout=t),
         _summary_text,
     ),
+    "generation": KindCommand(
+        "generate",
+        "text generation (streamed as it is written)",
+        _generate_args,
+        generate_request,
+        lambda ch, r, t: generation_pb2_grpc.GenerationStub(ch).Generate(r, timeout=t),
+        _generation_text,
+    ),
 }
+# A batch document fills a request's text; generation takes a prompt and sampling
+# options that `batch run` has no arguments for.
+_BATCH_KINDS = sorted(kind for kind in KINDS if kind != "generation")
 _BY_COMMAND = {k.command: kind for kind, k in KINDS.items()}
 
 
@@ -268,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--deadline", type=float, default=0, help="seconds it may wait to start")
         p.add_argument("--publish", action="store_true", help="also publish to the results topic")
         p.add_argument("--correlation-id", default="")
-    for name in ("get", "wait", "cancel"):
+    for name in ("get", "wait", "cancel", "stream"):
         p = task.add_parser(name, parents=[common])
         p.add_argument("task_id")
         if name == "wait":
@@ -288,7 +413,7 @@ def _batch_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         description=bulk.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--kind", required=True, choices=sorted(KINDS))
+    run.add_argument("--kind", required=True, choices=_BATCH_KINDS)
     run.add_argument(
         "--input", required=True, type=Path, help='JSONL of {"id", "text"}, or a folder of .txt'
     )
@@ -421,7 +546,7 @@ class UsageError(Exception):
     """A command line that cannot work (exit status 2)."""
 
 
-def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> None:
+def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> int:
     tasks = tasks_pb2_grpc.TasksStub(channel)
     command, task_id, timeout = args.task_command, getattr(args, "task_id", ""), args.timeout
     if command == "submit":
@@ -440,9 +565,17 @@ def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> None:
     elif command == "wait":
         request_wait = tasks_pb2.WaitTaskRequest(task_id=task_id, timeout_ms=int(args.wait * 1000))
         _print(tasks.Wait(request_wait, timeout=args.wait + 10), args.json, _human_result)
+    elif command == "stream":
+        call = generation_pb2_grpc.GenerationStub(channel).StreamTask(
+            generation_pb2.StreamTaskRequest(task_id=task_id), timeout=timeout
+        )
+        # Cancelling StreamTask leaves the task running (unlike GenerateStream).
+        interrupted = f"interrupted; task {task_id} goes on (nlp task cancel {task_id})"
+        return follow_generation(call, args.json, interrupted)
     else:
         cancel = tasks_pb2.CancelTaskRequest(task_id=task_id)
         _print(tasks.Cancel(cancel, timeout=timeout), args.json, _cancel_text)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -452,6 +585,11 @@ def run(args: argparse.Namespace) -> int:
     if args.ca_file:
         settings = settings.model_copy(update={"ca_file": Path(args.ca_file)})
     with connect(settings, args.target) as channel:
+        if args.command == "generate" and not args.json:
+            call = generation_pb2_grpc.GenerationStub(channel).GenerateStream(
+                generate_request(args), timeout=args.timeout
+            )
+            return follow_generation(call, False, "interrupted; generation cancelled")
         if args.command in _BY_COMMAND:
             kind = KINDS[_BY_COMMAND[args.command]]
             response = kind.call(channel, kind.request(args), args.timeout)
@@ -468,7 +606,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "batch":
             return _batch_command(channel, args)
         else:
-            _task_command(channel, args)
+            return _task_command(channel, args)
     return 0
 
 
@@ -515,6 +653,14 @@ DEMOS: dict[str, list[str]] = {
         "Residents filled the hall and many spoke against the proposed fare increase. "
         "The plan adds three bus lines and extends the tram to the airport. "
         "The council will vote on the plan next month after a final public hearing.",
+    ],
+    "generation": [
+        "generate",
+        "--max-tokens",
+        "32",
+        "--temperature",
+        "0",
+        "Write one sentence about the sea.",
     ],
 }
 
