@@ -66,7 +66,7 @@ def encode(entry: Entry) -> dict[str, str | int]:
     }
 
 
-def decode(fields: Mapping[bytes | str, bytes | str]) -> Entry:
+def decode(fields: Mapping[Any, Any]) -> Entry:
     """The entry of a stream entry's fields; ValueError when they are not one."""
     f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
 
