@@ -324,3 +324,21 @@ def test_results_carry_the_task(tasks: tasks_pb2_grpc.TasksStub) -> None:
     assert result.model.name == DEFAULT_MODEL
     assert result.generation.completion_tokens == 4
     assert result.timings.ran_ms > 0 and result.timings.inference_ms > 0
+
+
+def test_cli_streams_and_prints_json(stack: object, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from shared.cli import main as cli_main
+
+    target = stack.gateway_target  # type: ignore[attr-defined]
+    argv = ["--target", target, "generate", "--max-tokens", "12", "--temperature", "0"]
+    assert cli_main([*argv, "The capital of France is"]) == 0
+    streamed = capsys.readouterr()
+    assert "[finish: length, prompt" in streamed.err and "completion 12 tokens" in streamed.err
+    assert cli_main([*argv, "--json", "The capital of France is"]) == 0
+    response = json.loads(capsys.readouterr().out)
+    assert response["completion_tokens"] == 12
+    assert streamed.out == response["text"] + "\n"
+    assert cli_main([*argv[:-2], "--temperature", "-1", "Hi"]) != 0
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
