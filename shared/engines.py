@@ -89,6 +89,10 @@ class StreamingEngine(Protocol):
         """Abort a running task (any thread); False when it is not running here."""
         ...
 
+    def alive(self) -> bool:
+        """False once the engine failed for good (the process should be restarted)."""
+        ...
+
     def close(self) -> None: ...
 
 

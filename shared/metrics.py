@@ -58,6 +58,8 @@ class Endpoints:
         self.ready = threading.Event()
         self.port: int | None = None
         self._metrics = make_wsgi_app(registry)
+        # /healthz fails when this says so (an engine that died cannot recover in-process).
+        self.alive: Callable[[], bool] = lambda: True
 
     def mark_ready(self) -> None:
         """From now on ``/readyz`` answers 200 (models loaded, consuming or serving)."""
@@ -66,7 +68,9 @@ class Endpoints:
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/healthz":
-            return _plain(start_response, "200 OK", b"ok\n")
+            if self.alive():
+                return _plain(start_response, "200 OK", b"ok\n")
+            return _plain(start_response, "503 Service Unavailable", b"engine failed\n")
         if path == "/readyz":
             if self.ready.is_set():
                 return _plain(start_response, "200 OK", b"ready\n")

@@ -172,6 +172,10 @@ class WorkerRuntime:
             finally:
                 pubsub.close()
 
+    def alive(self) -> bool:
+        """Every streaming engine still works (liveness: a dead engine needs a restart)."""
+        return all(engine.alive() for engine in self.streaming.values())
+
     @property
     def producer(self) -> KafkaProducer:
         # Built on first use: most workers never dead-letter or publish.
@@ -571,6 +575,7 @@ def serve_worker(
     app.set_current()
     register_task(app, runtime)
     endpoints = serve_endpoints(settings, metrics.registry)
+    endpoints.alive = runtime.alive
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:

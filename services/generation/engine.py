@@ -266,6 +266,9 @@ class VllmGenerator:
         self.loop.call_soon_threadsafe(self._abort, task_id, reason)
         return True
 
+    def alive(self) -> bool:
+        return not self.llm.errored
+
     def _abort(self, task_id: str, reason: TaskAborted) -> None:
         self._aborts.setdefault(task_id, reason)
         task = self._running.get(task_id)

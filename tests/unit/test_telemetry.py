@@ -185,3 +185,13 @@ def test_readiness_follows_the_process_and_liveness_does_not() -> None:
     endpoints.mark_ready()
     assert _get(endpoints, "/readyz")[0].startswith("200")
     assert _get(endpoints, "/nope")[0].startswith("404")
+
+
+def test_liveness_fails_once_an_engine_is_dead() -> None:
+    endpoints = Endpoints(WorkerMetrics("generation").registry)
+    engine_ok = [True]
+    endpoints.alive = lambda: engine_ok[0]
+    assert _get(endpoints, "/healthz")[0].startswith("200")
+    engine_ok[0] = False
+    status, body = _get(endpoints, "/healthz")
+    assert status.startswith("503") and b"engine" in body
