@@ -3,15 +3,18 @@ result store and the engine (the real ones are exercised by the integration test
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from celery.exceptions import Retry
 
-from nlp.v1 import classification_pb2, common_pb2, tasks_pb2
-from shared.engines import ModelRegistry
+from nlp.v1 import classification_pb2, common_pb2, generation_pb2, tasks_pb2
+from shared.batching import Batched
+from shared.engines import Job, ModelRegistry, TaskAborted
 from shared.envelope import decode_b64, encode_b64, make_envelope
 from shared.errors import Code, InvalidRequestError
 from shared.metrics import WorkerMetrics
@@ -135,3 +138,97 @@ def test_after_the_last_retry_a_failing_task_fails() -> None:
     outcome = rt.execute(FakeTask(), [encode_b64(envelope)], 0.0)  # type: ignore[arg-type]
     assert outcome == {"FAILED": 1}
     assert "engine fault" in store.results[envelope.task_id].error.message
+
+
+class FakeStreamer:
+    """A continuously batching engine: "ok" finishes at once, "late" passes its deadline,
+    anything else runs until aborted."""
+
+    info = common_pb2.ModelInfo(name="gen", version="1")
+
+    def __init__(self) -> None:
+        self.running: dict[str, Future[Batched[Any]]] = {}
+        self.jobs: list[Job] = []
+
+    def bind(self, metrics: WorkerMetrics) -> None:
+        pass
+
+    def start(self, request: Any, job: Job) -> Future[Batched[Any]]:
+        self.jobs.append(job)
+        future: Future[Batched[Any]] = Future()
+        if request.prompt == "ok":
+            future.set_result(Batched(generation_pb2.GenerateResponse(text="done"), 3))
+        elif request.prompt == "late":
+            future.set_exception(
+                TaskAborted(
+                    common_pb2.TASK_STATUS_DEADLINE_EXCEEDED, Code.DEADLINE_EXCEEDED, "too late"
+                ).with_output(generation_pb2.GenerateResponse(text="par"))
+            )
+        else:
+            self.running[job.task_id] = future
+        return future
+
+    def abort(self, task_id: str, reason: TaskAborted) -> bool:
+        future = self.running.pop(task_id, None)
+        if future is None:
+            return False
+        future.set_exception(reason.with_output(generation_pb2.GenerateResponse(text="partial")))
+        return True
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class CancelChannel:
+    """The done channel as the worker's subscription sees it: announces ``task_id``."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+
+    def pubsub(self, **_: Any) -> CancelChannel:
+        return self
+
+    def subscribe(self, channel: str) -> None:
+        pass
+
+    def get_message(self, timeout: float) -> dict[str, Any]:
+        time.sleep(0.05)
+        return {"type": "message", "data": self.task_id.encode() + b"\0result"}
+
+    def close(self) -> None:
+        pass
+
+
+def test_streaming_engines_run_each_task_and_a_cancel_aborts_it() -> None:
+    requests = [generation_pb2.GenerateRequest(prompt=p) for p in ("ok", "runs", "late")]
+    ok, runs, late = (make_envelope("generation", r, deadline_s=60) for r in requests)
+    store = FakeStore()
+    store.client = CancelChannel(runs.task_id)  # type: ignore[attr-defined]
+    engine = FakeStreamer()
+    rt = WorkerRuntime(
+        kind="generation",
+        settings=WorkerSettings(),
+        store=store,  # type: ignore[arg-type]
+        registry=ModelRegistry("generation", {"gen": engine}, {"gen": "fake"}, "gen"),
+        producer_factory=lambda: pytest.fail("nothing should be produced"),
+        metrics=WorkerMetrics("generation"),
+    )
+    try:
+        bundled = [encode_b64(e) for e in (ok, runs, late)]
+        outcome = rt.execute(FakeTask(), bundled, 0.0)  # type: ignore[arg-type]
+    finally:
+        rt.close()
+    assert outcome == {"SUCCEEDED": 1, "CANCELLED": 1, "DEADLINE_EXCEEDED": 1}
+    assert store.results[ok.task_id].generation.text == "done"
+    assert store.results[ok.task_id].batch_size == 3
+    cancelled = store.results[runs.task_id]
+    assert cancelled.error.code == int(Code.CANCELLED)
+    assert cancelled.generation.text == "partial"  # what it wrote before the abort
+    assert cancelled.model.name == "gen"
+    assert store.results[late.task_id].generation.text == "par"
+    # Each job carries its task's deadline and attempt.
+    assert {j.task_id: j.attempt for j in engine.jobs} == {e.task_id: 1 for e in (ok, runs, late)}
+    assert all(abs(j.deadline - time.time() - 60) < 5 for j in engine.jobs)
