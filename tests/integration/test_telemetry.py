@@ -23,6 +23,7 @@ from deploy.local.stack import AVAILABLE_KINDS, LocalStack
 from nlp.v1 import (
     classification_pb2,
     common_pb2,
+    generation_pb2,
     ner_pb2,
     summarization_pb2,
     tasks_pb2,
@@ -38,6 +39,12 @@ REQUESTS: dict[str, tasks_pb2.SubmitRequest] = {
     "classification": submit_classification("The striker scored twice in the final."),
     "ner": tasks_pb2.SubmitRequest(
         ner=ner_pb2.NerRequest(text="Angela Merkel visited Paris in 2015.")
+    ),
+    "generation": tasks_pb2.SubmitRequest(
+        generation=generation_pb2.GenerateRequest(
+            prompt="Kafka keeps the log.",
+            sampling=generation_pb2.SamplingParams(max_tokens=4, temperature=0.0),
+        )
     ),
     "summarization": tasks_pb2.SubmitRequest(
         summarization=summarization_pb2.SummarizeRequest(

@@ -209,7 +209,11 @@ def test_every_process_is_deployed_with_what_it_needs(overlay: str) -> None:
             security = container.get("securityContext", {})
             assert security.get("readOnlyRootFilesystem") is True, where
             assert security.get("capabilities", {}).get("drop") == ["ALL"], where
-            assert str(container["image"]).split(":")[0].split("/")[-1] in dockerfile_targets()
+            image = str(container["image"]).rsplit("/", maxsplit=1)[-1]
+            target, tag = image.partition("@")[0].partition(":")[::2]
+            assert target in dockerfile_targets(), f"{where}: {image} is no Dockerfile target"
+            # No tag is :latest, which no kustomization `images:` entry reached.
+            assert tag or "@" in image, f"{where}: {container['image']} untagged"
             module = module_of(container.get("command") or container.get("args")) or modules[name]
             assert module_exists(module), f"{where}: no module {module}"
             env = _env(container, configs)

