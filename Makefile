@@ -11,7 +11,7 @@ RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
-        test test-unit test-integration run up down bench bench-bulk bench-tracing bench-security clean
+        test test-unit test-integration run up down bench bench-bulk bench-tracing bench-security bench-generation clean
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
@@ -82,6 +82,7 @@ bench: setup
 	@$(PY) -m bench.bulk
 	@$(PY) -m bench.tracing
 	@$(PY) -m bench.security
+	@$(PY) -m bench.generation
 
 bench-bulk: setup
 	@$(PY) -m bench.bulk
@@ -91,6 +92,10 @@ bench-tracing: setup
 
 bench-security: setup
 	@$(PY) -m bench.security
+
+# Generation: vLLM's AsyncLLM in-process vs. GenerateStream through the stack (tok/s, TTFT).
+bench-generation: setup
+	@$(PY) -m bench.generation
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -75,7 +75,7 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared.engines import Engine, EngineFactory
+from shared.engines import Engine, EngineFactory, StreamingEngine
 from shared.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +247,10 @@ def load_engine(kind: str, env: Mapping[str, str]) -> Engine:
     spec = settings.models[settings.default_model]
     # Under env too: an override such as OMP_NUM_THREADS must shape this engine as well.
     with environ(env):
-        return factories[spec.engine](settings.default_model, spec)
+        engine = factories[spec.engine](settings.default_model, spec)
+    # The analysis kinds batch through run_batch; streaming engines are generation's.
+    assert not isinstance(engine, StreamingEngine), kind
+    return engine
 
 
 # --- results ------------------------------------------------------------------------------

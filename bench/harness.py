@@ -141,6 +141,26 @@ def stack_cpu(stack: LocalStack) -> dict[str, float]:
     return out
 
 
+def process_tree_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """(comm, CPU seconds so far) of ``root`` and each of its live descendants, by pid.
+
+    A child that has exited is not counted (its time went to its parent's children
+    total), so read this while the processes of interest run.
+    """
+    stats = {int(pid): s for pid in os.listdir("/proc") if pid.isdigit() and (s := _proc_stat(pid))}
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    out: dict[int, tuple[str, float]] = {}
+    todo = [root] if root in stats else []
+    while todo:
+        pid = todo.pop()
+        comm, _, _, seconds = stats[pid]
+        out[pid] = (comm, seconds)
+        todo.extend(children.get(pid, []))
+    return out
+
+
 def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     """CPU seconds per component between two :func:`stack_cpu` readings; ``other`` is what
     the machine spent outside the stack and this process (another program's load)."""

@@ -13,6 +13,7 @@ number; readers that already relayed text of an earlier attempt must not mix the
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,22 +88,58 @@ def decode(fields: Mapping[Any, Any]) -> Entry:
 
 
 class TokenStreamWriter:
-    """Appends entries to task streams (one round trip per append; asyncio)."""
+    """Appends entries to task streams (asyncio; one writer per event loop).
+
+    Appends made while a write is in flight go out together in the next one: the
+    entries of every request in one engine step take one Redis round trip, not one each.
+    A single write at a time keeps each stream's entries in order.
+    """
 
     def __init__(self, client: aioredis.Redis, names: Names, max_entries: int, ttl_s: int) -> None:
         self.client = client
         self.names = names
         self.max_entries = max_entries
         self.ttl_s = ttl_s
+        self._pending: list[tuple[str, Entry]] = []
+        self._written: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def append(self, task_id: str, entries: Sequence[Entry]) -> None:
+        """Queue ``entries`` and return once they are in Redis."""
         if not entries:
             return
-        key = self.names.token_stream_key(task_id)
+        loop = asyncio.get_running_loop()
+        self._pending.extend((task_id, entry) for entry in entries)
+        if self._written is None:
+            self._written = loop.create_future()
+        written = self._written
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_all())
+        await asyncio.shield(written)
+
+    async def _write_all(self) -> None:
+        # Let the other requests of this engine step add theirs first.
+        await asyncio.sleep(0)
+        while self._pending:
+            batch, self._pending = self._pending, []
+            written, self._written = self._written, None
+            assert written is not None
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                written.set_exception(exc)
+            else:
+                written.set_result(None)
+
+    async def _write(self, batch: Sequence[tuple[str, Entry]]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for entry in entries:
+        keys = []
+        for task_id, entry in batch:
+            key = self.names.token_stream_key(task_id)
             pipe.xadd(key, encode(entry), maxlen=self.max_entries, approximate=True)  # type: ignore[arg-type]
-        pipe.expire(key, self.ttl_s)
+            keys.append(key)
+        for key in dict.fromkeys(keys):
+            pipe.expire(key, self.ttl_s)
         await pipe.execute()
 
 

@@ -110,6 +110,30 @@ def configure_vllm_environment(params: VllmParams) -> None:
         os.environ.setdefault(key, value)
 
 
+def engine_args(path: Path, params: VllmParams) -> dict[str, Any]:
+    """vLLM ``AsyncEngineArgs`` of a model (the worker's and the benchmark's engines)."""
+    args: dict[str, Any] = {
+        "model": str(path),
+        "dtype": params.dtype,
+        "max_num_seqs": params.max_num_seqs,
+        "tensor_parallel_size": params.tensor_parallel_size,
+        "gpu_memory_utilization": params.gpu_memory_utilization,
+        "enforce_eager": params.enforce_eager,
+    }
+    if params.max_model_len is not None:  # None: the model's own
+        args["max_model_len"] = params.max_model_len
+    return {**args, **params.engine_args}
+
+
+def open_async_llm(path: Path, params: VllmParams) -> Any:
+    """vLLM's AsyncLLM for a model; call it on the event loop that will drive it."""
+    # Imported here: vLLM is heavy, and only the generation worker has it.
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(path, params)))
+
+
 def _version(path: Path) -> str:
     if prepare.prepared(path):
         return prepare.model_version(path)
@@ -178,21 +202,8 @@ class VllmGenerator:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     async def _open(self) -> Any:
-        # Imported here: vLLM is heavy, and only this worker has it.
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args: dict[str, Any] = {
-            "model": str(self.path),
-            "dtype": self.params.dtype,
-            "max_num_seqs": self.params.max_num_seqs,
-            "tensor_parallel_size": self.params.tensor_parallel_size,
-            "gpu_memory_utilization": self.params.gpu_memory_utilization,
-            "enforce_eager": self.params.enforce_eager,
-        }
-        if self.params.max_model_len is not None:  # None: the model's own
-            args["max_model_len"] = self.params.max_model_len
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**args, **self.params.engine_args))
+        # Created on the engine's loop: its output handler is a task of that loop.
+        return open_async_llm(self.path, self.params)
 
     def bind(self, metrics: WorkerMetrics) -> None:
         """Called by the worker runtime: where time to first token is recorded."""

@@ -12,7 +12,7 @@ import pytest
 from nlp.v1 import common_pb2, generation_pb2, tasks_pb2
 from services.gateway.generation import RelayEnded, relay_tokens
 from shared.names import Names
-from shared.streams import Delta, End, Entry, decode, encode
+from shared.streams import Delta, End, Entry, TokenStreamWriter, decode, encode
 
 TASK = "a" * 32
 STOP = generation_pb2.FINISH_REASON_STOP
@@ -158,3 +158,57 @@ def test_a_later_attempt_is_followed_when_no_text_went_out_yet() -> None:
     )
     assert ended is None
     assert [c.delta for c in chunks] == ["Hi", ""]
+
+
+class RecordingPipeline:
+    def __init__(self, log: list[list[tuple[str, str, Any]]]) -> None:
+        self.log = log
+        self.commands: list[tuple[str, str, Any]] = []
+
+    def xadd(self, key: str, fields: Any, **_: Any) -> None:
+        self.commands.append(("xadd", key, fields))
+
+    def expire(self, key: str, ttl: int) -> None:
+        self.commands.append(("expire", key, ttl))
+
+    async def execute(self) -> None:
+        await asyncio.sleep(0.01)  # a round trip, during which more appends arrive
+        self.log.append(self.commands)
+
+
+class RecordingRedis:
+    def __init__(self) -> None:
+        self.round_trips: list[list[tuple[str, str, Any]]] = []
+
+    def pipeline(self, transaction: bool) -> RecordingPipeline:
+        return RecordingPipeline(self.round_trips)
+
+
+def test_appends_of_one_step_share_a_round_trip_and_keep_their_order() -> None:
+    client = RecordingRedis()
+    writer = TokenStreamWriter(client, Names(), max_entries=100, ttl_s=60)  # type: ignore[arg-type]
+
+    async def request(task: str, steps: int) -> None:
+        for i in range(steps):
+            await writer.append(task, [Delta(1, i, f"{task}{i}")])
+
+    async def run() -> None:
+        await asyncio.gather(*(request(t, 3) for t in ("a", "b", "c", "d")))
+
+    asyncio.run(run())
+    # 12 entries, one write per step of the four requests (not one per entry).
+    assert len(client.round_trips) <= 4
+    xadds = [
+        (key, fields["t"])
+        for trip in client.round_trips
+        for cmd, key, fields in trip
+        if cmd == "xadd"
+    ]
+    assert len(xadds) == 12
+    for task in "abcd":
+        key = Names().token_stream_key(task)
+        assert [t for k, t in xadds if k == key] == [f"{task}0", f"{task}1", f"{task}2"]
+    expires = [key for trip in client.round_trips for cmd, key, _ in trip if cmd == "expire"]
+    assert len(expires) == len(
+        {(i, k) for i, trip in enumerate(client.round_trips) for c, k, _ in trip if c == "expire"}
+    )

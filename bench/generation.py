@@ -1,0 +1,873 @@
+"""Text generation: the vLLM engine driven in-process vs. the same engine through the platform.
+
+    python -m bench.generation [--quick] [--concurrency 1,8,16] [--max-tokens 64]
+                               [--env KEY=VALUE ...] [--out PATH]
+
+The generation worker's default model (the embedded SmolLM2 on vLLM's CPU build, with
+its default ``params``), the same fixed prompts, greedy sampling (temperature 0) and
+the same ``max_tokens`` on both sides, all in one run so that the ratios compare like
+with like:
+
+1. direct: ``AsyncLLM`` built in this process with the engine arguments the worker's
+   ``VllmGenerator`` uses (after ``configure_vllm_environment``), each request
+   tokenized and sampled as the worker does (``SamplingParams`` with DELTA output),
+   driven by asyncio. It is shut down before the stack starts: they never compete for
+   the cores.
+2. gateway: one ``LocalStack(kinds=["generation"])`` (gRPC gateway → Kafka → intake →
+   Celery worker → vLLM → Redis token stream → gateway), ``Generation.GenerateStream``
+   over an insecure local channel (the stack's development auth mode).
+
+At each concurrency C (default 1, 8 and 16) C request loops share one schedule of
+``max(min_requests, requests_per_client * C)`` requests, request i taking prompt
+i mod len(PROMPTS), after a warm-up. Per level: output tokens/s (completion tokens
+counted from the engine's output, or from the stream's last chunk, over the level's
+wall time), time to first token (submit → first non-empty text; call start → first
+chunk with a delta), end-to-end latency and CPU seconds of each process. The summary
+gives gateway/direct for tok/s and direct/gateway for TTFT (so that higher is better
+for both; the target is >= 0.9). Performance is measured, not asserted.
+
+Prints tables (progress goes to stderr) and writes JSON (default
+``bench-results/generation.json``). Exit status 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.harness import (
+    cpu_delta,
+    drive,
+    environ,
+    format_errors,
+    machine_cpu_s,
+    machine_info,
+    mean,
+    note,
+    parse_env,
+    percentiles,
+    process_tree_cpu,
+    stack_cpu,
+    table,
+)
+from deploy.local.stack import LocalStack
+from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
+from services.generation import prepare
+from services.generation.engine import VllmParams, configure_vllm_environment
+from services.generation.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench-results" / "generation.json"
+KIND = "generation"
+TARGET_RATIO = 0.9
+# CPU columns, in table order; see gateway_cpu and direct_cpu.
+CPU_GROUPS = ("client", "engine", "gateway", "intake", "worker", "kafka", "redis", "other")
+FIRST_TOKEN_METRIC = "nlp_time_to_first_token_seconds"
+# Task stage timings (nlp.v1.Timings) read back for each gateway request.
+STAGES = ("queued", "waited", "ran")
+
+# Distinct, deterministic prompts: instructions and continuations the model goes on
+# with for a while (a prompt that ends early still counts what it produced).
+PROMPTS: tuple[str, ...] = (
+    "The history of the printing press begins",
+    "Write a short story about a lighthouse keeper who",
+    "Explain how a refrigerator works:",
+    "The recipe for a simple tomato soup is as follows:",
+    "In the year 2150, the first city on Mars",
+    "Here are five tips for learning a new language:",
+    "The main causes of the French Revolution were",
+    "A good night's sleep is important because",
+    "The rules of chess are simple to learn:",
+    "Photosynthesis is the process by which",
+    "Dear hiring manager, I am writing to apply for",
+    "The old bridge over the river had stood for centuries, and",
+    "To set up a home aquarium, you will need",
+    "The difference between weather and climate is",
+    "Once upon a time, in a village at the edge of a forest,",
+    "The benefits of regular exercise include",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What each side runs; every level stops at its request count or its budget."""
+
+    concurrency: tuple[int, ...] = (1, 8, 16)
+    max_tokens: int = 64
+    # Requests per level: max(min_requests, requests_per_client * concurrency).
+    min_requests: int = 8
+    requests_per_client: int = 4
+    warmup_requests: int = 8
+    level_budget_s: float = 240.0
+    # Per-RPC deadline of the gateway side (a hung request cannot hang the run).
+    rpc_timeout_s: float = 300.0
+
+    def requests(self, concurrency: int) -> int:
+        return max(self.min_requests, self.requests_per_client * concurrency)
+
+
+QUICK = Plan(
+    concurrency=(1, 8),
+    max_tokens=16,
+    min_requests=4,
+    requests_per_client=1,
+    warmup_requests=4,
+    level_budget_s=60.0,
+    rpc_timeout_s=120.0,
+)
+
+
+# --- results ------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One request: which prompt, when its first text came, how long, how many tokens."""
+
+    index: int
+    prompt: int
+    ttft_ms: float
+    total_ms: float
+    completion_tokens: int
+    finish: str
+    text: str
+    # Gateway side: the task, and its stage timings (Tasks.Get after the level).
+    task_id: str = ""
+    stages_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LevelRun:
+    side: str
+    concurrency: int
+    planned: int
+    done: int
+    errors: dict[str, int]
+    seconds: float
+    completion_tokens: int
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p90_ms: float
+    ttft_mean_ms: float
+    total_p50_ms: float
+    finishes: dict[str, int]
+    # CPU seconds per component over the level (CPU_GROUPS, machine, steal).
+    cpu_s: dict[str, float]
+    # Gateway side: mean stage timings of the level's tasks (STAGES) and the worker's
+    # own time to first token (engine took the request → first text; its metric).
+    stages_mean_ms: dict[str, float] = field(default_factory=dict)
+    engine_ttft_mean_ms: float = float("nan")
+    first_error: str = ""
+    samples: list[Sample] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """One concurrency, direct vs. gateway; ratios are oriented so that higher is better."""
+
+    concurrency: int
+    direct_tokens_per_s: float
+    gateway_tokens_per_s: float
+    # gateway / direct
+    tokens_per_s_ratio: float
+    direct_ttft_p50_ms: float
+    gateway_ttft_p50_ms: float
+    # direct / gateway
+    ttft_p50_ratio: float
+    direct_ttft_mean_ms: float
+    gateway_ttft_mean_ms: float
+    # direct / gateway
+    ttft_mean_ratio: float
+    direct_completion_tokens: int
+    gateway_completion_tokens: int
+    meets_target: bool
+
+
+@dataclass
+class Report:
+    benchmark: str
+    timestamp: str
+    argv: list[str]
+    quick: bool
+    plan: dict[str, Any]
+    env: dict[str, str]
+    machine: dict[str, Any]
+    load_avg_at_start: tuple[float, float, float]
+    load_avg_at_end: tuple[float, float, float]
+    model: dict[str, Any]
+    vllm_environment: dict[str, str]
+    prompts: list[str]
+    direct_start_s: float
+    stack_start_s: float
+    warmup: list[LevelRun]
+    runs: list[LevelRun]
+    comparisons: list[Comparison]
+    # Prompts whose first greedy text was the same on both sides, of those compared.
+    same_text: int
+    compared: int
+    wall_s: float
+    errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def summarize(
+    side: str,
+    concurrency: int,
+    planned: int,
+    samples: Sequence[Sample],
+    seconds: float,
+    errors: Mapping[str, int],
+    cpu_s: Mapping[str, float],
+    first_error: str = "",
+    engine_ttft_mean_ms: float = float("nan"),
+) -> LevelRun:
+    """A level's numbers from its requests; tok/s is completion tokens over wall time."""
+    ttft = [s.ttft_ms for s in samples if not math.isnan(s.ttft_ms)]  # NaN: no text came
+    p50, p90, _ = percentiles(ttft)
+    total_p50, _, _ = percentiles([s.total_ms for s in samples])
+    tokens = sum(s.completion_tokens for s in samples)
+    return LevelRun(
+        side=side,
+        concurrency=concurrency,
+        planned=planned,
+        done=len(samples),
+        errors=dict(errors),
+        seconds=seconds,
+        completion_tokens=tokens,
+        tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
+        ttft_p50_ms=p50,
+        ttft_p90_ms=p90,
+        ttft_mean_ms=mean(ttft),
+        total_p50_ms=total_p50,
+        finishes=dict(Counter(s.finish for s in samples)),
+        cpu_s=dict(cpu_s),
+        stages_mean_ms={
+            k: mean(s.stages_ms[k] for s in samples if k in s.stages_ms)
+            for k in STAGES
+            if any(k in s.stages_ms for s in samples)
+        },
+        engine_ttft_mean_ms=engine_ttft_mean_ms,
+        first_error=first_error,
+        samples=sorted(samples, key=lambda s: s.index),
+    )
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else float("nan")
+
+
+def compare(direct: LevelRun, gateway: LevelRun) -> Comparison:
+    """Gateway vs. direct at one concurrency; every ratio is higher-is-better."""
+    assert direct.concurrency == gateway.concurrency
+    tokens = _ratio(gateway.tokens_per_s, direct.tokens_per_s)
+    ttft_p50 = _ratio(direct.ttft_p50_ms, gateway.ttft_p50_ms)
+    return Comparison(
+        concurrency=direct.concurrency,
+        direct_tokens_per_s=direct.tokens_per_s,
+        gateway_tokens_per_s=gateway.tokens_per_s,
+        tokens_per_s_ratio=tokens,
+        direct_ttft_p50_ms=direct.ttft_p50_ms,
+        gateway_ttft_p50_ms=gateway.ttft_p50_ms,
+        ttft_p50_ratio=ttft_p50,
+        direct_ttft_mean_ms=direct.ttft_mean_ms,
+        gateway_ttft_mean_ms=gateway.ttft_mean_ms,
+        ttft_mean_ratio=_ratio(direct.ttft_mean_ms, gateway.ttft_mean_ms),
+        direct_completion_tokens=direct.completion_tokens,
+        gateway_completion_tokens=gateway.completion_tokens,
+        meets_target=tokens >= TARGET_RATIO and ttft_p50 >= TARGET_RATIO,
+    )
+
+
+def first_texts(samples: Sequence[Sample]) -> dict[int, str]:
+    """Each prompt's text from its earliest request."""
+    out: dict[int, str] = {}
+    for s in sorted(samples, key=lambda s: s.index):
+        out.setdefault(s.prompt, s.text)
+    return out
+
+
+def same_texts(direct: Sequence[Sample], gateway: Sequence[Sample]) -> tuple[int, int]:
+    """(prompts whose first text agrees, prompts compared)."""
+    a, b = first_texts(direct), first_texts(gateway)
+    common = sorted(a.keys() & b.keys())
+    return sum(a[p] == b[p] for p in common), len(common)
+
+
+# --- CPU ----------------------------------------------------------------------------------
+
+
+def _engine_cpu(root: int) -> float:
+    """CPU seconds of ``root``'s live descendants (vLLM's engine core and its workers)."""
+    return sum(seconds for pid, (_, seconds) in process_tree_cpu(root).items() if pid != root)
+
+
+def direct_cpu() -> dict[str, float]:
+    """This process (the AsyncLLM front end: tokenizer, detokenizer, asyncio) and its
+    engine processes, plus the machine, as cpu_delta reads them."""
+    me = os.getpid()
+    engine = _engine_cpu(me)
+    out = {"client": time.process_time(), "engine": engine}
+    out["machine"], out["steal"] = machine_cpu_s()
+    return out
+
+
+def gateway_cpu(stack: LocalStack) -> dict[str, float]:
+    """stack_cpu with the worker split into its front (Celery, AsyncLLM) and its engine
+    processes (which run in the worker's session)."""
+    cpu = stack_cpu(stack)
+    engine = 0.0
+    for name, svc in stack.services.items():
+        if "-worker" in name and svc.proc is not None:
+            share = _engine_cpu(svc.proc.pid)
+            engine += share
+            cpu[name] = cpu.get(name, 0.0) - share
+    cpu["engine"] = engine
+    return cpu
+
+
+def group_cpu(cpu: Mapping[str, float]) -> dict[str, float]:
+    """cpu_delta's output in CPU_GROUPS (plus machine and steal)."""
+    groups = dict.fromkeys(CPU_GROUPS, 0.0)
+    for name, seconds in cpu.items():
+        if name in ("client", "engine", "gateway", "kafka", "other"):
+            groups[name] += seconds
+        elif name.endswith("-intake"):
+            groups["intake"] += seconds
+        elif "-worker" in name:
+            groups["worker"] += seconds
+        elif name.startswith("redis"):
+            groups["redis"] += seconds
+        elif name in ("machine", "steal"):
+            groups[name] = seconds
+    return groups
+
+
+# --- driving ------------------------------------------------------------------------------
+
+
+def _ms_since(began: float) -> float:
+    return (time.perf_counter() - began) * 1000
+
+
+def _nan(value: float | None) -> float:
+    """A time that never came is NaN (left out of percentiles and means)."""
+    return float("nan") if value is None else value
+
+
+Request = Callable[[int, int], Awaitable[Sample]]
+
+
+@dataclass(frozen=True)
+class Probes:
+    """What a side can read around a level: CPU per component, the engine's own time to
+    first token so far (seconds summed, requests), and per-task details after it."""
+
+    cpu: Callable[[], dict[str, float]]
+    first_token: Callable[[], tuple[float, int]] | None = None
+    annotate: Callable[[list[Sample]], Awaitable[None]] | None = None
+
+
+async def run_level(
+    side: str, request: Request, concurrency: int, total: int, budget_s: float, probes: Probes
+) -> LevelRun:
+    """``total`` requests on ``concurrency`` loops (request i: prompt i mod len(PROMPTS))."""
+    samples: list[Sample] = []
+
+    async def job(i: int) -> None:
+        samples.append(await request(i, i % len(PROMPTS)))
+
+    first_before = probes.first_token() if probes.first_token else (0.0, 0)
+    before = probes.cpu()
+    driven = await drive(job, concurrency, total, budget_s)
+    cpu = group_cpu(cpu_delta(before, probes.cpu()))
+    engine_ttft = float("nan")
+    if probes.first_token:
+        seconds, count = probes.first_token()
+        if count > first_before[1]:
+            engine_ttft = (seconds - first_before[0]) * 1000 / (count - first_before[1])
+    if probes.annotate:
+        await probes.annotate(samples)
+    run = summarize(
+        side,
+        concurrency,
+        total,
+        samples,
+        driven.seconds,
+        driven.errors,
+        cpu,
+        driven.first_error,
+        engine_ttft,
+    )
+    note(
+        f"{side} x{concurrency}: {run.done}/{total} requests, {run.completion_tokens} tokens "
+        f"in {run.seconds:.1f}s = {run.tokens_per_s:.1f} tok/s, TTFT p50 {run.ttft_p50_ms:.0f} ms"
+    )
+    return run
+
+
+async def run_side(
+    side: str, request: Request, plan: Plan, probes: Probes
+) -> tuple[LevelRun, list[LevelRun]]:
+    """The warm-up (at the highest concurrency), then every level."""
+    top = max(plan.concurrency)
+    warmup = await run_level(
+        f"{side} warm-up", request, top, plan.warmup_requests, plan.level_budget_s, probes
+    )
+    runs = [
+        await run_level(side, request, c, plan.requests(c), plan.level_budget_s, probes)
+        for c in plan.concurrency
+    ]
+    return warmup, runs
+
+
+@contextlib.contextmanager
+def restored_environ() -> Iterator[None]:
+    """``os.environ`` as it was on entry once the block ends (configure_vllm_environment
+    sets variables for the engine this process starts; the stack's get their own)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    path: Path
+    params: VllmParams
+
+    def describe(self) -> dict[str, Any]:
+        version = prepare.model_version(self.path) if prepare.prepared(self.path) else "local"
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "version": version,
+            "params": self.params.model_dump(mode="json"),
+        }
+
+
+def default_model(env: Mapping[str, str]) -> Model:
+    """The generation worker's default model, as its settings (with ``env``) give it."""
+    with environ(env):
+        settings = Settings()
+    spec = settings.models[settings.default_model]
+    if spec.engine != "vllm":
+        raise SystemExit(f"the default generation model runs on {spec.engine!r}, not vllm")
+    path = spec.path or prepare.model_dir()
+    if spec.path is None and not prepare.prepared(path):
+        raise SystemExit("the embedded model is not prepared: run `make setup-models`")
+    return Model(settings.default_model, path, VllmParams.model_validate(spec.params))
+
+
+async def open_engine(model: Model) -> Any:
+    """AsyncLLM built exactly as the worker builds it (on this loop)."""
+    from services.generation.engine import open_async_llm
+
+    return open_async_llm(model.path, model.params)
+
+
+_VLLM_ENV = (
+    "VLLM_CPU_KVCACHE_SPACE",
+    "VLLM_CPU_OMP_THREADS_BIND",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU",
+    "VLLM_WORKER_MULTIPROC_METHOD",
+)
+
+
+def direct_request(llm: Any, plan: Plan) -> Request:
+    """One request on ``llm``, tokenized and sampled as VllmGenerator.prompt_ids and
+    .sampling do for a plain prompt."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    tokenizer = llm.get_tokenizer()
+    max_model_len = int(llm.model_config.max_model_len)
+    serial = iter(range(1 << 62))
+
+    async def request(index: int, prompt: int) -> Sample:
+        began = time.perf_counter()
+        ids = list(tokenizer.encode(PROMPTS[prompt]))
+        sampling = SamplingParams(
+            max_tokens=min(plan.max_tokens, max_model_len - len(ids)),
+            temperature=0.0,
+            top_p=1.0,
+            top_k=0,
+            stop=None,
+            seed=None,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        first: float | None = None
+        tokens = 0
+        finish = ""
+        parts: list[str] = []
+        async for output in llm.generate(
+            {"prompt_token_ids": ids}, sampling, request_id=f"bench-{next(serial)}"
+        ):
+            completion = output.outputs[0]
+            tokens += len(completion.token_ids)
+            finish = completion.finish_reason or finish
+            if completion.text:
+                first = first if first is not None else _ms_since(began)
+                parts.append(completion.text)
+        return Sample(
+            index, prompt, _nan(first), _ms_since(began), tokens, finish or "stop", "".join(parts)
+        )
+
+    return request
+
+
+async def _direct(
+    model: Model, plan: Plan
+) -> tuple[float, dict[str, str], LevelRun, list[LevelRun]]:
+    configure_vllm_environment(model.params)
+    vllm_env = {k: os.environ.get(k, "") for k in _VLLM_ENV}
+    began = time.monotonic()
+    llm = await open_engine(model)
+    start_s = time.monotonic() - began
+    note(f"direct: engine ready in {start_s:.1f}s")
+    request = direct_request(llm, plan)
+    try:
+        warmup, runs = await run_side("direct", request, plan, Probes(direct_cpu))
+    finally:
+        llm.shutdown()
+        # Its __del__ shuts down again; at interpreter exit that fails noisily.
+        del request, llm
+    return start_s, vllm_env, warmup, runs
+
+
+def run_direct(
+    model: Model, plan: Plan, env: Mapping[str, str]
+) -> tuple[float, dict[str, str], LevelRun, list[LevelRun]]:
+    """Engine start seconds, the vLLM environment it ran with, warm-up and levels."""
+    # vLLM logs to stdout by default; stdout is for the tables.
+    with restored_environ(), environ({"VLLM_LOGGING_STREAM": "ext://sys.stderr", **env}):
+        result = asyncio.run(_direct(model, plan))
+    gc.collect()
+    return result
+
+
+def first_token_so_far(metrics_url: str) -> tuple[float, int]:
+    """The worker's time-to-first-token histogram: (seconds summed, requests) so far."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        return parse_first_token(reply.read().decode())
+
+
+def parse_first_token(text: str) -> tuple[float, int]:
+    """(seconds summed, requests) of the time-to-first-token histogram in a Prometheus
+    text exposition, over all its label sets."""
+    total, count = 0.0, 0
+    for line in text.splitlines():
+        if line.startswith(f"{FIRST_TOKEN_METRIC}_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{FIRST_TOKEN_METRIC}_count"):
+            count += int(float(line.rsplit(" ", 1)[1]))
+    return total, count
+
+
+def finish_name(reason: int) -> str:
+    """``FINISH_REASON_LENGTH`` → ``length`` (as vLLM names it)."""
+    return generation_pb2.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
+
+
+async def _gateway(stack: LocalStack, plan: Plan) -> tuple[LevelRun, list[LevelRun]]:
+    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+
+        async def request(index: int, prompt: int) -> Sample:
+            message = generation_pb2.GenerateRequest(
+                prompt=PROMPTS[prompt],
+                sampling=generation_pb2.SamplingParams(max_tokens=plan.max_tokens, temperature=0.0),
+            )
+            began = time.perf_counter()
+            first: float | None = None
+            tokens = 0
+            finish = ""
+            parts: list[str] = []
+            task_id = ""
+            call = stub.GenerateStream(message, timeout=plan.rpc_timeout_s)
+            async for chunk in call:
+                task_id = task_id or chunk.task_id
+                if chunk.delta:
+                    first = first if first is not None else _ms_since(began)
+                    parts.append(chunk.delta)
+                if chunk.finish_reason:
+                    tokens = chunk.completion_tokens
+                    finish = finish_name(chunk.finish_reason)
+            total = _ms_since(began)
+            text = "".join(parts)
+            return Sample(
+                index, prompt, _nan(first), total, tokens, finish or "none", text, task_id
+            )
+
+        async def annotate(samples: list[Sample]) -> None:
+            for sample in samples:
+                if sample.task_id:
+                    result = await tasks.Get(
+                        tasks_pb2.GetTaskRequest(task_id=sample.task_id), timeout=30
+                    )
+                    t = result.timings
+                    sample.stages_ms = {
+                        "queued": t.queued_ms,
+                        "waited": t.waited_ms,
+                        "ran": t.ran_ms,
+                    }
+
+        tasks = tasks_pb2_grpc.TasksStub(channel)
+        worker = stack.services[f"{KIND}-worker"].metrics_url
+        probes = Probes(lambda: gateway_cpu(stack), lambda: first_token_so_far(worker), annotate)
+        return await run_side("gateway", request, plan, probes)
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def ttft_breakdown(gateway: LevelRun, direct: LevelRun) -> list[object]:
+    """A row of the TTFT breakdown table: where a gateway request's first token went."""
+    stages = gateway.stages_mean_ms
+    queued = stages.get("queued", float("nan"))
+    waited = stages.get("waited", float("nan"))
+    engine = gateway.engine_ttft_mean_ms
+    return [
+        gateway.concurrency,
+        gateway.ttft_mean_ms,
+        queued,
+        waited,
+        engine,
+        gateway.ttft_mean_ms - queued - waited - engine,
+        direct.ttft_mean_ms,
+        stages.get("ran", float("nan")),
+    ]
+
+
+def render(report: Report) -> str:
+    m = report.machine
+    start, end = report.load_avg_at_start, report.load_avg_at_end
+    plan = report.plan
+    model = report.model
+    direct = [r for r in report.runs if r.side == "direct"]
+    gateway = [r for r in report.runs if r.side == "gateway"]
+    rows = [
+        [
+            r.side,
+            r.concurrency,
+            f"{r.done}/{r.planned}",
+            r.completion_tokens,
+            r.seconds,
+            r.tokens_per_s,
+            r.ttft_p50_ms,
+            r.ttft_p90_ms,
+            r.ttft_mean_ms,
+            r.total_p50_ms,
+            *(r.cpu_s[k] for k in CPU_GROUPS),
+            format_errors(r.errors),
+        ]
+        for r in report.runs
+    ]
+    summary = [
+        [
+            c.concurrency,
+            c.direct_tokens_per_s,
+            c.gateway_tokens_per_s,
+            f"{c.tokens_per_s_ratio:.2f}",
+            c.direct_ttft_p50_ms,
+            c.gateway_ttft_p50_ms,
+            f"{c.ttft_p50_ratio:.2f}",
+            c.direct_ttft_mean_ms,
+            c.gateway_ttft_mean_ms,
+            f"{c.ttft_mean_ratio:.2f}",
+            f"{c.direct_completion_tokens}/{c.gateway_completion_tokens}",
+            "yes" if c.meets_target else "no",
+        ]
+        for c in report.comparisons
+    ]
+    parts = [
+        f"generation benchmark  {report.timestamp}  ({'quick' if report.quick else 'full'}, "
+        f"{report.wall_s:.0f}s)",
+        f"  {m['cpu_count']} CPUs ({m['cpus_usable']} usable), Python {m['python']}, "
+        f"{m['platform']}",
+        f"  load average 1/5/15 min: {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f} at start, "
+        f"{end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f} at end",
+        f"  model {model['name']} ({model['version']}), vllm params "
+        f"{json.dumps(model['params'], separators=(',', ':'))}",
+        f"  {len(report.prompts)} prompts, greedy, max_tokens {plan['max_tokens']}; "
+        f"env: {' '.join(f'{k}={v}' for k, v in report.env.items()) or '(none)'}",
+        f"  direct engine ready in {report.direct_start_s:.1f}s; stack ready in "
+        f"{report.stack_start_s:.1f}s",
+        "",
+        "per level (tok/s: completion tokens / wall s; TTFT and e2e in ms; CPU in s over "
+        "the level; client: this process, with the AsyncLLM front end on the direct side; "
+        "engine: vLLM's engine core processes; worker: the Celery worker without them)",
+        table(
+            [
+                "side",
+                "clients",
+                "requests",
+                "tokens",
+                "wall s",
+                "tok/s",
+                "ttft p50",
+                "ttft p90",
+                "ttft mean",
+                "e2e p50",
+                *CPU_GROUPS,
+                "errors",
+            ],
+            rows,
+            digits=2,
+        ),
+        "",
+        "gateway time to first token, where it goes (means, ms; queued: gateway accepted → "
+        "intake handed off; waited: → worker started it; engine: the worker's engine took "
+        "it → first text, its metric; rest: gRPC in, gateway, worker before the engine, "
+        "Redis → gateway → client)",
+        table(
+            ["clients", "ttft", "queued", "waited", "engine", "rest", "direct ttft", "ran"],
+            [ttft_breakdown(g, d) for d, g in zip(direct, gateway, strict=True)],
+        ),
+        "",
+        f"== summary (tok/s ratio: gateway/direct; TTFT ratios: direct/gateway, so higher "
+        f"is better for both; target >= {TARGET_RATIO})",
+        table(
+            [
+                "clients",
+                "direct tok/s",
+                "gateway tok/s",
+                "ratio",
+                "direct ttft p50",
+                "gw ttft p50",
+                "ratio",
+                "direct ttft mean",
+                "gw ttft mean",
+                "ratio",
+                "tokens d/gw",
+                "target",
+            ],
+            summary,
+        ),
+        f"  greedy text identical on both sides for {report.same_text} of "
+        f"{report.compared} prompts",
+    ]
+    parts += [f"note: {n}" for n in report.notes]
+    return "\n".join(parts)
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(v) for v in text.split(",") if v.strip())
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("positive integers, comma-separated")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.generation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    parser.add_argument(
+        "--concurrency", type=_csv_ints, help="client counts (default 1,8,16; quick 1,8)"
+    )
+    parser.add_argument("--max-tokens", type=int, help="per request (default 64; quick 16)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the direct engine and every stack service (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else Plan()
+    if args.concurrency:
+        plan = replace(plan, concurrency=args.concurrency)
+    if args.max_tokens:
+        if args.max_tokens < 1:
+            parser.error("--max-tokens must be positive")
+        plan = replace(plan, max_tokens=args.max_tokens)
+    env = parse_env(args.env, parser)
+
+    began = time.monotonic()
+    load_at_start = os.getloadavg()
+    model = default_model(env)
+    note(f"direct: starting vLLM for {model.name} in this process")
+    direct_start_s, vllm_env, direct_warmup, direct = run_direct(model, plan, env)
+
+    note("starting the local stack for generation (Kafka, Redis, gateway, intake, worker)")
+    stack_began = time.monotonic()
+    with LocalStack(kinds=[KIND], env=env) as stack:
+        stack_start_s = time.monotonic() - stack_began
+        note(f"stack ready in {stack_start_s:.1f}s")
+        gateway_warmup, gateway = asyncio.run(_gateway(stack, plan))
+
+    comparisons = [compare(d, g) for d, g in zip(direct, gateway, strict=True)]
+    same, compared = same_texts(
+        [s for r in direct for s in r.samples], [s for r in gateway for s in r.samples]
+    )
+    bind = vllm_env.get("VLLM_CPU_OMP_THREADS_BIND", "")
+    notes = [
+        f"the CPU engine's threads are bound to cores {bind} (every usable core) on both "
+        "sides; through the platform the gateway, intake, worker front, Kafka, Redis and "
+        "this client compete with it for those cores (see the CPU columns), directly only "
+        "this process's front end and client do",
+        "the direct side is the same AsyncLLM in this process, tokenized and sampled as the "
+        "worker does; it was shut down before the stack started",
+    ]
+    if load_at_start[0] > 0.5:
+        notes.append(
+            f"1-min load average was {load_at_start[0]:.2f} at start (earlier work still "
+            "decaying, or another program): see the 'other' CPU column"
+        )
+    warmup = [direct_warmup, gateway_warmup]
+    runs = direct + gateway
+    report = Report(
+        benchmark="generation",
+        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        argv=sys.argv[1:] if argv is None else argv,
+        quick=args.quick,
+        plan={**asdict(plan), "requests": {c: plan.requests(c) for c in plan.concurrency}},
+        env=env,
+        machine=machine_info(),
+        load_avg_at_start=load_at_start,
+        load_avg_at_end=os.getloadavg(),
+        model=model.describe(),
+        vllm_environment=vllm_env,
+        prompts=list(PROMPTS),
+        direct_start_s=direct_start_s,
+        stack_start_s=stack_start_s,
+        warmup=warmup,
+        runs=runs,
+        comparisons=comparisons,
+        same_text=same,
+        compared=compared,
+        wall_s=time.monotonic() - began,
+        errors=sum(sum(r.errors.values()) for r in warmup + runs),
+        notes=notes,
+    )
+    print(render(report))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    note(f"wrote {args.out}")
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
