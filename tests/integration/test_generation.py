@@ -49,7 +49,7 @@ ENDLESS = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 def _code(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
-    return info.value.code()  # type: ignore[no-any-return]
+    return info.value.code()
 
 
 def _stream_length(client: redis.Redis, settings: ServiceSettings, task_id: str) -> int:
