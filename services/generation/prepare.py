@@ -46,12 +46,9 @@ def gguf_file() -> Path:
     return files[0]
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
+def _sha256(path: Path) -> str:
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def model_dir(root: Path | None = None) -> Path:
@@ -113,7 +110,7 @@ def ensure(root: Path | None = None) -> Path:
             "package": PACKAGE,
             "package_version": metadata.version(PACKAGE),
             "gguf": gguf.name,
-            "gguf_sha256": _digest(gguf),
+            "gguf_sha256": _sha256(gguf),
         }
         (work / _MARKER).write_text(json.dumps(marker, indent=2))
         # mkdtemp makes the folder private; the model is read by whoever runs the worker
