@@ -26,6 +26,7 @@ from nlp.v1 import (
     classification_pb2_grpc,
     common_pb2,
     generation_pb2,
+    generation_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     ner_pb2,
@@ -162,6 +163,7 @@ RPCS: list[tuple[str, Message, str]] = [
     ("/nlp.v1.Summarization/Summarize", summarization_pb2.SummarizeRequest(text="A. B."), "unary"),
     ("/nlp.v1.Generation/Generate", generation_pb2.GenerateRequest(prompt="hi"), "unary"),
     ("/nlp.v1.Generation/GenerateStream", generation_pb2.GenerateRequest(prompt="hi"), "stream"),
+    ("/nlp.v1.Generation/StreamTask", generation_pb2.StreamTaskRequest(task_id="0" * 32), "stream"),
     ("/nlp.v1.Tasks/Submit", submit_classification("x"), "unary"),
     ("/nlp.v1.Tasks/Get", tasks_pb2.GetTaskRequest(task_id="0" * 32), "unary"),
     ("/nlp.v1.Tasks/Wait", tasks_pb2.WaitTaskRequest(task_id="0" * 32), "unary"),
@@ -282,6 +284,7 @@ def test_a_tenant_cannot_see_or_touch_another_tenants_tasks(
 ) -> None:
     a = tasks_pb2_grpc.TasksStub(channel_for(KEYS["team-a"]))
     b = tasks_pb2_grpc.TasksStub(channel_for(KEYS["team-b"]))
+    b_gen = generation_pb2_grpc.GenerationStub(channel_for(KEYS["team-b"]))
     task_id = a.Submit(submit_classification("Election results are in."), timeout=30).task_id
     assert wait_terminal(a, task_id).tenant == "team-a"
     missing = "f" * 32
@@ -289,6 +292,7 @@ def test_a_tenant_cannot_see_or_touch_another_tenants_tasks(
         lambda t: b.Get(tasks_pb2.GetTaskRequest(task_id=t), timeout=10),
         lambda t: b.Wait(tasks_pb2.WaitTaskRequest(task_id=t, timeout_ms=100), timeout=10),
         lambda t: b.Cancel(tasks_pb2.CancelTaskRequest(task_id=t), timeout=10),
+        lambda t: list(b_gen.StreamTask(generation_pb2.StreamTaskRequest(task_id=t), timeout=10)),
     ]
     for fn in calls:
         theirs = code_of(functools.partial(fn, task_id))
