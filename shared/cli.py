@@ -5,6 +5,7 @@
     nlp summarize --max-sentences 2 report.txt
     nlp generate --max-tokens 64 --temperature 0.7 "Write a haiku about the sea."
     nlp generate --system "Answer in one sentence." --stop END question.txt
+    nlp generate --raw --max-tokens 32 "Once upon a time"   (continue text, no chat template)
     nlp models
     nlp task submit classification|ner|summarization|generation ...   (prints the task id)
     nlp task get|wait|cancel TASK_ID
@@ -174,22 +175,27 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, help="sample among the k likeliest tokens (-1: off)")
     p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     p.add_argument("--seed", type=int, help="seed of the sampler, for repeatable output")
-    p.add_argument("--system", help="system message (implies --chat)")
+    p.add_argument("--system", help="system message before the text")
     p.add_argument(
-        "--chat", action="store_true", help="send the text as a user message (chat template)"
+        "--raw",
+        action="store_true",
+        help="send the text as a plain prompt to continue, without the chat template",
     )
 
 
 def generate_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest:
     text = _read_text(args)
     request = generation_pb2.GenerateRequest(model=args.model)
-    if args.chat or args.system is not None:
-        # An empty --system still means chat, just without a system message.
+    if args.raw:
+        if args.system:
+            raise UsageError("--system needs the chat template; drop --raw")
+        request.prompt = text
+    else:
+        # The text is the user's turn: instruction-tuned models answer it rather than
+        # continue it (a plain prompt often ends at once).
         if args.system:
             request.messages.messages.add(role="system", content=args.system)
         request.messages.messages.add(role="user", content=text)
-    else:
-        request.prompt = text
     sampling = request.sampling
     sampling.max_tokens = args.max_tokens
     sampling.stop.extend(args.stop)

@@ -332,7 +332,7 @@ def test_cli_streams_and_prints_json(stack: object, capsys: pytest.CaptureFixtur
     from shared.cli import main as cli_main
 
     target = stack.gateway_target  # type: ignore[attr-defined]
-    argv = ["--target", target, "generate", "--max-tokens", "12", "--temperature", "0"]
+    argv = ["--target", target, "generate", "--raw", "--max-tokens", "12", "--temperature", "0"]
     assert cli_main([*argv, "The capital of France is"]) == 0
     streamed = capsys.readouterr()
     assert "[finish: length, prompt" in streamed.err and "completion 12 tokens" in streamed.err
@@ -342,3 +342,22 @@ def test_cli_streams_and_prints_json(stack: object, capsys: pytest.CaptureFixtur
     assert streamed.out == response["text"] + "\n"
     assert cli_main([*argv[:-2], "--temperature", "-1", "Hi"]) != 0
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    # Without --raw the text is the user's turn of a chat: the instruct model answers it.
+    assert (
+        cli_main(
+            [
+                "--target",
+                target,
+                "generate",
+                "--max-tokens",
+                "24",
+                "--temperature",
+                "0",
+                "--json",
+                "Name a color.",
+            ]
+        )
+        == 0
+    )
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["text"].strip() and answer["completion_tokens"] > 1

@@ -39,10 +39,10 @@ def _request(*argv: str) -> generation_pb2.GenerateRequest:
 # --- arguments -> GenerateRequest -------------------------------------------------------
 
 
-def test_a_plain_prompt_leaves_every_sampling_option_to_the_server() -> None:
-    request = _request("Once upon a time")
-    assert request.WhichOneof("input") == "prompt"
-    assert request.prompt == "Once upon a time"
+def test_the_text_is_the_users_turn_and_sampling_is_left_to_the_server() -> None:
+    request = _request("Write a haiku.")
+    assert request.WhichOneof("input") == "messages"
+    assert [(m.role, m.content) for m in request.messages.messages] == [("user", "Write a haiku.")]
     assert request.model == ""
     sampling = request.sampling
     assert sampling.max_tokens == 0
@@ -69,6 +69,7 @@ def test_given_options_are_set_even_when_zero() -> None:
         str(2**40),
         "--model",
         "tiny",
+        "--raw",
         "hi",
     )
     sampling = request.sampling
@@ -92,11 +93,12 @@ def test_system_sends_chat_messages() -> None:
     ]
 
 
-@pytest.mark.parametrize("argv", [["--chat"], ["--system", ""]])
-def test_chat_without_a_system_message(argv: list[str]) -> None:
-    request = _request(*argv, "What is Kafka?")
-    assert request.WhichOneof("input") == "messages"
-    assert [(m.role, m.content) for m in request.messages.messages] == [("user", "What is Kafka?")]
+def test_raw_sends_a_plain_prompt_to_continue() -> None:
+    request = _request("--raw", "Once upon a time")
+    assert request.WhichOneof("input") == "prompt"
+    assert request.prompt == "Once upon a time"
+    with pytest.raises(cli.UsageError):
+        _request("--raw", "--system", "Be brief.", "Once upon a time")
 
 
 def test_the_prompt_comes_from_a_file_or_stdin(
@@ -104,17 +106,15 @@ def test_the_prompt_comes_from_a_file_or_stdin(
 ) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("from a file\n", encoding="utf-8")
-    assert _request(str(prompt)).prompt == "from a file\n"
-    assert _request("--file", str(prompt), "--chat").messages.messages[0].content == (
-        "from a file\n"
-    )
+    assert _request("--raw", str(prompt)).prompt == "from a file\n"
+    assert _request("--file", str(prompt)).messages.messages[0].content == "from a file\n"
     monkeypatch.setattr("sys.stdin", io.StringIO("from stdin"))
-    assert _request().prompt == "from stdin"
+    assert _request("--raw").prompt == "from stdin"
 
 
 def test_task_submit_generation_takes_the_same_options() -> None:
     args = build_parser().parse_args(
-        ["task", "submit", "generation", "--priority", "3", "--max-tokens", "8", "--chat", "hi"]
+        ["task", "submit", "generation", "--priority", "3", "--max-tokens", "8", "hi"]
     )
     request = KINDS[args.kind].request(args)
     assert args.kind == "generation" and args.priority == 3
@@ -266,7 +266,8 @@ def test_generate_streams_the_text(
     assert code == 0
     assert capsys.readouterr() == ("The sea is wide.\n", SUMMARY + "\n")
     (request,) = gateway.requests
-    assert request.prompt == "Sea?" and request.sampling.HasField("temperature")
+    assert request.messages.messages[0].content == "Sea?"
+    assert request.sampling.HasField("temperature")
 
 
 def test_task_stream_follows_a_task(
