@@ -1,7 +1,7 @@
 """Token streams: a generation task's output as it is produced, in a Redis Stream.
 
-The worker appends one entry per piece of output the engine streams (``a`` attempt, ``i`` index, ``t`` text
-delta) and, when the generation ends normally, one end entry (``f`` finish reason,
+The worker appends one entry per piece the engine streams (``a`` attempt, ``i`` index,
+``t`` text delta) and, when the generation ends normally, one end entry (``f`` finish reason,
 ``p``/``c`` prompt and completion tokens). Readers start from the first entry, so a
 late subscriber still gets the whole stream. The stream is bounded (a cap above the
 longest allowed generation, so nothing is trimmed in practice) and expires with the

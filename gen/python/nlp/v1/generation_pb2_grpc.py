@@ -61,8 +61,9 @@ class GenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """Tokens as the worker produces them (the first token at once, then a chunk every few tokens), then a last chunk
-        with the finish reason and token counts. Cancelling the call cancels the task.
+        """Tokens as the worker produces them (the first at once, then a chunk every few
+        tokens), then a last chunk with the finish reason and token counts. Cancelling the
+        call cancels the task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

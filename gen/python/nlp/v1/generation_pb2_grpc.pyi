@@ -33,8 +33,9 @@ class GenerationStub:
     def __new__(cls, channel: _aio.Channel) -> GenerationAsyncStub: ...
     Generate: _grpc.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]
     GenerateStream: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateChunk]
-    """Tokens as the worker produces them (the first token at once, then a chunk every few tokens), then a last chunk
-    with the finish reason and token counts. Cancelling the call cancels the task.
+    """Tokens as the worker produces them (the first at once, then a chunk every few
+    tokens), then a last chunk with the finish reason and token counts. Cancelling the
+    call cancels the task.
     """
     StreamTask: _grpc.UnaryStreamMultiCallable[_generation_pb2.StreamTaskRequest, _generation_pb2.GenerateChunk]
     """The token stream of a generation task submitted with Tasks.Submit, from its first
@@ -47,8 +48,9 @@ class GenerationAsyncStub(GenerationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryUnaryMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateResponse]  # type: ignore[assignment]
     GenerateStream: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateChunk]  # type: ignore[assignment]
-    """Tokens as the worker produces them (the first token at once, then a chunk every few tokens), then a last chunk
-    with the finish reason and token counts. Cancelling the call cancels the task.
+    """Tokens as the worker produces them (the first at once, then a chunk every few
+    tokens), then a last chunk with the finish reason and token counts. Cancelling the
+    call cancels the task.
     """
     StreamTask: _aio.UnaryStreamMultiCallable[_generation_pb2.StreamTaskRequest, _generation_pb2.GenerateChunk]  # type: ignore[assignment]
     """The token stream of a generation task submitted with Tasks.Submit, from its first
@@ -70,8 +72,9 @@ class GenerationServicer(metaclass=_abc_1.ABCMeta):
         request: _generation_pb2.GenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateChunk], _abc.AsyncIterator[_generation_pb2.GenerateChunk]]:
-        """Tokens as the worker produces them (the first token at once, then a chunk every few tokens), then a last chunk
-        with the finish reason and token counts. Cancelling the call cancels the task.
+        """Tokens as the worker produces them (the first at once, then a chunk every few
+        tokens), then a last chunk with the finish reason and token counts. Cancelling the
+        call cancels the task.
         """
 
     @_abc_1.abstractmethod
