@@ -172,7 +172,6 @@ class VllmGenerator:
             )
         if not (self.path / "config.json").is_file():
             raise RuntimeError(f"model {name!r}: {self.path} is not a model folder")
-        self.settings = settings
         self._info = common_pb2.ModelInfo(name=name, version=_version(self.path))
         self.metrics: WorkerMetrics | None = None
         self._known: set[str] = set()

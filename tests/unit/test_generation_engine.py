@@ -1,0 +1,73 @@
+"""The generation engine's configuration (no engine is started here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.generation.engine import VllmParams, configure_vllm_environment, engine_args
+from services.generation.settings import DEFAULT_MODEL, Settings
+
+
+def test_engine_arguments_come_from_the_params() -> None:
+    params = VllmParams(
+        dtype="bfloat16",
+        max_model_len=None,
+        max_num_seqs=64,
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.8,
+        stream_interval=2,
+        engine_args={"swap_space": 0},
+    )
+    args = engine_args(Path("/models/llm"), params)
+    assert args == {
+        "model": "/models/llm",
+        "dtype": "bfloat16",
+        "max_num_seqs": 64,
+        "tensor_parallel_size": 2,
+        "gpu_memory_utilization": 0.8,
+        "enforce_eager": False,
+        "stream_interval": 2,
+        "swap_space": 0,
+    }  # no max_model_len: the model's own
+    assert engine_args(Path("m"), VllmParams())["max_model_len"] == 2048
+
+
+def test_unknown_params_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        VllmParams.model_validate({"max_tokenz": 10})
+
+
+def test_the_environment_is_set_only_where_the_operator_did_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Recorded by monkeypatch, so whatever the call sets is undone after the test.
+    for key in (
+        "VLLM_CPU_KVCACHE_SPACE",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU",
+        "VLLM_WORKER_MULTIPROC_METHOD",
+        "VLLM_NO_USAGE_STATS",
+        "GOMP_SPINCOUNT",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    configure_vllm_environment(VllmParams(cpu_kvcache_space_gib=1.5, cpu_omp_spin_count=1000))
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1.5"
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+
+
+def test_the_default_model_is_the_embedded_one_on_cpu_settings() -> None:
+    settings = Settings()
+    spec = settings.models[DEFAULT_MODEL]
+    assert settings.default_model == DEFAULT_MODEL
+    assert spec.engine == "vllm" and spec.path is None
+    params = VllmParams.model_validate(spec.params)
+    assert params.dtype == "float32" and params.enforce_eager
