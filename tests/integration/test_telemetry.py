@@ -298,8 +298,16 @@ def test_rpc_errors_are_counted_by_code(
     for task_id in ("not a task id", uuid.uuid4().hex):
         with pytest.raises(grpc.RpcError):
             tasks.Get(tasks_pb2.GetTaskRequest(task_id=task_id), timeout=10)
-    after = metrics("gateway")
-    assert value(after, "nlp_rpc_duration_seconds_count", method=method) == before + 2
+    # The interceptor records a call just after its status went out: the client can be
+    # quicker than that, so the scrape waits for both.
+    deadline = time.monotonic() + 10
+    while True:
+        after = metrics("gateway")
+        count = value(after, "nlp_rpc_duration_seconds_count", method=method)
+        if count >= before + 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert count == before + 2
     assert value(after, "nlp_rpc_duration_seconds_count", method=method, code="NOT_FOUND") >= 1
     assert (
         value(after, "nlp_rpc_duration_seconds_count", method=method, code="INVALID_ARGUMENT") >= 1
