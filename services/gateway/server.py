@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -424,11 +424,10 @@ class Gateway:
         """
         task = await self.open_sync(context, kind, request, self.settings.sync_deadline_s)
         envelope = task.envelope
-        with (
-            self.abandoned_on_exit(context, envelope, kind == "generation"),
-            tracer.start_as_current_span(
-                "wait result", attributes={ATTR_TASK_ID: envelope.task_id}
-            ),
+        if kind == "generation":
+            self.stop_when_done(context, envelope)
+        with tracer.start_as_current_span(
+            "wait result", attributes={ATTR_TASK_ID: envelope.task_id}
         ):
             result = await self.waiter.wait(envelope.task_id, task.remaining(), task.registered)
         if result is None or result.status not in TERMINAL_STATUSES:
@@ -439,30 +438,30 @@ class Gateway:
             )
         return await self.output(context, result)
 
-    @contextlib.contextmanager
-    def abandoned_on_exit(
-        self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, enabled: bool = True
-    ) -> Iterator[None]:
-        """When the block is cancelled (the client cancelled, or its deadline passed),
-        end the task CANCELLED or DEADLINE_EXCEEDED, which stops a running generation."""
-        try:
-            yield
-        except asyncio.CancelledError:
-            if enabled:
-                # The envelope deadline is the call's (grpc cancels the handler on its
-                # timer, a hair before or after it).
-                if time.time() >= seconds(envelope.deadline) - _DEADLINE_SLACK_S:
-                    status, code = common_pb2.TASK_STATUS_DEADLINE_EXCEEDED, Code.DEADLINE_EXCEEDED
-                    message = "the caller's deadline passed"
-                else:
-                    status, code = common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED
-                    message = "the caller cancelled the call"
-                result = error_result(envelope, status, code, message)
-                # Its own task: this one is being cancelled; the first result still wins.
-                stop = asyncio.ensure_future(self.store.finish(result))
-                self._abandoning.add(stop)
-                stop.add_done_callback(self._abandoning.discard)
-            raise
+    def stop_when_done(self, context: Ctx, envelope: tasks_pb2.TaskEnvelope) -> None:
+        """When the call ends, end its task too: a caller that cancelled (or whose
+        deadline passed) leaves no generation running for no one.
+
+        Runs on every ending (a done callback: a stream's handler is not even resumed when
+        its client goes away between two chunks); a task that already has its result
+        keeps it, since the first terminal result wins.
+        """
+
+        def ended(_: Ctx) -> None:
+            # The envelope deadline is the call's.
+            if time.time() >= seconds(envelope.deadline) - _DEADLINE_SLACK_S:
+                status, code = common_pb2.TASK_STATUS_DEADLINE_EXCEEDED, Code.DEADLINE_EXCEEDED
+                message = "the caller's deadline passed"
+            else:
+                status, code = common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED
+                message = "the caller went away"
+            stop = asyncio.ensure_future(
+                self.store.finish(error_result(envelope, status, code, message))
+            )
+            self._abandoning.add(stop)
+            stop.add_done_callback(self._abandoning.discard)
+
+        context.add_done_callback(ended)  # type: ignore[arg-type]  # stubs: a class, not a Protocol
 
     async def output(self, context: Ctx, result: tasks_pb2.TaskResult) -> Any:
         if result.status == common_pb2.TASK_STATUS_SUCCEEDED:
@@ -556,9 +555,9 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         task = await self.gateway.open_sync(
             context, "generation", request, self.settings.stream_deadline_s
         )
-        with self.gateway.abandoned_on_exit(context, task.envelope):
-            async for chunk in self._relay(context, task.envelope.task_id, task):
-                yield chunk
+        self.gateway.stop_when_done(context, task.envelope)
+        async for chunk in self._relay(context, task.envelope.task_id, task):
+            yield chunk
 
     async def StreamTask(  # noqa: N802
         self, request: generation_pb2.StreamTaskRequest, context: Ctx
