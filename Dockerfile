@@ -101,13 +101,11 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,target=/src,rw \
     uv sync --frozen --no-dev --no-editable --extra "${EXTRA}"
-# The conversion writes a private temporary folder (0700) and renames it: readable by the
-# service user only after the chmod.
+# The converted folder is readable by every user (prepare sets its modes).
 RUN --mount=type=tmpfs,target=/tmp \
     XDG_CACHE_HOME=/models-cache HF_HOME=/tmp/huggingface \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    /app/.venv/bin/python -m services.generation.prepare \
- && chmod -R a+rX,go-w /models-cache
+    /app/.venv/bin/python -m services.generation.prepare
 
 # What the gpu target installs, derived from uv.lock: the pinned requirements of the ner,
 # summarization and generation extras, the lock's overrides, and the project as a wheel.

@@ -81,7 +81,7 @@ class StreamingEngine(Protocol):
         """Where the engine records its own measurements."""
         ...
 
-    def start(self, request: Any, job: Job) -> Future[Batched[Message]]:
+    def start(self, request: Any, job: Job) -> Future[Batched[Any]]:
         """Begin ``job``; the future ends with its output or the task's exception."""
         ...
 

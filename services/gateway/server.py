@@ -134,13 +134,15 @@ async def _abort(context: Ctx, code: grpc.StatusCode, details: str) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort always raises
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyncTask:
     """A published task whose caller waits for it."""
 
     envelope: tasks_pb2.TaskEnvelope
     registered: Waiting
     deadline: float  # time.monotonic()
+    # The caller got the task's terminal outcome: nothing is left to stop when it goes.
+    settled: bool = False
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -425,7 +427,7 @@ class Gateway:
         task = await self.open_sync(context, kind, request, self.settings.sync_deadline_s)
         envelope = task.envelope
         if kind == "generation":
-            self.stop_when_done(context, envelope)
+            self.stop_when_done(context, task)
         with tracer.start_as_current_span(
             "wait result", attributes={ATTR_TASK_ID: envelope.task_id}
         ):
@@ -436,18 +438,23 @@ class Gateway:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no result within {task.deadline_s:.1f}s (task {envelope.task_id})",
             )
+        task.settled = True
         return await self.output(context, result)
 
-    def stop_when_done(self, context: Ctx, envelope: tasks_pb2.TaskEnvelope) -> None:
-        """When the call ends, end its task too: a caller that cancelled (or whose
-        deadline passed) leaves no generation running for no one.
+    def stop_when_done(self, context: Ctx, task: SyncTask) -> None:
+        """When the call ends before its caller got the task's outcome, end the task too:
+        a caller that cancelled (or whose deadline passed) leaves no generation running
+        for no one.
 
-        Runs on every ending (a done callback: a stream's handler is not even resumed when
-        its client goes away between two chunks); a task that already has its result
-        keeps it, since the first terminal result wins.
+        A done callback, not an exception handler: a stream's handler is not even resumed
+        when its client goes away between two chunks. Should the task finish meanwhile,
+        it keeps its result (the first terminal result wins).
         """
+        envelope = task.envelope
 
         def ended(_: Ctx) -> None:
+            if task.settled:
+                return
             # The envelope deadline is the call's.
             if time.time() >= seconds(envelope.deadline) - _DEADLINE_SLACK_S:
                 status, code = common_pb2.TASK_STATUS_DEADLINE_EXCEEDED, Code.DEADLINE_EXCEEDED
@@ -555,9 +562,10 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         task = await self.gateway.open_sync(
             context, "generation", request, self.settings.stream_deadline_s
         )
-        self.gateway.stop_when_done(context, task.envelope)
+        self.gateway.stop_when_done(context, task)
         async for chunk in self._relay(context, task.envelope.task_id, task):
             yield chunk
+        task.settled = True
 
     async def StreamTask(  # noqa: N802
         self, request: generation_pb2.StreamTaskRequest, context: Ctx
@@ -602,6 +610,8 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
                 yield chunk
         except RelayEnded as ended:
             if ended.result is not None and ended.result.status in TERMINAL_STATUSES:
+                if task is not None:
+                    task.settled = True
                 await self.gateway.output(context, ended.result)
             await _abort(context, ended.code, f"{ended.message} (task {task_id})")
 

@@ -35,7 +35,7 @@ from nlp.v1 import common_pb2, generation_pb2
 from services.generation import prepare
 from services.generation.settings import Settings
 from shared.batching import Batched
-from shared.engines import Job, TaskAborted
+from shared.engines import EngineFactory, Job, TaskAborted
 from shared.errors import Code, InvalidRequestError
 from shared.metrics import WorkerMetrics
 from shared.settings import ModelSpec
@@ -80,7 +80,8 @@ class VllmParams(BaseModel):
     # 1, 443 at 4, `make bench-generation`); the first token still goes out at once.
     stream_interval: int = Field(4, gt=0, description="tokens per streamed piece after the first")
     max_tokens: int = Field(2048, gt=0, description="largest max_tokens this model accepts")
-    cpu_kvcache_space_gib: float = Field(2.0, gt=0, description="KV cache size on CPU")
+    # vLLM reads VLLM_CPU_KVCACHE_SPACE as a whole number of GiB (and fails on "1.5").
+    cpu_kvcache_space_gib: int = Field(2, gt=0, description="KV cache size on CPU, in GiB")
     cpu_threads_bind: str = Field(
         "", description="cores for the CPU engine's threads, e.g. 0-1; empty: every usable core"
     )
@@ -107,7 +108,7 @@ def configure_vllm_environment(params: VllmParams) -> None:
     """vLLM reads these from the process environment (not from engine arguments); set
     before the engine starts, from typed settings, unless the operator set them."""
     defaults = {
-        "VLLM_CPU_KVCACHE_SPACE": f"{params.cpu_kvcache_space_gib:g}",
+        "VLLM_CPU_KVCACHE_SPACE": str(params.cpu_kvcache_space_gib),
         "VLLM_CPU_OMP_THREADS_BIND": params.cpu_threads_bind or _usable_cores(),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "GOMP_SPINCOUNT": str(params.cpu_omp_spin_count),
@@ -424,6 +425,6 @@ class VllmGenerator:
         self._thread.join(timeout=10)
 
 
-def factories(settings: Settings) -> dict[str, Any]:
+def factories(settings: Settings) -> dict[str, EngineFactory]:
     """Engine factories of the generation worker (they need its Redis and limits)."""
     return {"vllm": lambda name, spec: VllmGenerator(name, spec, settings)}

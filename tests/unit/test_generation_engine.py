@@ -44,21 +44,17 @@ def test_unknown_params_are_refused() -> None:
 def test_the_environment_is_set_only_where_the_operator_did_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Recorded by monkeypatch, so whatever the call sets is undone after the test.
-    for key in (
-        "VLLM_CPU_KVCACHE_SPACE",
-        "VLLM_CPU_OMP_THREADS_BIND",
-        "VLLM_CPU_NUM_OF_RESERVED_CPU",
-        "VLLM_WORKER_MULTIPROC_METHOD",
-        "VLLM_NO_USAGE_STATS",
-        "GOMP_SPINCOUNT",
-        "HF_HUB_OFFLINE",
-        "TRANSFORMERS_OFFLINE",
-    ):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    configure_vllm_environment(VllmParams(cpu_kvcache_space_gib=1.5, cpu_omp_spin_count=1000))
-    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1.5"
+    # A copy of the environment for the test: monkeypatch's delenv records nothing for
+    # an absent variable, so what the call sets would outlive the test (and reach the
+    # services a later stack starts).
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "GOMP_", "HF_HUB"))
+    }
+    environ.pop("TRANSFORMERS_OFFLINE", None)
+    environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    monkeypatch.setattr(os, "environ", environ)
+    configure_vllm_environment(VllmParams(cpu_kvcache_space_gib=3, cpu_omp_spin_count=1000))
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
     assert os.environ["GOMP_SPINCOUNT"] == "1000"
     assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
@@ -71,3 +67,9 @@ def test_the_default_model_is_the_embedded_one_on_cpu_settings() -> None:
     assert spec.engine == "vllm" and spec.path is None
     params = VllmParams.model_validate(spec.params)
     assert params.dtype == "float32" and params.enforce_eager
+
+
+def test_the_cpu_kv_cache_is_whole_gib() -> None:
+    # vLLM parses VLLM_CPU_KVCACHE_SPACE as an integer and refuses to start otherwise.
+    with pytest.raises(ValidationError):
+        VllmParams.model_validate({"cpu_kvcache_space_gib": 1.5})
