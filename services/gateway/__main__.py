@@ -24,9 +24,16 @@ async def main() -> None:
     telemetry.instrument_grpc_server()
     metrics = GatewayMetrics()
     endpoints = serve_endpoints(settings, metrics.registry)
-    producer = make_async_producer(settings)
+    producer = make_async_producer(settings, settings.publish_linger_ms)
+    interactive = (
+        make_async_producer(settings, 0.0, f"{settings.service_name}-interactive")
+        if settings.interactive_kinds
+        else None
+    )
     # Fetch metadata now so that the first request does not pay for it.
-    producer.topics()
+    for each in (producer, interactive):
+        if each is not None:
+            each.topics()
     client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
     telemetry.instrument_redis(client)
     stop, started = asyncio.Event(), asyncio.Event()
@@ -34,7 +41,15 @@ async def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = asyncio.create_task(
-        serve(settings, producer, client, started=started, stop=stop, metrics=metrics)
+        serve(
+            settings,
+            producer,
+            client,
+            started=started,
+            stop=stop,
+            metrics=metrics,
+            interactive_producer=interactive,
+        )
     )
     await asyncio.wait([server, asyncio.create_task(started.wait())], return_when="FIRST_COMPLETED")
     if started.is_set():
@@ -45,6 +60,8 @@ async def main() -> None:
     finally:
         await client.aclose()
         producer.close(timeout=10)
+        if interactive is not None:
+            interactive.close(timeout=10)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ from shared.envelope import (
     validate_request,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import AsyncProducer, result_record, task_headers
+from shared.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
 from shared.results import AsyncResultStore, ResultWaiter, Waiting
 from shared.telemetry import (
@@ -161,9 +161,12 @@ class Gateway:
         producer: AsyncProducer,
         client: aioredis.Redis,
         metrics: GatewayMetrics,
+        interactive_producer: AsyncProducer | None = None,
     ) -> None:
         self.settings = settings
         self.producer = producer
+        # Kinds whose tasks skip the batching producer's linger (settings.interactive_kinds).
+        self.interactive_producer = interactive_producer
         self.metrics = metrics
         self.quotas = Quotas(client, settings.names)
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
@@ -306,7 +309,7 @@ class Gateway:
         began = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
-                outcomes = await self.producer.send_many(messages)
+                outcomes = await self.send_tasks(envelopes, messages)
         except TimeoutError as exc:
             outcomes = [exc] * len(envelopes)
         self.metrics.publish_seconds.observe(time.perf_counter() - began)
@@ -318,6 +321,33 @@ class Gateway:
                 span.set_status(trace.StatusCode.ERROR, f"not enqueued: {outcome}")
             span.end()
         self.kafka_ok = all(o is None for o in outcomes)
+        return outcomes
+
+    async def send_tasks(
+        self,
+        envelopes: Sequence[tasks_pb2.TaskEnvelope],
+        messages: Sequence[tuple[str, bytes, bytes | None, Headers]],
+    ) -> list[Exception | None]:
+        """Each message through the producer of its kind; outcomes in order."""
+        fast = self.interactive_producer
+        interactive = self.settings.interactive_kinds
+        if fast is None or not interactive:
+            return await self.producer.send_many(messages)
+        picks = [kind_name(e.kind) in interactive for e in envelopes]
+        if all(picks):
+            return await fast.send_many(messages)
+        if not any(picks):
+            return await self.producer.send_many(messages)
+        fast_at = [i for i, p in enumerate(picks) if p]
+        slow_at = [i for i, p in enumerate(picks) if not p]
+        fast_out, slow_out = await asyncio.gather(
+            fast.send_many([messages[i] for i in fast_at]),
+            self.producer.send_many([messages[i] for i in slow_at]),
+        )
+        outcomes: list[Exception | None] = [None] * len(messages)
+        for at, out in ((fast_at, fast_out), (slow_at, slow_out)):
+            for i, outcome in zip(at, out, strict=True):
+                outcomes[i] = outcome
         return outcomes
 
     async def publish_result(self, result: tasks_pb2.TaskResult) -> None:
@@ -877,10 +907,12 @@ async def serve(
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     metrics: GatewayMetrics | None = None,
+    interactive_producer: AsyncProducer | None = None,
 ) -> None:
-    """Run the gateway until ``stop`` is set (or forever)."""
+    """Run the gateway until ``stop`` is set (or forever). Tasks of
+    ``settings.interactive_kinds`` go through ``interactive_producer`` when given."""
     metrics = metrics or GatewayMetrics()
-    gateway = Gateway(settings, producer, client, metrics)
+    gateway = Gateway(settings, producer, client, metrics, interactive_producer)
     await gateway.waiter.start()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
