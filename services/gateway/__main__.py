@@ -26,7 +26,9 @@ async def main() -> None:
     endpoints = serve_endpoints(settings, metrics.registry)
     producer = make_async_producer(settings, settings.publish_linger_ms)
     interactive = (
-        make_async_producer(settings, 0.0, f"{settings.service_name}-interactive")
+        make_async_producer(
+            settings, settings.interactive_linger_ms, f"{settings.service_name}-interactive"
+        )
         if settings.interactive_kinds
         else None
     )
