@@ -165,7 +165,7 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.producer = producer
-        # Kinds whose tasks skip the batching producer's linger (settings.interactive_kinds).
+        # Publishes settings.interactive_kinds with a shorter linger than the batching one.
         self.interactive_producer = interactive_producer
         self.metrics = metrics
         self.quotas = Quotas(client, settings.names)
