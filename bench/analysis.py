@@ -53,6 +53,7 @@ from bench.harness import (
     cpus_usable,
     drive,
     environ,
+    fold_cpu,
     format_errors,
     machine_cpu_s,
     machine_info,
@@ -504,20 +505,7 @@ def run_direct(
 
 def group_cpu(delta: Mapping[str, float], kind: str) -> dict[str, float]:
     """Per-process CPU seconds folded into CPU_GROUPS (``idle``: the other kinds' services)."""
-    out = dict.fromkeys(CPU_GROUPS, 0.0)
-    for name, seconds in delta.items():
-        if name in ("machine", "steal", "client", "other", "gateway", "kafka"):
-            group = name
-        elif name == "redis-server":
-            group = "redis"
-        elif name == f"{kind}-intake":
-            group = "intake"
-        elif name == f"{kind}-worker" or name.startswith(f"{kind}-worker-"):
-            group = "worker"
-        else:
-            group = "idle"
-        out[group] = out.get(group, 0.0) + seconds
-    return out
+    return fold_cpu(delta, kind, CPU_GROUPS)
 
 
 def batch_stats(sizes: Counter[int]) -> tuple[float, float, int]:

@@ -55,6 +55,7 @@ from bench.harness import (
     cpu_delta,
     drive,
     environ,
+    fold_cpu,
     format_errors,
     machine_cpu_s,
     machine_info,
@@ -343,19 +344,7 @@ def gateway_cpu(stack: LocalStack) -> dict[str, float]:
 
 def group_cpu(cpu: Mapping[str, float]) -> dict[str, float]:
     """cpu_delta's output in CPU_GROUPS (plus machine and steal)."""
-    groups = dict.fromkeys(CPU_GROUPS, 0.0)
-    for name, seconds in cpu.items():
-        if name in ("client", "engine", "gateway", "kafka", "other"):
-            groups[name] += seconds
-        elif name.endswith("-intake"):
-            groups["intake"] += seconds
-        elif "-worker" in name:
-            groups["worker"] += seconds
-        elif name.startswith("redis"):
-            groups["redis"] += seconds
-        elif name in ("machine", "steal"):
-            groups[name] = seconds
-    return groups
+    return fold_cpu(cpu, KIND, CPU_GROUPS)
 
 
 # --- driving ------------------------------------------------------------------------------

@@ -171,6 +171,27 @@ def cpu_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[s
     return delta
 
 
+def fold_cpu(delta: Mapping[str, float], kind: str, groups: Sequence[str]) -> dict[str, float]:
+    """:func:`cpu_delta`'s output folded into ``groups`` (plus machine and steal): a name
+    that is a group stays itself, ``redis-server`` is ``redis``, the intake and worker
+    replicas of ``kind`` are ``intake`` and ``worker``, and any other service (another
+    kind's, idle in this run) is ``idle``."""
+    out = dict.fromkeys(groups, 0.0)
+    for name, seconds in delta.items():
+        if name in groups or name in ("machine", "steal"):
+            group = name
+        elif name == "redis-server":
+            group = "redis"
+        elif name == f"{kind}-intake":
+            group = "intake"
+        elif name == f"{kind}-worker" or name.startswith(f"{kind}-worker-"):
+            group = "worker"
+        else:
+            group = "idle"
+        out[group] = out.get(group, 0.0) + seconds
+    return out
+
+
 @contextlib.contextmanager
 def environ(overrides: Mapping[str, str]) -> Iterator[None]:
     """``os.environ`` with ``overrides`` applied, restored on exit.
