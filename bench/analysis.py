@@ -49,6 +49,7 @@ from google.protobuf.message import Message
 from bench.corpora import CORPORA, SEED, Corpus
 from bench.harness import (
     TaskFailedError,
+    add_env_argument,
     cpu_delta,
     cpus_usable,
     drive,
@@ -929,12 +930,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds", default=",".join(benched), help=f"comma-separated (default: {','.join(benched)})"
     )
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment for every stack service, e.g. NLP_BATCH_MAX_SIZE=32 (repeatable)",
+    add_env_argument(
+        parser, "environment for every stack service, e.g. NLP_BATCH_MAX_SIZE=32 (repeatable)"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)

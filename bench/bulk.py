@@ -36,6 +36,7 @@ import grpc
 
 from bench.corpora import CORPORA, SEED
 from bench.harness import (
+    add_env_argument,
     cpu_delta,
     drive,
     machine_info,
@@ -309,13 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke test")
     parser.add_argument("--docs", type=int, default=0, help="documents in the full batch")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment for every stack service (repeatable)",
-    )
+    add_env_argument(parser, "environment for every stack service (repeatable)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)
     env = parse_env(args.env, parser)

@@ -52,6 +52,7 @@ from typing import Any
 import grpc
 
 from bench.harness import (
+    add_env_argument,
     cpu_delta,
     drive,
     environ,
@@ -777,12 +778,8 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=_csv_ints, help="client counts (default 1,8,16; quick 1,8)"
     )
     parser.add_argument("--max-tokens", type=int, help="per request (default 64; quick 16)")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="environment for the direct engine and every stack service (repeatable)",
+    add_env_argument(
+        parser, "environment for the direct engine and every stack service (repeatable)"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)

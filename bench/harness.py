@@ -251,6 +251,11 @@ def format_errors(errors: Mapping[str, int]) -> str:
     return ",".join(f"{k}:{v}" for k, v in sorted(errors.items())) or "0"
 
 
+def add_env_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable ``--env KEY=VALUE`` option; read it with :func:`parse_env`."""
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def parse_env(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
     """``KEY=VALUE`` strings as a dict; a malformed one is a usage error."""
     env: dict[str, str] = {}
