@@ -268,6 +268,10 @@ class KafkaBroker:
             "num.io.threads": "2",
             "num.recovery.threads.per.data.dir": "1",
             "background.threads": "2",
+            # The controller appends a no-op record to the metadata log this often so that
+            # brokers can tell it is alive; one combined node has no one to tell. 500 ms (the
+            # default) kept an idle broker at 2.9 % of a core, 10 s at 1.7 %.
+            "metadata.max.idle.interval.ms": "10000",
         }
         props.update(self.extra_config)
         return props

@@ -17,8 +17,7 @@ from shared.metrics import serve_endpoints
 from shared.readiness import mark_ready
 
 
-async def main() -> None:
-    settings = Settings()
+async def main(settings: Settings) -> None:
     configure_logging("gateway", settings.log_level)
     telemetry.setup_tracing("nlp-gateway")
     telemetry.instrument_grpc_server()
@@ -67,4 +66,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    settings = Settings()
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(settings))
+    else:
+        asyncio.run(main(settings))
