@@ -1,7 +1,8 @@
 """The intake: Kafka consumer group of one kind → that kind's Celery queue.
 
 Guarantees (see the architecture): offsets are committed only after every
-record of a poll was handed to Celery, dead-lettered or finished; a record that
+record of a poll was handed to Celery, dead-lettered or finished (every
+``commit_interval_ms``, and before a rebalance or stop takes the partitions); a record that
 cannot be decoded or validated goes to the dead-letter topic with the reason
 and never blocks its partition; expired tasks end as DEADLINE_EXCEEDED without
 running; the partitions are paused while the Celery queue is above the
@@ -19,11 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import confluent_kafka
 import redis
 from celery import Celery
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka import KafkaProducer
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -39,7 +39,7 @@ from shared.envelope import (
     validate_envelope,
 )
 from shared.errors import Code, InvalidRequestError
-from shared.kafka import dead_letter_headers, publish_results
+from shared.kafka import Partition, Record, TaskConsumer, dead_letter_headers, publish_results
 from shared.metrics import IntakeMetrics
 from shared.names import (
     CELERY_HEADER_TRACE,
@@ -74,7 +74,7 @@ class Intake:
 
     kind: str
     settings: WorkerSettings
-    consumer: KafkaConsumer
+    consumer: TaskConsumer
     producer: KafkaProducer
     celery: Celery
     store: ResultStore
@@ -82,6 +82,10 @@ class Intake:
     metrics: IntakeMetrics
     stats: Counter[str] = field(default_factory=Counter)
     paused: bool = False
+    clock: Callable[[], float] = time.monotonic
+    # Next offset to read per partition, handed off but not yet committed.
+    uncommitted: dict[Partition, int] = field(default_factory=dict)
+    _commit_at: float = 0.0
 
     @property
     def names(self) -> Names:
@@ -99,9 +103,17 @@ class Intake:
         while not self.consumer.partitions_for_topic(topic):
             if stop.wait(0.2):
                 return
-        self.consumer.subscribe([topic])
+        self.consumer.subscribe([topic], on_revoke=self.revoked)
+        try:
+            self._poll_until(stop, on_first_poll)
+        finally:
+            # What was handed off is committed, whatever stopped the loop.
+            self.commit(self.uncommitted)
+
+    def _poll_until(self, stop: threading.Event, on_first_poll: Callable[[], None] | None) -> None:
         first = True
         next_sweep = time.monotonic() + self.settings.sweep_interval_s
+        self._commit_at = self.clock() + self.settings.commit_interval_ms / 1000
         while not stop.is_set():
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.settings.sweep_interval_s
@@ -122,18 +134,11 @@ class Intake:
                 first = False
             if batch:
                 self.handle_batch(batch)
+            self.commit_due()
 
     def measure_lag(self) -> None:
-        """Consumer lag of each assigned partition (log end minus our position): what
-        KEDA scales on. End offsets are asked for, since paused partitions fetch nothing."""
-        assigned = list(self.consumer.assignment())
-        ends = self.consumer.end_offsets(assigned) if assigned else {}
-        lags: dict[int, int] = {}
-        for tp in assigned:
-            position = self.consumer.position(tp, timeout_ms=1000)
-            if position is not None and tp in ends:
-                lags[tp.partition] = max(0, ends[tp] - position)
-        self.metrics.lag(lags)
+        """Consumer lag of each assigned partition: what KEDA scales on."""
+        self.metrics.lag(self.consumer.lag())
 
     def apply_backpressure(self) -> None:
         depth = self.queue_depth()
@@ -152,7 +157,7 @@ class Intake:
             # Re-applied every loop: partitions assigned by a rebalance start unpaused.
             self.consumer.pause(*assigned)
 
-    def handle_batch(self, batch: dict[TopicPartition, Sequence[ConsumerRecord]]) -> None:
+    def handle_batch(self, batch: dict[Partition, list[Record]]) -> None:
         """Hand off, dead-letter or finish every record, then commit; rewind on failure.
 
         The poll is one ``receive`` span linked to every record's producer; each record
@@ -208,10 +213,40 @@ class Intake:
             finally:
                 for span in spans:
                     span.end()
-            offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()}
-            self.consumer.commit(offsets)
+            self.uncommitted |= {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
 
-    def process(self, records: Sequence[tuple[ConsumerRecord, trace.Span]]) -> list[Any]:
+    def commit_due(self) -> None:
+        """Commit the handed-off offsets once ``commit_interval_ms`` has passed."""
+        if self.uncommitted and self.clock() >= self._commit_at:
+            self.commit(self.uncommitted)
+            self._commit_at = self.clock() + self.settings.commit_interval_ms / 1000
+
+    def revoked(self, partitions: set[Partition]) -> None:
+        """A rebalance is taking ``partitions``: commit what was handed off from them."""
+        self.commit({tp: o for tp, o in self.uncommitted.items() if tp in partitions})
+        for tp in partitions:
+            self.uncommitted.pop(tp, None)
+
+    def commit(self, offsets: dict[Partition, int]) -> None:
+        """Commit ``offsets`` and forget them; a refused commit is logged, not raised."""
+        if not offsets:
+            return
+        offsets = dict(offsets)  # often self.uncommitted itself, which changes below
+        try:
+            self.consumer.commit(offsets)
+        except confluent_kafka.KafkaException as exc:
+            # Partitions already taken by a rebalance: their new owner reads the records
+            # again and skips the tasks that have a result. Others are tried again.
+            log.warning("offset commit refused; will retry or re-read: %s", exc)
+            assigned = self.consumer.assignment()
+            for tp in [tp for tp in offsets if tp not in assigned]:
+                self.uncommitted.pop(tp, None)
+            return
+        for tp, offset in offsets.items():
+            if self.uncommitted.get(tp) == offset:
+                del self.uncommitted[tp]
+
+    def process(self, records: Sequence[tuple[Record, trace.Span]]) -> list[Any]:
         """Process a poll's records together (one Redis round trip per step, not per
         record); returns the pending dead-letter sends."""
         pending: list[Any] = []
@@ -246,7 +281,7 @@ class Intake:
         self.hand_off(ready)
         return pending
 
-    def check(self, record: ConsumerRecord, span: trace.Span) -> tasks_pb2.TaskEnvelope | Any:
+    def check(self, record: Record, span: trace.Span) -> tasks_pb2.TaskEnvelope | Any:
         """The record's envelope if it is a valid task; else dead-letter it and return
         the pending send."""
         try:
@@ -363,7 +398,7 @@ class Intake:
             publish_results(self.producer, self.names.results_topic, [result])
         self.store.finish(result)
 
-    def dead_letter(self, record: ConsumerRecord, reason: str, span: trace.Span) -> Any:
+    def dead_letter(self, record: Record, reason: str, span: trace.Span) -> Any:
         self.stats["dead_lettered"] += 1
         self.metrics.outcome("dead_lettered")
         self.metrics.dead_lettered("intake")
@@ -431,6 +466,6 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     try:
         intake.run(stop, on_first_poll=ready)
     finally:
-        consumer.close(autocommit=False)
+        consumer.close()
         producer.close(timeout=10)
         log.info("intake stopped", extra={"stats": dict(intake.stats)})

@@ -40,7 +40,7 @@ def make() -> tuple[Intake, FakeConsumer, FakeRedis]:
     intake = Intake(
         kind="classification",
         settings=settings,
-        consumer=consumer,
+        consumer=consumer,  # type: ignore[arg-type]
         producer=none,
         celery=none,
         store=none,

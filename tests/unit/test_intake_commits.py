@@ -1,0 +1,113 @@
+"""When the intake commits handed-off offsets: on its interval, before a rebalance takes
+partitions, and what it keeps when the broker refuses a commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import confluent_kafka
+
+from shared.intake import Intake
+from shared.kafka import Partition
+from shared.metrics import IntakeMetrics
+from shared.settings import WorkerSettings
+
+P0, P1 = Partition("tasks", 0), Partition("tasks", 1)
+
+
+@dataclass
+class FakeConsumer:
+    assigned: set[Partition] = field(default_factory=lambda: {P0, P1})
+    commits: list[dict[Partition, int]] = field(default_factory=list)
+    refuse: bool = False
+
+    def assignment(self) -> set[Partition]:
+        return set(self.assigned)
+
+    def commit(self, offsets: dict[Partition, int]) -> None:
+        if self.refuse:
+            raise confluent_kafka.KafkaException(
+                confluent_kafka.KafkaError(confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS)
+            )
+        self.commits.append(dict(offsets))
+
+
+@dataclass
+class Clock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(interval_ms: int = 1000) -> tuple[Intake, FakeConsumer, Clock]:
+    consumer, clock = FakeConsumer(), Clock()
+    none: Any = None
+    intake = Intake(
+        kind="classification",
+        settings=WorkerSettings(commit_interval_ms=interval_ms),
+        consumer=consumer,  # type: ignore[arg-type]
+        producer=none,
+        celery=none,
+        store=none,
+        redis=none,
+        metrics=IntakeMetrics("classification"),
+        clock=clock,
+    )
+    intake._commit_at = clock.now + interval_ms / 1000
+    return intake, consumer, clock
+
+
+def test_commits_the_latest_offsets_once_the_interval_passed() -> None:
+    intake, consumer, clock = make(1000)
+    intake.uncommitted |= {P0: 5}
+    clock.now = 0.5
+    intake.commit_due()
+    intake.uncommitted |= {P0: 9, P1: 3}
+    assert consumer.commits == []
+    clock.now = 1.0
+    intake.commit_due()
+    assert consumer.commits == [{P0: 9, P1: 3}]
+    assert intake.uncommitted == {}
+    clock.now = 1.5
+    intake.uncommitted |= {P1: 4}
+    intake.commit_due()  # the next interval has not passed yet
+    assert consumer.commits == [{P0: 9, P1: 3}]
+
+
+def test_interval_zero_commits_after_every_poll() -> None:
+    intake, consumer, _ = make(0)
+    for offset in (1, 2, 3):
+        intake.uncommitted |= {P0: offset}
+        intake.commit_due()
+    assert consumer.commits == [{P0: 1}, {P0: 2}, {P0: 3}]
+
+
+def test_nothing_handed_off_commits_nothing() -> None:
+    intake, consumer, clock = make(1000)
+    clock.now = 10.0
+    intake.commit_due()
+    assert consumer.commits == []
+
+
+def test_revoked_partitions_are_committed_before_they_go() -> None:
+    intake, consumer, _ = make(1000)
+    intake.uncommitted |= {P0: 7, P1: 2}
+    intake.revoked({P0})
+    assert consumer.commits == [{P0: 7}]
+    assert intake.uncommitted == {P1: 2}
+
+
+def test_a_refused_commit_keeps_assigned_partitions_for_the_next_try() -> None:
+    intake, consumer, clock = make(1000)
+    intake.uncommitted |= {P0: 7, P1: 2}
+    consumer.refuse = True
+    consumer.assigned = {P1}  # P0 went to another member: it re-reads those records
+    clock.now = 1.0
+    intake.commit_due()
+    assert intake.uncommitted == {P1: 2}
+    consumer.refuse = False
+    clock.now = 2.0
+    intake.commit_due()
+    assert consumer.commits == [{P1: 2}]
