@@ -428,7 +428,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     """Entry point of a kind's intake process: build the clients, run until SIGTERM/SIGINT."""
     import signal
 
-    from shared import telemetry
+    from shared import heap, telemetry
     from shared.celery_app import make_celery
     from shared.kafka import make_consumer, make_producer
     from shared.logs import configure_logging
@@ -459,6 +459,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     endpoints = serve_endpoints(settings, intake.metrics.registry)
 
     def ready() -> None:
+        heap.settle(settings)
         mark_ready(settings)
         endpoints.mark_ready()
 

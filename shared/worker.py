@@ -543,7 +543,7 @@ def serve_worker(
     import redis
     from celery.signals import worker_ready, worker_shutdown
 
-    from shared import telemetry
+    from shared import heap, telemetry
     from shared.celery_app import make_celery
     from shared.kafka import make_producer
     from shared.logs import configure_logging
@@ -579,6 +579,7 @@ def serve_worker(
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
+        heap.settle(settings)
         mark_ready(settings)
         endpoints.mark_ready()
 
