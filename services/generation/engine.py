@@ -17,7 +17,6 @@ configured local path with its tensor-parallel size, memory share and limits in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -93,15 +92,6 @@ class VllmParams(BaseModel):
     cpu_omp_spin_count: int = Field(
         20000, ge=0, description="GOMP_SPINCOUNT: how long idle OpenMP threads spin (CPU)"
     )
-    # The CPU engine's threads fill both cores; at its normal priority the platform's
-    # own processes (Kafka, intake, Celery, gateway) queue behind it, and every task's
-    # hops with them. Measured by `make bench-generation` on 2 cores: see the README.
-    engine_nice: int = Field(
-        10,
-        ge=0,
-        le=19,
-        description="nice value of the engine core's processes (every thread); 0: unchanged",
-    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="further vllm AsyncEngineArgs, passed as they are"
     )
@@ -158,41 +148,6 @@ def open_async_llm(path: Path, params: VllmParams) -> Any:
     return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(path, params)))
 
 
-def _descendants(pid: int) -> list[int]:
-    """Processes below ``pid`` (Linux /proc: each one's parent is field 4 of its stat)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:  # exited meanwhile
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            parents.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
-def renice_engine(nice: int) -> int:
-    """Give every thread of this process's children (vLLM's engine core and its workers)
-    the nice value ``nice``; returns how many threads. Threads they start later inherit
-    it from their creator. Raising one's own processes' nice value needs no privilege."""
-    if nice <= 0 or not Path("/proc").is_dir():
-        return 0
-    count = 0
-    for child in _descendants(os.getpid()):
-        with contextlib.suppress(OSError):
-            for thread in os.listdir(f"/proc/{child}/task"):
-                with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, int(thread), nice)
-                    count += 1
-    return count
-
-
 def _version(path: Path) -> str:
     if prepare.prepared(path):
         return prepare.model_version(path)
@@ -232,7 +187,6 @@ class VllmGenerator:
         self._thread.start()
         began = time.monotonic()
         self.llm = self._call(self._open())
-        reniced = renice_engine(self.params.engine_nice)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.model_config.max_model_len)
         client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
@@ -250,7 +204,6 @@ class VllmGenerator:
                 "path": str(self.path),
                 "max_model_len": self.max_model_len,
                 "seconds": round(time.monotonic() - began, 1),
-                "reniced_threads": reniced,
             },
         )
 

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from services.generation.engine import (
-    VllmParams,
-    configure_vllm_environment,
-    engine_args,
-    renice_engine,
-)
+from services.generation.engine import VllmParams, configure_vllm_environment, engine_args
 from services.generation.settings import DEFAULT_MODEL, Settings
 
 
@@ -80,16 +73,3 @@ def test_the_cpu_kv_cache_is_whole_gib() -> None:
     # vLLM parses VLLM_CPU_KVCACHE_SPACE as an integer and refuses to start otherwise.
     with pytest.raises(ValidationError):
         VllmParams.model_validate({"cpu_kvcache_space_gib": 1.5})
-
-
-def test_renice_engine_lowers_the_priority_of_every_child_thread() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        assert renice_engine(0) == 0  # 0: left as it is
-        assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.getpriority(os.PRIO_PROCESS, 0)
-        assert renice_engine(7) >= 1
-        assert os.getpriority(os.PRIO_PROCESS, child.pid) == 7
-        assert os.getpriority(os.PRIO_PROCESS, 0) != 7  # not this process itself
-    finally:
-        child.kill()
-        child.wait()
