@@ -158,7 +158,8 @@ class Intake:
             self.consumer.pause(*assigned)
 
     def handle_batch(self, batch: dict[Partition, list[Record]]) -> None:
-        """Hand off, dead-letter or finish every record, then commit; rewind on failure.
+        """Hand off, dead-letter or finish every record, then mark the poll's offsets for
+        the next commit (:meth:`commit_due`); rewind on failure.
 
         The poll is one ``receive`` span linked to every record's producer; each record
         gets a ``process`` span in its own trace, ended once it is handed off.

@@ -254,7 +254,7 @@ class TaskConsumer:
         return batch
 
     def assignment(self) -> set[Partition]:
-        return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        return {_key(tp) for tp in self._consumer.assignment()}
 
     def pause(self, *partitions: Partition) -> None:
         """Stop fetching these partitions; what was fetched and not yet polled is
