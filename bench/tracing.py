@@ -36,8 +36,10 @@ import grpc
 
 from bench.corpora import CORPORA, SEED
 from bench.harness import (
+    add_env_argument,
     cpu_delta,
     drive,
+    fold_cpu,
     format_errors,
     machine_info,
     note,
@@ -195,22 +197,6 @@ class ModesReport:
 CPU_GROUPS = ("gateway", "intake", "worker", "kafka", "redis", "client")
 
 
-def group_cpu(cpu: dict[str, float]) -> dict[str, float]:
-    groups = dict.fromkeys(CPU_GROUPS, 0.0)
-    for name, seconds in cpu.items():
-        if name in ("gateway", "client"):
-            groups[name] += seconds
-        elif name.endswith("-intake"):
-            groups["intake"] += seconds
-        elif "-worker" in name:
-            groups["worker"] += seconds
-        elif name == "kafka":
-            groups["kafka"] += seconds
-        elif name.startswith("redis"):
-            groups["redis"] += seconds
-    return groups
-
-
 async def measure(
     stack: LocalStack,
     requests: list[classification_pb2.ClassifyRequest],
@@ -257,7 +243,8 @@ async def measure(
             await call(i)
             latencies.append((time.perf_counter() - began) * 1000)
     p50, _, p99 = percentiles(latencies)
-    per_doc = {k: v * 1000 / max(driven.done, 1) for k, v in group_cpu(cpu).items()}
+    groups = fold_cpu(cpu, KIND, CPU_GROUPS)
+    per_doc = {k: groups[k] * 1000 / max(driven.done, 1) for k in CPU_GROUPS}
     return ModeRun(
         mode=mode,
         round=rnd,
@@ -293,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
     parser.add_argument("--rounds", type=int, help="off/on pairs (default 2; quick 1)")
-    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack")
+    add_env_argument(parser, "environment for every stack service (repeatable)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()

@@ -168,10 +168,11 @@ class WorkerSettings(ServiceSettings):
         description="how often the intake commits the offsets of handed-off records "
         "(and on rebalance and stop); 0: after every poll",
     )
-    # As many as a micro-batch holds (batch_max_size): one message then fills one batch.
-    # Measured by `python -m bench.analysis --kinds classification`: 16 -> 32 took worker CPU
-    # per task from 6.89 to 6.67 ms at saturation; 64 split bundles across batches (mean
-    # batch 23 of 32) and lost 8 % of the docs/s.
+    # As many as a micro-batch holds (batch_max_size): one message then fills one batch,
+    # and Celery's per-message cost is paid half as often. Measured by `python -m
+    # bench.analysis --kinds classification`: 16 -> 32 took worker CPU per task from 6.89
+    # to 6.67 ms at saturation in one run (a repeat: 6.9-7.0, within this VM's noise); 64
+    # split bundles across batches (mean batch 23 of 32) and lost 8 % of the docs/s.
     handoff_max_tasks: int = Field(
         32, gt=0, description="most tasks of one poll the intake puts in one Celery message"
     )
