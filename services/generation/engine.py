@@ -148,6 +148,19 @@ def open_async_llm(path: Path, params: VllmParams) -> Any:
     return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_args(path, params)))
 
 
+def warn_thread_shortfall(name: str, params: VllmParams, concurrency: int) -> bool:
+    """Warn (and say so) when the worker has fewer Celery threads than the model has
+    sequence slots: a message holds its thread for its whole generation, so tasks that
+    arrive one at a time would leave slots empty while others wait in the queue."""
+    if concurrency >= params.max_num_seqs:
+        return False
+    log.warning(
+        "fewer Celery threads (NLP_CONCURRENCY) than the engine's sequence slots",
+        extra={"model": name, "concurrency": concurrency, "max_num_seqs": params.max_num_seqs},
+    )
+    return True
+
+
 def _version(path: Path) -> str:
     if prepare.prepared(path):
         return prepare.model_version(path)
@@ -174,6 +187,7 @@ class VllmGenerator:
         if not (self.path / "config.json").is_file():
             raise RuntimeError(f"model {name!r}: {self.path} is not a model folder")
         self._info = common_pb2.ModelInfo(name=name, version=_version(self.path))
+        warn_thread_shortfall(name, self.params, settings.concurrency)
         self.metrics: WorkerMetrics | None = None
         self._known: set[str] = set()
         self._known_lock = threading.Lock()

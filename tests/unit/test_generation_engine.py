@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from services.generation.engine import VllmParams, configure_vllm_environment, engine_args
+from services.generation.engine import (
+    VllmParams,
+    configure_vllm_environment,
+    engine_args,
+    warn_thread_shortfall,
+)
 from services.generation.settings import DEFAULT_MODEL, Settings
 
 
@@ -73,3 +79,18 @@ def test_the_cpu_kv_cache_is_whole_gib() -> None:
     # vLLM parses VLLM_CPU_KVCACHE_SPACE as an integer and refuses to start otherwise.
     with pytest.raises(ValidationError):
         VllmParams.model_validate({"cpu_kvcache_space_gib": 1.5})
+
+
+def test_the_default_worker_has_a_thread_per_sequence_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = Settings()
+    params = VllmParams.model_validate(settings.models[DEFAULT_MODEL].params)
+    with caplog.at_level(logging.WARNING, logger="services.generation.engine"):
+        assert not warn_thread_shortfall(DEFAULT_MODEL, params, settings.concurrency)
+        assert not caplog.records
+        # A GPU model with more slots than the worker has threads is warned about.
+        assert warn_thread_shortfall("llm", VllmParams(max_num_seqs=64), settings.concurrency)
+    (record,) = caplog.records
+    assert record.__dict__["max_num_seqs"] == 64
+    assert record.__dict__["concurrency"] == settings.concurrency
