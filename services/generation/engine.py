@@ -202,6 +202,11 @@ class VllmGenerator:
         began = time.monotonic()
         self.llm = self._call(self._open())
         self.tokenizer = self.llm.get_tokenizer()
+        # vLLM's tokenizer lends out copies from a pool sized for vLLM's own threads; a
+        # borrower beyond that makes it deep-copy the whole tokenizer (~0.4 s holding
+        # the GIL, stalling every thread of the worker). Celery's threads take turns, so
+        # together they hold one copy at most.
+        self._tokenizing = threading.Lock()
         self.max_model_len = int(self.llm.model_config.max_model_len)
         client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
         self.writer = TokenStreamWriter(
@@ -240,16 +245,19 @@ class VllmGenerator:
 
     def prompt_ids(self, request: generation_pb2.GenerateRequest) -> list[int]:
         """The prompt as token ids (chat messages through the model's chat template)."""
-        if request.WhichOneof("input") == "messages":
-            chat = [{"role": m.role, "content": m.content} for m in request.messages.messages]
-            try:
-                text = self.tokenizer.apply_chat_template(
-                    chat, add_generation_prompt=True, tokenize=False
-                )
-            except Exception as exc:  # no template, or one that refuses these roles
-                raise InvalidRequestError([f"messages: the model's chat template: {exc}"]) from exc
-            return list(self.tokenizer.encode(text, add_special_tokens=False))
-        return list(self.tokenizer.encode(request.prompt))
+        with self._tokenizing:
+            if request.WhichOneof("input") == "messages":
+                chat = [{"role": m.role, "content": m.content} for m in request.messages.messages]
+                try:
+                    text = self.tokenizer.apply_chat_template(
+                        chat, add_generation_prompt=True, tokenize=False
+                    )
+                except Exception as exc:  # no template, or one that refuses these roles
+                    raise InvalidRequestError(
+                        [f"messages: the model's chat template: {exc}"]
+                    ) from exc
+                return list(self.tokenizer.encode(text, add_special_tokens=False))
+            return list(self.tokenizer.encode(request.prompt))
 
     def sampling(self, request: generation_pb2.GenerateRequest, prompt_tokens: int) -> Any:
         from vllm import SamplingParams

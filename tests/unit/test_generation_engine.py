@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from nlp.v1 import generation_pb2
 from services.generation.engine import (
+    VllmGenerator,
     VllmParams,
     configure_vllm_environment,
     engine_args,
@@ -94,3 +99,34 @@ def test_the_default_worker_has_a_thread_per_sequence_slot(
     (record,) = caplog.records
     assert record.__dict__["max_num_seqs"] == 64
     assert record.__dict__["concurrency"] == settings.concurrency
+
+
+class _CountingTokenizer:
+    """Records how many threads are inside it at once (vLLM's pool deep-copies itself
+    for every borrower beyond its size)."""
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        time.sleep(0.005)
+        with self.lock:
+            self.inside -= 1
+        return [len(text)]
+
+
+def test_celery_threads_take_turns_with_the_engine_tokenizer() -> None:
+    generator = object.__new__(VllmGenerator)  # no engine: only its tokenizing part
+    tokenizer = _CountingTokenizer()
+    generator.tokenizer = tokenizer
+    generator._tokenizing = threading.Lock()
+    requests = [generation_pb2.GenerateRequest(prompt="x" * (i + 1)) for i in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        ids = list(pool.map(generator.prompt_ids, requests))
+    assert ids == [[i + 1] for i in range(16)]
+    assert tokenizer.most == 1
