@@ -1,7 +1,7 @@
 """Text generation: the vLLM engine driven in-process vs. the same engine through the platform.
 
     python -m bench.generation [--quick] [--concurrency 1,8,16] [--max-tokens 64]
-                               [--env KEY=VALUE ...] [--out PATH]
+                               [--rounds 2] [--env KEY=VALUE ...] [--out PATH]
 
 The generation worker's default model (the embedded SmolLM2 on vLLM's CPU build, with
 its default ``params``), the same fixed prompts, greedy sampling (temperature 0) and
@@ -16,6 +16,10 @@ with like:
 2. gateway: one ``LocalStack(kinds=["generation"])`` (gRPC gateway → Kafka → intake →
    Celery worker → vLLM → Redis token stream → gateway), ``Generation.GenerateStream``
    over an insecure local channel (the stack's development auth mode).
+
+Both run ``rounds`` times in turn (direct, gateway, direct, gateway: a fresh engine and
+stack each time) and each side's rounds are pooled, because this VM's speed drifts
+between runs minutes apart; the last table gives each round alone.
 
 At each concurrency C (default 1, 8 and 16) C request loops share one schedule of
 ``max(min_requests, requests_per_client * C)`` requests, request i taking prompt
@@ -119,6 +123,10 @@ class Plan:
     level_budget_s: float = 240.0
     # Per-RPC deadline of the gateway side (a hung request cannot hang the run).
     rpc_timeout_s: float = 300.0
+    # Direct then gateway, this many times (fresh engine and stack each round), pooled:
+    # this VM's speed drifts by up to 25 % between runs minutes apart, and the sides
+    # would otherwise run at different moments of it.
+    rounds: int = 2
 
     def requests(self, concurrency: int) -> int:
         return max(self.min_requests, self.requests_per_client * concurrency)
@@ -132,6 +140,7 @@ QUICK = Plan(
     warmup_requests=4,
     level_budget_s=60.0,
     rpc_timeout_s=120.0,
+    rounds=1,
 )
 
 
@@ -218,6 +227,7 @@ class Report:
     direct_start_s: float
     stack_start_s: float
     warmup: list[LevelRun]
+    # Pooled over the rounds (their requests, tokens, seconds and CPU together).
     runs: list[LevelRun]
     comparisons: list[Comparison]
     # Prompts whose first greedy text was the same on both sides, of those compared.
@@ -226,6 +236,8 @@ class Report:
     wall_s: float
     errors: int = 0
     notes: list[str] = field(default_factory=list)
+    # Each round's own comparisons, in order.
+    rounds: list[list[Comparison]] = field(default_factory=list)
 
 
 def summarize(
@@ -267,6 +279,35 @@ def summarize(
         engine_ttft_mean_ms=engine_ttft_mean_ms,
         first_error=first_error,
         samples=sorted(samples, key=lambda s: s.index),
+    )
+
+
+def pool(runs: Sequence[LevelRun]) -> LevelRun:
+    """One level's rounds as one run: every request, the wall seconds and CPU summed
+    (tok/s is all tokens over all seconds; TTFT percentiles over every request)."""
+    first = runs[0]
+    assert all(r.side == first.side and r.concurrency == first.concurrency for r in runs)
+    errors: Counter[str] = Counter()
+    cpu: dict[str, float] = {}
+    for r in runs:
+        errors.update(r.errors)
+        for name, seconds in r.cpu_s.items():
+            cpu[name] = cpu.get(name, 0.0) + seconds
+    # The engine's own time to first token, weighted by each round's requests.
+    measured = [(r.engine_ttft_mean_ms, r.done) for r in runs if r.done]
+    measured = [(t, n) for t, n in measured if not math.isnan(t)]
+    count = sum(n for _, n in measured)
+    engine_ttft = sum(t * n for t, n in measured) / count if count else float("nan")
+    return summarize(
+        first.side,
+        first.concurrency,
+        sum(r.planned for r in runs),
+        [s for r in runs for s in r.samples],
+        sum(r.seconds for r in runs),
+        errors,
+        cpu,
+        next((r.first_error for r in runs if r.first_error), ""),
+        engine_ttft,
     )
 
 
@@ -756,8 +797,60 @@ def render(report: Report) -> str:
         f"  greedy text identical on both sides for {report.same_text} of "
         f"{report.compared} prompts",
     ]
+    if len(report.rounds) > 1:
+        parts += [
+            "",
+            "each round alone (ratios as above; the engine's speed drifts between rounds)",
+            table(
+                ["round", "clients", "direct tok/s", "gw tok/s", "ratio", "ttft p50 ratio"],
+                [
+                    [
+                        n,
+                        c.concurrency,
+                        c.direct_tokens_per_s,
+                        c.gateway_tokens_per_s,
+                        c.tokens_per_s_ratio,
+                        c.ttft_p50_ratio,
+                    ]
+                    for n, comparisons in enumerate(report.rounds, 1)
+                    for c in comparisons
+                ],
+                digits=2,
+            ),
+        ]
     parts += [f"note: {n}" for n in report.notes]
     return "\n".join(parts)
+
+
+@dataclass
+class Rounds:
+    """Every round's levels by side (round → levels), their warm-ups and start times."""
+
+    warmup: list[LevelRun] = field(default_factory=list)
+    direct: list[list[LevelRun]] = field(default_factory=list)
+    gateway: list[list[LevelRun]] = field(default_factory=list)
+    direct_starts: list[float] = field(default_factory=list)
+    stack_starts: list[float] = field(default_factory=list)
+    vllm_env: dict[str, str] = field(default_factory=dict)
+
+
+def run_rounds(model: Model, plan: Plan, env: Mapping[str, str]) -> Rounds:
+    """Direct then gateway, ``plan.rounds`` times, each with a fresh engine and stack."""
+    done = Rounds()
+    for round_no in range(1, plan.rounds + 1):
+        note(f"round {round_no}/{plan.rounds}: starting vLLM for {model.name} in this process")
+        direct_start_s, done.vllm_env, direct_warmup, direct = run_direct(model, plan, env)
+        note("starting the local stack for generation (Kafka, Redis, gateway, intake, worker)")
+        stack_began = time.monotonic()
+        with LocalStack(kinds=[KIND], env=env) as stack:
+            done.stack_starts.append(time.monotonic() - stack_began)
+            note(f"stack ready in {done.stack_starts[-1]:.1f}s")
+            gateway_warmup, gateway = asyncio.run(_gateway(stack, plan))
+        done.direct_starts.append(direct_start_s)
+        done.warmup += [direct_warmup, gateway_warmup]
+        done.direct.append(direct)
+        done.gateway.append(gateway)
+    return done
 
 
 def _csv_ints(text: str) -> tuple[int, ...]:
@@ -778,6 +871,9 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=_csv_ints, help="client counts (default 1,8,16; quick 1,8)"
     )
     parser.add_argument("--max-tokens", type=int, help="per request (default 64; quick 16)")
+    parser.add_argument(
+        "--rounds", type=int, help="direct-then-gateway rounds, pooled (default 2; quick 1)"
+    )
     add_env_argument(
         parser, "environment for the direct engine and every stack service (repeatable)"
     )
@@ -790,26 +886,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_tokens < 1:
             parser.error("--max-tokens must be positive")
         plan = replace(plan, max_tokens=args.max_tokens)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error("--rounds must be positive")
+        plan = replace(plan, rounds=args.rounds)
     env = parse_env(args.env, parser)
 
     began = time.monotonic()
     load_at_start = os.getloadavg()
     model = default_model(env)
-    note(f"direct: starting vLLM for {model.name} in this process")
-    direct_start_s, vllm_env, direct_warmup, direct = run_direct(model, plan, env)
-
-    note("starting the local stack for generation (Kafka, Redis, gateway, intake, worker)")
-    stack_began = time.monotonic()
-    with LocalStack(kinds=[KIND], env=env) as stack:
-        stack_start_s = time.monotonic() - stack_began
-        note(f"stack ready in {stack_start_s:.1f}s")
-        gateway_warmup, gateway = asyncio.run(_gateway(stack, plan))
-
+    done = run_rounds(model, plan, env)
+    direct = [pool(level) for level in zip(*done.direct, strict=True)]
+    gateway = [pool(level) for level in zip(*done.gateway, strict=True)]
     comparisons = [compare(d, g) for d, g in zip(direct, gateway, strict=True)]
+    rounds = [
+        [compare(d, g) for d, g in zip(ds, gs, strict=True)]
+        for ds, gs in zip(done.direct, done.gateway, strict=True)
+    ]
     same, compared = same_texts(
         [s for r in direct for s in r.samples], [s for r in gateway for s in r.samples]
     )
-    bind = vllm_env.get("VLLM_CPU_OMP_THREADS_BIND", "")
+    bind = done.vllm_env.get("VLLM_CPU_OMP_THREADS_BIND", "")
     notes = [
         f"the CPU engine's threads are bound to cores {bind} (every usable core) on both "
         "sides; through the platform the gateway, intake, worker front, Kafka, Redis and "
@@ -817,13 +914,14 @@ def main(argv: list[str] | None = None) -> int:
         "this process's front end and client do",
         "the direct side is the same AsyncLLM in this process, tokenized and sampled as the "
         "worker does; it was shut down before the stack started",
+        f"{plan.rounds} round(s) of direct then gateway, each with a fresh engine and stack; "
+        "the tables pool them, the last one gives each round's ratios",
     ]
     if load_at_start[0] > 0.5:
         notes.append(
             f"1-min load average was {load_at_start[0]:.2f} at start (earlier work still "
             "decaying, or another program): see the 'other' CPU column"
         )
-    warmup = [direct_warmup, gateway_warmup]
     runs = direct + gateway
     report = Report(
         benchmark="generation",
@@ -836,18 +934,19 @@ def main(argv: list[str] | None = None) -> int:
         load_avg_at_start=load_at_start,
         load_avg_at_end=os.getloadavg(),
         model=model.describe(),
-        vllm_environment=vllm_env,
+        vllm_environment=done.vllm_env,
         prompts=list(PROMPTS),
-        direct_start_s=direct_start_s,
-        stack_start_s=stack_start_s,
-        warmup=warmup,
+        direct_start_s=mean(done.direct_starts),
+        stack_start_s=mean(done.stack_starts),
+        warmup=done.warmup,
         runs=runs,
         comparisons=comparisons,
         same_text=same,
         compared=compared,
         wall_s=time.monotonic() - began,
-        errors=sum(sum(r.errors.values()) for r in warmup + runs),
+        errors=sum(sum(r.errors.values()) for r in done.warmup + runs),
         notes=notes,
+        rounds=rounds,
     )
     print(render(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from bench.generation import (
     finish_name,
     group_cpu,
     parse_first_token,
+    pool,
     same_texts,
     summarize,
     ttft_breakdown,
@@ -38,6 +39,7 @@ def test_prompts_are_distinct_and_the_plans_are_bounded() -> None:
     assert Plan().concurrency == (1, 8, 16) and QUICK.concurrency == (1, 8)
     assert QUICK.max_tokens < Plan().max_tokens
     assert [Plan().requests(c) for c in (1, 8, 16)] == [8, 32, 64]
+    assert Plan().rounds == 2 and QUICK.rounds == 1
 
 
 def test_summarize_counts_tokens_over_wall_time_and_skips_missing_first_tokens() -> None:
@@ -148,3 +150,38 @@ def test_parse_first_token_sums_every_label_set() -> None:
     )
     assert parse_first_token(text) == (1.0, 3)
     assert parse_first_token("") == (0.0, 0)
+
+
+def test_pool_adds_up_rounds_and_weights_the_engines_first_token() -> None:
+    first = summarize(
+        "gateway",
+        8,
+        2,
+        [sample(0, 10.0), sample(1, 20.0)],
+        1.0,
+        {"UNAVAILABLE": 1},
+        {"engine": 1.5, "gateway": 0.25},
+        engine_ttft_mean_ms=5.0,
+    )
+    second = summarize(
+        "gateway",
+        8,
+        2,
+        [sample(0, 30.0), sample(1, 40.0, tokens=48)],
+        3.0,
+        {"UNAVAILABLE": 2, "INTERNAL": 1},
+        {"engine": 2.5},
+        first_error="boom",
+        engine_ttft_mean_ms=11.0,
+    )
+    third = summarize("gateway", 8, 1, [sample(2, 50.0)], 1.0, {}, {})  # no engine metric
+    pooled = pool([first, second, third])
+    assert (pooled.side, pooled.concurrency, pooled.planned, pooled.done) == ("gateway", 8, 5, 5)
+    # All tokens over all wall seconds, not a mean of the rounds' rates.
+    assert pooled.completion_tokens == 112 and pooled.tokens_per_s == 112 / 5.0
+    assert pooled.ttft_p50_ms == 30.0 and pooled.ttft_mean_ms == 30.0
+    assert pooled.errors == {"UNAVAILABLE": 3, "INTERNAL": 1} and pooled.first_error == "boom"
+    assert pooled.cpu_s == {"engine": 4.0, "gateway": 0.25}
+    assert pooled.engine_ttft_mean_ms == 8.0  # (5 * 2 + 11 * 2) / 4; NaN rounds left out
+    with pytest.raises(AssertionError):
+        pool([first, summarize("direct", 8, 1, [], 1.0, {}, {})])
