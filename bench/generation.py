@@ -294,8 +294,11 @@ def pool(runs: Sequence[LevelRun]) -> LevelRun:
         for name, seconds in r.cpu_s.items():
             cpu[name] = cpu.get(name, 0.0) + seconds
     # The engine's own time to first token, weighted by each round's requests.
-    measured = [(r.engine_ttft_mean_ms, r.done) for r in runs if r.done]
-    measured = [(t, n) for t, n in measured if not math.isnan(t)]
+    measured = [
+        (r.engine_ttft_mean_ms, r.done)
+        for r in runs
+        if r.done and not math.isnan(r.engine_ttft_mean_ms)
+    ]
     count = sum(n for _, n in measured)
     engine_ttft = sum(t * n for t, n in measured) / count if count else float("nan")
     return summarize(
