@@ -429,12 +429,12 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     """Entry point of a kind's intake process: build the clients, run until SIGTERM/SIGINT."""
     import signal
 
-    from shared import heap, telemetry
+    from shared import telemetry
     from shared.celery_app import make_celery
     from shared.kafka import make_consumer, make_producer
     from shared.logs import configure_logging
     from shared.metrics import serve_endpoints
-    from shared.readiness import mark_ready
+    from shared.readiness import serving
 
     service = f"{kind}-intake"
     configure_logging(service, settings.log_level)
@@ -460,9 +460,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     endpoints = serve_endpoints(settings, intake.metrics.registry)
 
     def ready() -> None:
-        heap.settle(settings)
-        mark_ready(settings)
-        endpoints.mark_ready()
+        serving(settings, endpoints)
 
     log.info("intake starting", extra={"topic": settings.names.task_topic(kind)})
     try:

@@ -333,8 +333,9 @@ def _header_bytes(value: str | bytes | None) -> bytes | None:
 
 def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) -> TaskConsumer:
     """Consumer in ``group_id`` that commits only when told to."""
+    connection = {**settings.librdkafka_config(), "log_level": 4}  # warnings and worse
     config: dict[str, Any] = {
-        **settings.librdkafka_config(),
+        **connection,
         "client.id": settings.service_name,
         "group.id": group_id,
         "enable.auto.commit": False,
@@ -345,10 +346,9 @@ def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) ->
         "session.timeout.ms": 20_000,
         "heartbeat.interval.ms": 3_000,
         "max.poll.interval.ms": 300_000,
-        "log_level": 4,  # warnings and worse
     }
     config.update(overrides)
-    return TaskConsumer(config, {**settings.librdkafka_config(), "log_level": 4})
+    return TaskConsumer(config, connection)
 
 
 def ensure_topics(

@@ -1,7 +1,9 @@
-"""Readiness signalling for the local stack runner (a file touched once serving)."""
+"""Readiness signalling: the local stack runner's file and the /readyz endpoint."""
 
 from __future__ import annotations
 
+from shared import heap
+from shared.metrics import Endpoints
 from shared.settings import ServiceSettings
 
 
@@ -10,3 +12,11 @@ def mark_ready(settings: ServiceSettings) -> None:
     if settings.ready_file is not None:
         settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
         settings.ready_file.touch()
+
+
+def serving(settings: ServiceSettings, endpoints: Endpoints) -> None:
+    """The process serves from now on: settle its heap (what startup loaded stays out of
+    later garbage collections), then say so to the stack runner and on /readyz."""
+    heap.settle(settings)
+    mark_ready(settings)
+    endpoints.mark_ready()

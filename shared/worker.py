@@ -543,12 +543,12 @@ def serve_worker(
     import redis
     from celery.signals import worker_ready, worker_shutdown
 
-    from shared import heap, telemetry
+    from shared import telemetry
     from shared.celery_app import make_celery
     from shared.kafka import make_producer
     from shared.logs import configure_logging
     from shared.metrics import serve_endpoints
-    from shared.readiness import mark_ready
+    from shared.readiness import serving
 
     service = f"{kind}-worker"
     configure_logging(service, settings.log_level)
@@ -579,9 +579,7 @@ def serve_worker(
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
-        heap.settle(settings)
-        mark_ready(settings)
-        endpoints.mark_ready()
+        serving(settings, endpoints)
 
     @worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:

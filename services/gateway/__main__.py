@@ -10,11 +10,11 @@ import redis.asyncio as aioredis
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.server import serve
 from services.gateway.settings import Settings
-from shared import heap, telemetry
+from shared import telemetry
 from shared.kafka import make_async_producer
 from shared.logs import configure_logging
 from shared.metrics import serve_endpoints
-from shared.readiness import mark_ready
+from shared.readiness import serving
 
 
 async def main(settings: Settings) -> None:
@@ -54,9 +54,7 @@ async def main(settings: Settings) -> None:
     )
     await asyncio.wait([server, asyncio.create_task(started.wait())], return_when="FIRST_COMPLETED")
     if started.is_set():
-        heap.settle(settings)
-        mark_ready(settings)
-        endpoints.mark_ready()
+        serving(settings, endpoints)
     try:
         await server
     finally:
