@@ -56,6 +56,7 @@ from typing import Any
 import grpc
 
 from bench.harness import (
+    BrokerWarmup,
     add_env_argument,
     cpu_delta,
     drive,
@@ -71,6 +72,7 @@ from bench.harness import (
     process_tree_cpu,
     stack_cpu,
     table,
+    warm_broker,
 )
 from deploy.local.stack import LocalStack
 from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
@@ -127,6 +129,10 @@ class Plan:
     # this VM's speed drifts by up to 25 % between runs minutes apart, and the sides
     # would otherwise run at different moments of it.
     rounds: int = 2
+    # Seconds of produce/fetch/commit through each fresh stack's broker before its
+    # warm-up (bench.harness.warm_broker): a broker in service has long JIT-compiled
+    # its request paths. 0: measure the cold broker.
+    broker_warmup_s: float = 10.0
 
     def requests(self, concurrency: int) -> int:
         return max(self.min_requests, self.requests_per_client * concurrency)
@@ -141,6 +147,7 @@ QUICK = Plan(
     level_budget_s=60.0,
     rpc_timeout_s=120.0,
     rounds=1,
+    broker_warmup_s=3.0,
 )
 
 
@@ -238,6 +245,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # Each round's own comparisons, in order.
     rounds: list[list[Comparison]] = field(default_factory=list)
+    broker_warmups: list[BrokerWarmup] = field(default_factory=list)
 
 
 def summarize(
@@ -834,6 +842,7 @@ class Rounds:
     gateway: list[list[LevelRun]] = field(default_factory=list)
     direct_starts: list[float] = field(default_factory=list)
     stack_starts: list[float] = field(default_factory=list)
+    broker_warmups: list[BrokerWarmup] = field(default_factory=list)
     vllm_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -848,6 +857,13 @@ def run_rounds(model: Model, plan: Plan, env: Mapping[str, str]) -> Rounds:
         with LocalStack(kinds=[KIND], env=env) as stack:
             done.stack_starts.append(time.monotonic() - stack_began)
             note(f"stack ready in {done.stack_starts[-1]:.1f}s")
+            if plan.broker_warmup_s > 0:
+                warmed = asyncio.run(warm_broker(stack, plan.broker_warmup_s))
+                done.broker_warmups.append(warmed)
+                note(
+                    f"broker warmed: {warmed.produced} messages produced, {warmed.consumed} "
+                    f"consumed in {warmed.seconds}s"
+                )
             gateway_warmup, gateway = asyncio.run(_gateway(stack, plan))
         done.direct_starts.append(direct_start_s)
         done.warmup += [direct_warmup, gateway_warmup]
@@ -877,6 +893,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, help="direct-then-gateway rounds, pooled (default 2; quick 1)"
     )
+    parser.add_argument(
+        "--broker-warmup-s",
+        type=float,
+        help="seconds of Kafka traffic warming each stack's broker first (default 10; "
+        "quick 3; 0: none)",
+    )
     add_env_argument(
         parser, "environment for the direct engine and every stack service (repeatable)"
     )
@@ -893,6 +915,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds < 1:
             parser.error("--rounds must be positive")
         plan = replace(plan, rounds=args.rounds)
+    if args.broker_warmup_s is not None:
+        if args.broker_warmup_s < 0:
+            parser.error("--broker-warmup-s must not be negative")
+        plan = replace(plan, broker_warmup_s=args.broker_warmup_s)
     env = parse_env(args.env, parser)
 
     began = time.monotonic()
@@ -920,6 +946,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{plan.rounds} round(s) of direct then gateway, each with a fresh engine and stack; "
         "the tables pool them, the last one gives each round's ratios",
     ]
+    if plan.broker_warmup_s > 0:
+        notes.append(
+            f"each stack's Kafka broker first carried {plan.broker_warmup_s:g}s of "
+            "produce/fetch/commit traffic on a scratch topic, so that its JVM had compiled "
+            "its request paths, as a broker in service has (--broker-warmup-s 0: cold)"
+        )
     if load_at_start[0] > 0.5:
         notes.append(
             f"1-min load average was {load_at_start[0]:.2f} at start (earlier work still "
@@ -950,6 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         errors=sum(sum(r.errors.values()) for r in done.warmup + runs),
         notes=notes,
         rounds=rounds,
+        broker_warmups=done.broker_warmups,
     )
     print(render(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -360,6 +360,14 @@ def ensure_topics(
     """Create the task, dead-letter and results topics of the namespace; returns their names."""
     n = settings.names
     wanted = [n.task_topic(kind) for kind in kinds] + [n.dead_letter_topic, n.results_topic]
+    create_topics(settings, wanted, partitions, replication)
+    return wanted
+
+
+def create_topics(
+    settings: ServiceSettings, wanted: Sequence[str], partitions: int, replication: int = 1
+) -> None:
+    """Create those of ``wanted`` that do not exist yet."""
     admin = KafkaAdminClient(**settings.kafka_python_config(), client_id=settings.service_name)
     try:
         existing = set(admin.list_topics())
@@ -374,7 +382,6 @@ def ensure_topics(
                 admin.create_topics(new, timeout_ms=30_000, wait_for_metadata=True)
     finally:
         admin.close()
-    return wanted
 
 
 def task_headers(task_id: str, kind: str, extra: Sequence[tuple[str, bytes]] = ()) -> Headers:

@@ -90,6 +90,10 @@ class Names:
     def results_topic(self) -> str:
         return self._kafka("nlp.results")
 
+    def bench_topic(self, name: str) -> str:
+        """A benchmark's scratch topic (never read by the services)."""
+        return self._kafka(f"nlp.bench.{name}")
+
     def consumer_group(self, kind: str) -> str:
         return self._kafka(f"nlp.{kind}")
 
