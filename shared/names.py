@@ -148,6 +148,11 @@ class Names:
         """Redis Stream of a generation task's token deltas (then one end entry)."""
         return self._redis(f"nlp:tokens:{task_id}")
 
+    def token_hub_wake_key(self, hub_id: str) -> str:
+        """Redis Stream a token-stream hub reads along with its streams: an entry added
+        here ends its blocked read, so that it starts following a new stream at once."""
+        return self._redis(f"nlp:tokens-hub:{hub_id}")
+
     @property
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""

@@ -14,14 +14,21 @@ number; readers that already relayed text of an earlier attempt must not mix the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import redis
 import redis.asyncio as aioredis
 
 from nlp.v1 import generation_pb2
 from shared.names import Names
+from shared.telemetry import housekeeping
+
+log = logging.getLogger(__name__)
 
 # Finish reasons in end entries (the enum's names without the prefix).
 _REASONS = {
@@ -143,20 +150,188 @@ class TokenStreamWriter:
         await pipe.execute()
 
 
-class TokenStreamReader:
-    """Follows one task's stream from its first entry."""
-
-    def __init__(self, client: aioredis.Redis, names: Names, task_id: str) -> None:
-        self.client = client
-        self.key = names.token_stream_key(task_id)
-        self.last_id = "0-0"
-
-    async def read(self, block_ms: int | None, count: int = 256) -> list[Entry]:
+class StreamReader(Protocol):
+    async def read(self, block_ms: int | None) -> list[Entry]:
         """Entries after the last one read; waits up to ``block_ms`` for one (None: no wait)."""
-        reply: Any = await self.client.xread({self.key: self.last_id}, count=count, block=block_ms)
-        entries: list[Entry] = []
-        for _key, items in reply or ():
-            for entry_id, fields in items:
-                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                entries.append(decode(fields))
+        ...
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class TokenStreamFollower:
+    """One relay's view of a task's stream, from its first entry, fed by a
+    :class:`TokenStreamHub` (a :class:`StreamReader`)."""
+
+    def __init__(self, hub: TokenStreamHub, task_id: str) -> None:
+        self.hub = hub
+        self.key = hub.names.token_stream_key(task_id)
+        self.last_id = "0-0"
+        self._pending: list[Entry] = []
+        self._error: ValueError | None = None
+        self._arrived = asyncio.Event()
+
+    def deliver(self, items: Sequence[tuple[Any, Mapping[Any, Any]]]) -> None:
+        """Take the entries of ``items`` (id, fields) newer than the last one taken."""
+        for raw_id, fields in items:
+            entry_id = _text(raw_id)
+            if _stream_order(entry_id) <= _stream_order(self.last_id):
+                continue
+            self.last_id = entry_id
+            try:
+                self._pending.append(decode(fields))
+            except ValueError as exc:
+                self._error = self._error or exc
+        if self._pending or self._error:
+            self._arrived.set()
+
+    async def read(self, block_ms: int | None) -> list[Entry]:
+        """Entries after the last one read; waits up to ``block_ms`` for one (None: asks
+        Redis itself, without waiting, for what the hub has not brought yet)."""
+        if not self._pending and self._error is None:
+            if block_ms is None:
+                reply: Any = await self.hub.client.xread(
+                    {self.key: self.last_id}, count=self.hub.count
+                )
+                for _key, items in reply or ():
+                    self.deliver(items)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(block_ms / 1000):
+                        await self._arrived.wait()
+        self._arrived.clear()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        entries, self._pending = self._pending, []
         return entries
+
+
+class TokenStreamHub:
+    """Follows every token stream the process relays with one blocking XREAD.
+
+    A blocking XREAD per relayed stream would hold a Redis connection per stream (a
+    gateway relaying 5,000 generations would hold 5,000) and cost a command per stream
+    and engine step. The hub's one reader, on a connection of its own, reads all the
+    streams followed at once and hands each follower its entries. It also reads a wake
+    stream of its own: following a stream that its blocked read does not include adds an
+    entry there, which ends the read at once (or, if the read had not reached Redis yet,
+    makes it return at once), so that a new stream's first token is not held up.
+    """
+
+    def __init__(
+        self, client: aioredis.Redis, names: Names, block_ms: int = 5000, count: int = 256
+    ) -> None:
+        self.client = client
+        self.names = names
+        self.block_ms = block_ms
+        self.count = count
+        self.wake_key = names.token_hub_wake_key(uuid.uuid4().hex)
+        self._followers: dict[str, set[TokenStreamFollower]] = {}
+        self._reading: set[str] | None = None  # the keys of the read in flight
+        self._wake_sent = False
+        self._wake_seen = "0-0"
+        self._changed = asyncio.Event()
+        self._reader: aioredis.Redis | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._reader = aioredis.Redis(
+            connection_pool=self.client.connection_pool, single_connection_client=True
+        )
+        self._task = asyncio.create_task(self._run(), name="token-stream-hub")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._reader is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self._reader.aclose()
+        with contextlib.suppress(redis.RedisError, OSError), housekeeping():
+            await self.client.delete(self.wake_key)
+
+    @property
+    def followed(self) -> int:
+        """Streams followed now."""
+        return len(self._followers)
+
+    @contextlib.asynccontextmanager
+    async def follow(self, task_id: str) -> AsyncIterator[TokenStreamFollower]:
+        """A reader of ``task_id``'s stream for as long as the block lasts."""
+        follower = TokenStreamFollower(self, task_id)
+        self._followers.setdefault(follower.key, set()).add(follower)
+        try:
+            await self._include(follower.key)
+            yield follower
+        finally:
+            followers = self._followers.get(follower.key)
+            if followers is not None:
+                followers.discard(follower)
+                if not followers:
+                    del self._followers[follower.key]
+
+    async def _include(self, key: str) -> None:
+        self._changed.set()
+        if self._reading is None or key in self._reading or self._wake_sent:
+            return  # the next read includes it
+        self._wake_sent = True
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1)
+        pipe.expire(self.wake_key, 3600)
+        await pipe.execute()
+
+    async def _run(self) -> None:
+        # The reader serves every stream: its commands belong to no one task's trace.
+        with housekeeping():
+            while True:
+                try:
+                    await self._read_once()
+                except asyncio.CancelledError:
+                    raise
+                except (redis.RedisError, OSError) as exc:
+                    self._reading = None
+                    if self._stopping:
+                        # redis-py may turn the cancellation of a blocked read into an
+                        # error of its own.
+                        return
+                    log.warning("token stream hub: read failed, retrying: %s", exc)
+                    await asyncio.sleep(0.5)
+
+    async def _read_once(self) -> None:
+        if not self._followers:
+            self._changed.clear()
+            await self._changed.wait()
+            return
+        assert self._reader is not None
+        streams = {
+            key: min((f.last_id for f in followers), key=_stream_order)
+            for key, followers in self._followers.items()
+        }
+        streams[self.wake_key] = self._wake_seen
+        self._reading = set(streams)
+        self._wake_sent = False
+        try:
+            reply: Any = await self._reader.xread(
+                streams,  # type: ignore[arg-type]
+                count=self.count,
+                block=self.block_ms,
+            )
+        finally:
+            self._reading = None
+        for raw_key, items in reply or ():
+            key = _text(raw_key)
+            if key == self.wake_key:
+                self._wake_seen = _text(items[-1][0])
+                continue
+            for follower in list(self._followers.get(key, ())):
+                follower.deliver(items)

@@ -12,12 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable
 
 import grpc
-import redis.asyncio as aioredis
 
 from nlp.v1 import common_pb2, generation_pb2, tasks_pb2
 from shared.envelope import TERMINAL_STATUSES
-from shared.names import Names
-from shared.streams import Delta, End, TokenStreamReader
+from shared.streams import Delta, End, StreamReader
 
 _RESULT_AFTER_END_S = 5.0
 
@@ -45,16 +43,14 @@ def _final(task_id: str, index: int, end: End) -> generation_pb2.GenerateChunk:
 
 
 async def relay_tokens(
-    client: aioredis.Redis,
-    names: Names,
+    reader: StreamReader,
     task_id: str,
     result: Awaitable[tasks_pb2.TaskResult | None],
     poll_ms: int,
 ) -> AsyncIterator[generation_pb2.GenerateChunk]:
-    """Chunks of ``task_id`` from its first token; raises :class:`RelayEnded` when the
-    task ends otherwise. ``result`` resolves to the task's result (or its state when
-    waiting for it timed out)."""
-    reader = TokenStreamReader(client, names, task_id)
+    """Chunks of ``task_id`` (whose stream ``reader`` reads) from its first token; raises
+    :class:`RelayEnded` when the task ends otherwise. ``result`` resolves to the task's
+    result (or its state when waiting for it timed out)."""
     outcome = asyncio.ensure_future(result)
     attempt: int | None = None
     sent: list[str] = []

@@ -69,6 +69,7 @@ from shared.errors import Code, InvalidRequestError
 from shared.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
 from shared.results import AsyncResultStore, ResultWaiter, Waiting
+from shared.streams import TokenStreamHub
 from shared.telemetry import (
     ATTR_BATCH_ID,
     ATTR_KIND,
@@ -171,12 +172,22 @@ class Gateway:
         self.quotas = Quotas(client, settings.names)
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
         self.waiter = ResultWaiter(client, self.store)
+        self.streams = TokenStreamHub(client, settings.names)
         self.catalog = ModelCatalog(client, settings.names)
         self.client = client
         self._abandoning: set[asyncio.Future[bool]] = set()
         # Kafka health as the last publish saw it (a probe per health check would cost a
         # metadata request every few seconds for what traffic already tells).
         self.kafka_ok = True
+
+    async def start(self) -> None:
+        """Start the shared readers: the result subscription and the token stream hub."""
+        await self.waiter.start()
+        await self.streams.start()
+
+    async def stop(self) -> None:
+        await self.streams.stop()
+        await self.waiter.stop()
 
     async def publish(self, envelope: tasks_pb2.TaskEnvelope) -> None:
         """Produce the envelope and wait for the broker's acks=all acknowledgement."""
@@ -630,14 +641,11 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             task_id, timeout, task.registered if task is not None else None
         )
         try:
-            async for chunk in relay_tokens(
-                self.gateway.client,
-                self.settings.names,
-                task_id,
-                result,
-                self.settings.stream_poll_ms,
-            ):
-                yield chunk
+            async with self.gateway.streams.follow(task_id) as reader:
+                async for chunk in relay_tokens(
+                    reader, task_id, result, self.settings.stream_poll_ms
+                ):
+                    yield chunk
         except RelayEnded as ended:
             if ended.result is not None and ended.result.status in TERMINAL_STATUSES:
                 if task is not None:
@@ -913,7 +921,7 @@ async def serve(
     ``settings.interactive_kinds`` go through ``interactive_producer`` when given."""
     metrics = metrics or GatewayMetrics()
     gateway = Gateway(settings, producer, client, metrics, interactive_producer)
-    await gateway.waiter.start()
+    await gateway.start()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -976,7 +984,7 @@ async def serve(
         health_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await health_task
-        await gateway.waiter.stop()
+        await gateway.stop()
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

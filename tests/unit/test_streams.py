@@ -42,29 +42,18 @@ def test_malformed_entries_are_refused(fields: dict[bytes, bytes]) -> None:
         decode(fields)
 
 
-class ScriptedRedis:
-    """Answers XREAD with the scripted batches of entries, then nothing."""
+class ScriptedReader:
+    """Reads the scripted batches of entries, then nothing."""
 
     def __init__(self, batches: Sequence[Sequence[Entry]]) -> None:
         self.batches = list(batches)
-        self.reads = 0
 
-    async def xread(self, streams: dict[str, str], count: int, block: int | None) -> Any:
-        self.reads += 1
+    async def read(self, block_ms: int | None) -> list[Entry]:
         if not self.batches:
-            if block:
-                await asyncio.sleep(block / 1000)
+            if block_ms:
+                await asyncio.sleep(block_ms / 1000)
             return []
-        (key,) = streams
-        batch = self.batches.pop(0)
-        items = [
-            (
-                f"{self.reads}-{i}".encode(),
-                {k.encode(): str(v).encode() for k, v in encode(e).items()},
-            )
-            for i, e in enumerate(batch)
-        ]
-        return [(key.encode(), items)]
+        return list(self.batches.pop(0))
 
 
 def _result(status: int, text: str = "", reason: int = STOP) -> tasks_pb2.TaskResult:
@@ -85,9 +74,8 @@ def _relay(
 
     async def run() -> tuple[list[generation_pb2.GenerateChunk], RelayEnded | None]:
         chunks = []
-        client: Any = ScriptedRedis(batches)
         try:
-            async for chunk in relay_tokens(client, Names(), TASK, outcome(), poll_ms=20):
+            async for chunk in relay_tokens(ScriptedReader(batches), TASK, outcome(), poll_ms=20):
                 chunks.append(chunk)
         except RelayEnded as ended:
             return chunks, ended
