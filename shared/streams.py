@@ -299,12 +299,15 @@ class TokenStreamHub:
                 except asyncio.CancelledError:
                     raise
                 except (redis.RedisError, OSError) as exc:
-                    self._reading = None
                     if self._stopping:
                         # redis-py may turn the cancellation of a blocked read into an
                         # error of its own.
                         return
                     log.warning("token stream hub: read failed, retrying: %s", exc)
+                    await asyncio.sleep(0.5)
+                except Exception:
+                    # Every relay of the process depends on this loop: it must not end.
+                    log.exception("token stream hub: unexpected error, retrying")
                     await asyncio.sleep(0.5)
 
     async def _read_once(self) -> None:
