@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.gateway.interceptors import AroundInterceptor, Ctx
 from shared.metrics import LATENCY_BUCKETS, new_registry
@@ -19,7 +19,8 @@ _CODES = {c.value[0]: c.name for c in grpc.StatusCode}
 
 @dataclass
 class GatewayMetrics:
-    """RPC latency by method and status code, tasks accepted, Kafka publish latency."""
+    """RPC latency by method and status code, tasks accepted, Kafka publish latency, token
+    streams relayed."""
 
     registry: CollectorRegistry = field(default_factory=new_registry)
 
@@ -42,6 +43,11 @@ class GatewayMetrics:
             "nlp_kafka_publish_seconds",
             "From produce to the broker's acks=all acknowledgement, per group of messages",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.streams_relayed = Gauge(
+            "nlp_token_streams_relayed",
+            "Generation token streams the gateway relays now (all followed by one Redis read)",
             registry=r,
         )
 

@@ -173,6 +173,7 @@ class Gateway:
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
         self.waiter = ResultWaiter(client, self.store)
         self.streams = TokenStreamHub(client, settings.names)
+        metrics.streams_relayed.set_function(lambda: self.streams.followed)
         self.catalog = ModelCatalog(client, settings.names)
         self.client = client
         self._abandoning: set[asyncio.Future[bool]] = set()

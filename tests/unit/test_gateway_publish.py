@@ -1,4 +1,5 @@
-"""Which Kafka producer the gateway publishes each task through (settings.interactive_kinds)."""
+"""Which Kafka producer the gateway publishes each task through (settings.interactive_kinds),
+and the gauge of the token streams it relays."""
 
 from __future__ import annotations
 
@@ -95,3 +96,19 @@ def test_everything_through_one_producer_when_no_kind_is_interactive(with_fast: 
 def test_unknown_interactive_kinds_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown kinds"):
         Settings(auth_mode="dev", interactive_kinds=frozenset({"gen"}))
+
+
+def test_the_streams_relayed_gauge_counts_the_hubs_streams() -> None:
+    gw = gateway(RecordingProducer(), None)
+
+    def relayed() -> float | None:
+        return gw.metrics.registry.get_sample_value("nlp_token_streams_relayed")
+
+    async def follow_two() -> list[float | None]:
+        seen = [relayed()]
+        # The hub is not reading yet: following needs no Redis round trip.
+        async with gw.streams.follow("a"), gw.streams.follow("b"):
+            seen.append(relayed())
+        return [*seen, relayed()]
+
+    assert asyncio.run(follow_two()) == [0.0, 2.0, 0.0]
