@@ -65,6 +65,7 @@ from bench.harness import (
     stack_cpu,
     table,
 )
+from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import AVAILABLE_KINDS, LocalStack
 from nlp.v1 import (
     classification_pb2,
@@ -935,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)
+    interrupt_on_termination()  # a killed run stops its stacks too
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in benched]
     if unknown or not kinds:

@@ -45,6 +45,7 @@ from bench.harness import (
     stack_cpu,
     table,
 )
+from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2, classification_pb2_grpc
 
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     add_env_argument(parser, "environment for every stack service (repeatable)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)
+    interrupt_on_termination()  # a killed run stops its stacks too
     env = parse_env(args.env, parser)
     plan = QUICK if args.quick else Plan()
     if args.docs:

@@ -74,6 +74,7 @@ from bench.harness import (
     table,
     warm_broker,
 )
+from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import LocalStack
 from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from services.generation import prepare
@@ -904,6 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args(argv)
+    interrupt_on_termination()  # a killed run stops its stacks too
     plan = QUICK if args.quick else Plan()
     if args.concurrency:
         plan = replace(plan, concurrency=args.concurrency)

@@ -30,6 +30,7 @@ import grpc
 from bench.corpora import CORPORA, SEED
 from bench.tracing import QUICK, ModeRun, ModesReport, Plan, measure
 from deploy.local.certs import CertificateAuthority
+from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2
 from services.gateway.auth import digest
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds of all modes (default 2; quick 1)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    interrupt_on_termination()  # a killed run stops its stacks too
     plan = QUICK if args.quick else Plan()
     if args.rounds:
         plan.rounds = args.rounds

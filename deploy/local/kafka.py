@@ -467,6 +467,20 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def interrupt_on_termination() -> None:
+    """Turn a SIGTERM or SIGHUP of this process into KeyboardInterrupt (call it from the
+    main thread of whatever starts local processes).
+
+    Local brokers, Redis servers and services run in process groups of their own, so a
+    terminal's Ctrl-C reaches only their runner, which stops them in order. A SIGTERM
+    (``kill``, a CI timeout) or SIGHUP (a closed terminal) would end the runner alone and
+    leave them all running, a vLLM engine included; as KeyboardInterrupt it unwinds
+    through their ``stop()`` as Ctrl-C does.
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (``fetch`` / ``run``)."""
     parser = argparse.ArgumentParser(
@@ -487,10 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "fetch":
         print(ensure_jars(args.home))
         return 0
-    # The JVM is in its own process group, so a SIGTERM/SIGHUP aimed at us would orphan it:
-    # turn them into KeyboardInterrupt so the finally below stops the broker.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
+    # The JVM is in its own process group: the finally below stops it on SIGTERM/SIGHUP too.
+    interrupt_on_termination()
     broker = KafkaBroker(
         data_dir=args.data_dir.resolve(),
         port=args.port,

@@ -17,6 +17,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
+from deploy.local.kafka import interrupt_on_termination
 from deploy.local.otlp import OtlpSink
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2_grpc, tasks_pb2_grpc
@@ -35,6 +36,12 @@ STACK_ENV = {
     "NLP_POLL_MAX_RECORDS": "10",
     "NLP_RETRY_BACKOFF_S": "0.2",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM'd test run (`kill`, a CI timeout) tears its stack down as Ctrl-C does,
+    # instead of leaving every process of it running.
+    interrupt_on_termination()
 
 
 @pytest.fixture(scope="session")
