@@ -172,16 +172,9 @@ async def jit_settled(pid: int, timeout_s: float, quiet_s: int = 2) -> bool:
 
 def jit_cpu_s(pid: int) -> float:
     """CPU seconds of a JVM's JIT compiler threads so far."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if "CompilerThre" not in (task / "comm").read_text():
-                continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICKS_PER_S
+    threads = (_proc_stat(str(pid), tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    # None: the thread ended.
+    return sum(t[3] for t in threads if t is not None and "CompilerThre" in t[0])
 
 
 def percentiles(values: Sequence[float]) -> tuple[float, float, float]:
@@ -202,10 +195,12 @@ def mean(values: Iterable[float]) -> float:
 # --- CPU accounting -----------------------------------------------------------------------
 
 
-def _proc_stat(pid: str) -> tuple[str, int, int, float] | None:
-    """(comm, ppid, session, CPU seconds) of a process, or None when it is gone."""
+def _proc_stat(pid: str, thread: str = "") -> tuple[str, int, int, float] | None:
+    """(comm, ppid, session, CPU seconds) of a process (or of one of its threads), or
+    None when it is gone."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(path).read_text()
     except OSError:
         return None
     # comm may hold spaces and parentheses: the fields proper start after the last ')'.

@@ -74,13 +74,21 @@ def encode(entry: Entry) -> dict[str, str | int]:
     }
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def decode(fields: Mapping[Any, Any]) -> Entry:
     """The entry of a stream entry's fields; ValueError when they are not one."""
-    f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+    f = {_text(k): v for k, v in fields.items()}
 
     def text(key: str) -> str:
-        value = f[key]
-        return value.decode("utf-8") if isinstance(value, bytes) else value
+        return _text(f[key])
 
     try:
         attempt, index = int(text("a")), int(text("i"))
@@ -156,15 +164,6 @@ class StreamReader(Protocol):
         ...
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _stream_order(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 class TokenStreamFollower:
     """One relay's view of a task's stream, from its first entry, fed by a
     :class:`TokenStreamHub` (a :class:`StreamReader`)."""
@@ -173,6 +172,7 @@ class TokenStreamFollower:
         self.hub = hub
         self.key = hub.names.token_stream_key(task_id)
         self.last_id = "0-0"
+        self.position = (0, 0)  # last_id parsed
         self._pending: list[Entry] = []
         self._error: ValueError | None = None
         self._arrived = asyncio.Event()
@@ -181,9 +181,10 @@ class TokenStreamFollower:
         """Take the entries of ``items`` (id, fields) newer than the last one taken."""
         for raw_id, fields in items:
             entry_id = _text(raw_id)
-            if _stream_order(entry_id) <= _stream_order(self.last_id):
+            order = _stream_order(entry_id)
+            if order <= self.position:
                 continue
-            self.last_id = entry_id
+            self.last_id, self.position = entry_id, order
             try:
                 self._pending.append(decode(fields))
             except ValueError as exc:
@@ -317,7 +318,7 @@ class TokenStreamHub:
             return
         assert self._reader is not None
         streams = {
-            key: min((f.last_id for f in followers), key=_stream_order)
+            key: min(followers, key=lambda f: f.position).last_id
             for key, followers in self._followers.items()
         }
         streams[self.wake_key] = self._wake_seen
