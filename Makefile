@@ -11,7 +11,7 @@ RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
-        test test-unit test-integration run up down bench bench-bulk bench-tracing bench-security bench-generation clean
+        test test-unit test-integration run up down bench bench-bulk bench-tracing bench-security bench-generation bench-hops clean
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
@@ -76,13 +76,16 @@ up: setup
 down:
 	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)
 
-# Analysis kinds (engine in-process vs. the platform), then bulk (batch vs. single RPCs).
+# Every benchmark: analysis kinds and generation (engine in-process vs. the platform), bulk
+# (batch vs. single RPCs), tracing and security costs, and where a request's time goes.
 bench: setup
 	@$(PY) -m bench.analysis
 	@$(PY) -m bench.bulk
 	@$(PY) -m bench.tracing
 	@$(PY) -m bench.security
 	@$(PY) -m bench.generation
+	@$(PY) -m bench.hops --kind generation
+	@$(PY) -m bench.hops --kind classification
 
 bench-bulk: setup
 	@$(PY) -m bench.bulk
@@ -96,6 +99,11 @@ bench-security: setup
 # Generation: vLLM's AsyncLLM in-process vs. GenerateStream through the stack (tok/s, TTFT).
 bench-generation: setup
 	@$(PY) -m bench.generation
+
+# Where one request's time goes, hop by hop, from its trace (every stage but the engine's).
+bench-hops: setup
+	@$(PY) -m bench.hops --kind generation
+	@$(PY) -m bench.hops --kind classification
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -78,7 +78,7 @@ from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import LocalStack
 from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from services.generation import prepare
-from services.generation.engine import VllmParams, configure_vllm_environment
+from services.generation.engine import VllmParams, configure_vllm_environment, usable_cores
 from services.generation.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -937,9 +937,10 @@ def main(argv: list[str] | None = None) -> int:
     same, compared = same_texts(
         [s for r in direct for s in r.samples], [s for r in gateway for s in r.samples]
     )
-    bind = done.vllm_env.get("VLLM_CPU_OMP_THREADS_BIND", "")
+    bind, usable = done.vllm_env.get("VLLM_CPU_OMP_THREADS_BIND", ""), usable_cores()
+    where = "every usable core" if bind == usable else f"of {usable} usable"
     notes = [
-        f"the CPU engine's threads are bound to cores {bind} (every usable core) on both "
+        f"the CPU engine's threads are bound to cores {bind} ({where}) on both "
         "sides; through the platform the gateway, intake, worker front, Kafka, Redis and "
         "this client compete with it for those cores (see the CPU columns), directly only "
         "this process's front end and client do",

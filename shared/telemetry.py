@@ -48,6 +48,12 @@ ATTR_TOKENS_OUT = "nlp.tokens.output"
 ATTR_STATUS = "nlp.task.status"
 ATTR_BUNDLE_SIZE = "nlp.bundle.size"
 
+# Span events of a generation's first token: on the worker's inference span when the
+# engine produced it, on the gateway's RPC span when it went to the caller (where time to
+# first token goes: bench.hops).
+EVENT_FIRST_TOKEN = "first token"
+EVENT_FIRST_CHUNK = "first chunk"
+
 Headers = Sequence[tuple[str, bytes | None]]
 
 

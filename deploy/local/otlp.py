@@ -39,10 +39,16 @@ class SpanRecord:
     status_code: int
     start_ns: int
     end_ns: int
+    # (name, time) of each span event, in the order they were added.
+    events: tuple[tuple[str, int], ...] = ()
 
     @property
     def duration_ms(self) -> float:
         return (self.end_ns - self.start_ns) / 1e6
+
+    def event_ns(self, name: str) -> int | None:
+        """When the first event called ``name`` happened; None if there was none."""
+        return next((at for event, at in self.events if event == name), None)
 
 
 def _value(value: common_pb2.AnyValue) -> Any:
@@ -72,6 +78,7 @@ def _records(request: trace_service_pb2.ExportTraceServiceRequest) -> Iterable[S
                     status_code=span.status.code,
                     start_ns=span.start_time_unix_nano,
                     end_ns=span.end_time_unix_nano,
+                    events=tuple((e.name, e.time_unix_nano) for e in span.events),
                 )
 
 

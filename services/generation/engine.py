@@ -46,6 +46,7 @@ from shared.telemetry import (
     ATTR_MODEL_NAME,
     ATTR_TOKENS_IN,
     ATTR_TOKENS_OUT,
+    EVENT_FIRST_TOKEN,
     links_to,
     tracer,
 )
@@ -97,7 +98,7 @@ class VllmParams(BaseModel):
     )
 
 
-def _usable_cores() -> str:
+def usable_cores() -> str:
     cores = sorted(os.sched_getaffinity(0))
     if cores == list(range(cores[0], cores[-1] + 1)):
         return f"{cores[0]}-{cores[-1]}"
@@ -109,7 +110,7 @@ def configure_vllm_environment(params: VllmParams) -> None:
     before the engine starts, from typed settings, unless the operator set them."""
     defaults = {
         "VLLM_CPU_KVCACHE_SPACE": str(params.cpu_kvcache_space_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": params.cpu_threads_bind or _usable_cores(),
+        "VLLM_CPU_OMP_THREADS_BIND": params.cpu_threads_bind or usable_cores(),
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
         "GOMP_SPINCOUNT": str(params.cpu_omp_spin_count),
         # The engine core runs in a child process; the worker has threads running, so the
@@ -378,6 +379,7 @@ class VllmGenerator:
                     if completion.text:
                         if first_token_s is None:
                             first_token_s = time.monotonic() - began
+                            span.add_event(EVENT_FIRST_TOKEN)
                         parts.append(completion.text)
                         await self.writer.append(
                             job.task_id, [Delta(job.attempt, index, completion.text)]
