@@ -99,6 +99,7 @@ class VllmParams(BaseModel):
 
 
 def usable_cores() -> str:
+    """The cores this process may run on, written as vLLM's thread binding takes them."""
     cores = sorted(os.sched_getaffinity(0))
     if cores == list(range(cores[0], cores[-1] + 1)):
         return f"{cores[0]}-{cores[-1]}"
