@@ -1,16 +1,20 @@
-"""The gateway's token stream hub against the session stack's real Redis."""
+"""The gateway's token stream hub against a real Redis of this module's own.
+
+Not the session stack's: its gateway runs a hub too, whose connection CLIENT LIST keeps
+showing in ``cmd=xread`` once it has read, which the one-reader check would count.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from deploy.local.stack import LocalStack
+from deploy.local.redis import RedisServer
 from nlp.v1 import generation_pb2
 from shared.names import Names
 from shared.streams import (
@@ -27,15 +31,24 @@ STOP = generation_pb2.FINISH_REASON_STOP
 Scenario = Callable[[TokenStreamHub, TokenStreamWriter, aioredis.Redis], Awaitable[None]]
 
 
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = RedisServer(tmp_path_factory.mktemp("hub-redis"))
+    server.start()
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def run_with_hub(stack: LocalStack) -> Callable[..., None]:
+def run_with_hub(redis_url: str) -> Callable[..., None]:
     """Runs a scenario with a started hub, a writer and a client, in a namespace of its own."""
-    assert stack.redis is not None
-    url = stack.redis.url
 
     def run(scenario: Scenario, block_ms: int = 5000) -> None:
         async def main() -> None:
-            client = aioredis.Redis.from_url(url)
+            client = aioredis.Redis.from_url(redis_url)
             names = Names(f"hub-{uuid.uuid4().hex[:8]}")
             hub = TokenStreamHub(client, names, block_ms=block_ms)
             await hub.start()
