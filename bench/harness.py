@@ -21,7 +21,13 @@ from typing import Any
 import grpc
 
 from deploy.local.stack import LocalStack
-from shared.kafka import Partition, create_topics, make_async_producer, make_consumer
+from shared.kafka import (
+    TASK_TOPIC_PARTITIONS,
+    Partition,
+    create_topics,
+    make_async_producer,
+    make_consumer,
+)
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -100,7 +106,7 @@ async def warm_broker(
     """
     settings = stack.settings()
     topic = settings.names.bench_topic("warm-broker")
-    create_topics(settings, [topic], partitions=6)
+    create_topics(settings, [topic], partitions=TASK_TOPIC_PARTITIONS)
     producer = make_async_producer(settings, linger_ms=0.5, client_id="bench-warm")
     consumer = make_consumer(settings, topic)
     consumer.subscribe([topic])

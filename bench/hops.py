@@ -115,6 +115,10 @@ def _only(
     return found[0]
 
 
+def _named(spans: Sequence[SpanRecord], name: str) -> SpanRecord:
+    return _only(spans, name, lambda s: s.name == name)
+
+
 def _event(span: SpanRecord, name: str) -> int:
     at = span.event_ns(name)
     if at is None:
@@ -135,11 +139,10 @@ def boundaries(kind: str, names: Names, spans: Sequence[SpanRecord], timed: Time
             and s.attributes.get(ATTR_TASK_ID) == timed.task_id
         ),
     )
-    publish = _only(spans, f"publish {topic}", lambda s: s.name == f"publish {topic}")
-    process = _only(spans, f"process {topic}", lambda s: s.name == f"process {topic}")
-    queue = names.celery_queue(kind)
-    handoff = _only(spans, f"publish {queue}", lambda s: s.name == f"publish {queue}")
-    run = _only(spans, f"run {kind}", lambda s: s.name == f"run {kind}")
+    publish = _named(spans, f"publish {topic}")
+    process = _named(spans, f"process {topic}")
+    handoff = _named(spans, f"publish {names.celery_queue(kind)}")
+    run = _named(spans, f"run {kind}")
     inference = _only(
         spans,
         "the inference",

@@ -642,15 +642,14 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         result = self.gateway.waiter.wait(
             task_id, timeout, task.registered if task is not None else None
         )
-        span, first = trace.get_current_span(), True
+        span = trace.get_current_span()
         try:
             async with self.gateway.streams.follow(task_id) as reader:
                 async for chunk in relay_tokens(
                     reader, task_id, result, self.settings.stream_poll_ms
                 ):
-                    if first and chunk.delta:
+                    if chunk.delta and chunk.index == 0:  # deltas are numbered from 0
                         span.add_event(EVENT_FIRST_CHUNK)
-                        first = False
                     yield chunk
         except RelayEnded as ended:
             if ended.result is not None and ended.result.status in TERMINAL_STATUSES:
