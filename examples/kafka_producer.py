@@ -19,10 +19,10 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from google.protobuf.json_format import MessageToDict
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from nlp.v1 import classification_pb2, ner_pb2, summarization_pb2, tasks_pb2
+from shared import protojson
 from shared.envelope import AnyRequest, make_envelope
 from shared.kafka import task_headers
 from shared.names import Names
@@ -94,7 +94,7 @@ def results(
                 # At least once: a result may repeat after a crash; keep the first.
                 if result.task_id in waiting:
                     waiting.discard(result.task_id)
-                    line = MessageToDict(result, preserving_proto_field_name=True)
+                    line = protojson.to_dict(result)
                     print(json.dumps({"id": sent[result.task_id], **line}), flush=True)
     for task_id in sorted(waiting):
         print(f"no result for {sent[task_id]} (task {task_id})", file=sys.stderr)

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from shared import protojson
 from shared.errors import Code
 
 
@@ -132,9 +132,9 @@ def result_line(result: tasks_pb2.TaskResult) -> dict[str, Any]:
     }
     output = result.WhichOneof("output")
     if output is not None:
-        line["result"] = MessageToDict(getattr(result, output), preserving_proto_field_name=True)
+        line["result"] = protojson.to_dict(getattr(result, output))
     if result.status != common_pb2.TASK_STATUS_SUCCEEDED:
-        line["error"] = MessageToDict(result.error, preserving_proto_field_name=True)
+        line["error"] = protojson.to_dict(result.error)
     line["dead_lettered"] = result.dead_lettered
     return line
 

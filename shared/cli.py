@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -55,18 +54,12 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared import bulk, telemetry
+from shared import bulk, protojson, telemetry
 from shared.client import ClientSettings, connect
 
 
-def _as_dict(message: Message) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
-
-
 def _print(message: Message, as_json: bool, human: Callable[[Any], str]) -> None:
-    print(
-        json.dumps(_as_dict(message), indent=2, ensure_ascii=False) if as_json else human(message)
-    )
+    print(protojson.dumps(message, indent=2) if as_json else human(message))
 
 
 def _read_text(args: argparse.Namespace) -> str:
@@ -75,10 +68,20 @@ def _read_text(args: argparse.Namespace) -> str:
     if args.text == "-" or args.text is None:
         return sys.stdin.read()
     text = str(args.text)
-    # A short argument naming an existing file means the file (FILE_OR_TEXT).
-    if len(text) < 4096 and "\n" not in text and Path(text).is_file():
+    # An argument naming an existing file means the file (FILE_OR_TEXT); anything else
+    # is the text itself.
+    if _names_a_file(text):
         return Path(text).read_text(encoding="utf-8")
     return text
+
+
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` is the path of an existing file. A check that cannot even be
+    made (a name over the system's limits, a NUL byte) means no: such text is no path."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _add_text_args(p: argparse.ArgumentParser) -> None:
@@ -235,7 +238,7 @@ def print_generation(
     try:
         for chunk in chunks:
             if as_json:
-                print(json.dumps(_as_dict(chunk), ensure_ascii=False), flush=True)
+                print(protojson.dumps(chunk), flush=True)
             elif chunk.delta:
                 sys.stdout.write(chunk.delta)
                 sys.stdout.flush()
@@ -336,7 +339,7 @@ def _human_result(result: tasks_pb2.TaskResult) -> str:
         lines.append(f"error: {result.error.message}")
     output = result.WhichOneof("output")
     if output:
-        lines.append(json.dumps(_as_dict(getattr(result, output)), indent=2, ensure_ascii=False))
+        lines.append(protojson.dumps(getattr(result, output), indent=2))
     return "\n".join(lines)
 
 

@@ -7,6 +7,10 @@ cannot be decoded or validated goes to the dead-letter topic with the reason
 and never blocks its partition; expired tasks end as DEADLINE_EXCEEDED without
 running; the partitions are paused while the Celery queue is above the
 high-water mark (polling continues, so the group membership stays alive).
+
+Outages: while Redis is unreachable nothing can be handed off (the Celery broker is
+Redis), so the partitions stay paused; while Kafka is, polls bring nothing and dead
+letters wait. Either way the loop goes on, logs the outage once and resumes by itself.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from shared.names import (
     CELERY_KWARG_HANDED_AT,
     Names,
 )
+from shared.outages import KAFKA, REDIS, Outages, dependency_of
 from shared.results import ResultStore
 from shared.settings import WorkerSettings
 from shared.telemetry import (
@@ -80,6 +85,7 @@ class Intake:
     store: ResultStore
     redis: redis.Redis
     metrics: IntakeMetrics
+    outages: Outages = field(default_factory=lambda: Outages("intake"))
     stats: Counter[str] = field(default_factory=Counter)
     paused: bool = False
     clock: Callable[[], float] = time.monotonic
@@ -121,8 +127,9 @@ class Intake:
                     with housekeeping():
                         self.redeliver_silent()
                         self.measure_lag()
-                except Exception:
-                    log.exception("redelivery sweep failed; will retry")
+                except Exception as exc:
+                    if not self.outages.failed(exc):
+                        log.exception("redelivery sweep failed; will retry")
             with housekeeping():
                 self.apply_backpressure()
             batch = self.consumer.poll(
@@ -141,9 +148,19 @@ class Intake:
         self.metrics.lag(self.consumer.lag())
 
     def apply_backpressure(self) -> None:
-        depth = self.queue_depth()
-        self.metrics.queue_depth.labels(self.kind).set(depth)
         assigned = self.consumer.assignment()
+        try:
+            depth = self.queue_depth()
+        except Exception as exc:
+            if dependency_of(exc) != REDIS:
+                raise
+            # Nothing can be handed off (Celery's broker is Redis): fetch nothing meanwhile.
+            self.outages.lost(REDIS, exc)
+            self.consumer.pause(*assigned)
+            return
+        if self.outages.back(REDIS) and not self.paused:
+            self.consumer.resume(*assigned)
+        self.metrics.queue_depth.labels(self.kind).set(depth)
         if not self.paused and depth >= self.settings.queue_high_water:
             self.paused = True
             self.stats["paused"] += 1
@@ -203,7 +220,8 @@ class Intake:
                 for future in pending:
                     future.get(timeout=30)  # the dead letter must be durable before we commit
             except Exception as exc:
-                log.exception("hand-off failed; rewinding the batch to retry it")
+                if not self.outages.failed(exc):
+                    log.exception("hand-off failed; rewinding the batch to retry it")
                 for span in spans:
                     span.record_exception(exc)
                     span.set_status(trace.StatusCode.ERROR, "hand-off failed; rewound")
@@ -238,11 +256,13 @@ class Intake:
         except confluent_kafka.KafkaException as exc:
             # Partitions already taken by a rebalance: their new owner reads the records
             # again and skips the tasks that have a result. Others are tried again.
-            log.warning("offset commit refused; will retry or re-read: %s", exc)
+            if not self.outages.failed(exc):
+                log.warning("offset commit refused; will retry or re-read: %s", exc)
             assigned = self.consumer.assignment()
             for tp in [tp for tp in offsets if tp not in assigned]:
                 self.uncommitted.pop(tp, None)
             return
+        self.outages.back(KAFKA)
         for tp, offset in offsets.items():
             if self.uncommitted.get(tp) == offset:
                 del self.uncommitted[tp]
@@ -434,6 +454,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     from shared.kafka import make_consumer, make_producer
     from shared.logs import configure_logging
     from shared.metrics import serve_endpoints
+    from shared.outages import redis_client, until_reachable
     from shared.readiness import serving
 
     service = f"{kind}-intake"
@@ -443,10 +464,13 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
+    client = redis_client(settings)
     telemetry.instrument_redis(client)
-    consumer = make_consumer(settings, settings.names.consumer_group(kind))
-    producer = make_producer(settings)
+    outages = Outages(service)
+    consumer = make_consumer(settings, settings.names.consumer_group(kind), outages)
+    producer = until_reachable(lambda: make_producer(settings), outages, stop)
+    if producer is None:
+        return  # stopped while Kafka was away
     intake = Intake(
         kind=kind,
         settings=settings,
@@ -456,6 +480,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
         store=ResultStore(client, settings.names, settings.result_ttl_s),
         redis=client,
         metrics=IntakeMetrics(kind),
+        outages=outages,
     )
     endpoints = serve_endpoints(settings, intake.metrics.registry)
 

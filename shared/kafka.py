@@ -23,12 +23,22 @@ from kafka.errors import TopicAlreadyExistsError
 from nlp.v1 import tasks_pb2
 from shared import names
 from shared.names import ALL_KINDS
+from shared.outages import (
+    KAFKA,
+    KAFKA_RECONNECT_BACKOFF_MAX_MS,
+    KafkaUnavailableError,
+    Outages,
+    kafka_error_is_outage,
+)
 from shared.settings import ServiceSettings
 from shared.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+# Where librdkafka's own log lines go (see shared.logs.RepeatFilter).
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 # Partitions per task topic: the most intake consumers one kind can use in parallel.
 TASK_TOPIC_PARTITIONS = 6
@@ -57,17 +67,65 @@ class AsyncProducer:
 
     :meth:`send` never blocks the event loop: librdkafka queues the message and a
     thread serves its delivery reports, which settle the awaiting coroutine.
+
+    When every broker is down, the messages still queued are failed at once
+    (:class:`KafkaUnavailableError`) instead of waiting for their timeout, and
+    :attr:`available` is False until a delivery or a :meth:`probe` succeeds again;
+    ``outages`` hears of both.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self._producer = confluent_kafka.Producer(config)
+    def __init__(self, config: dict[str, Any], outages: Outages | None = None) -> None:
+        self.outages = outages
+        self._available = True
+        self._purge = threading.Event()
+        self._producer = confluent_kafka.Producer({**config, "error_cb": self._on_error})
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
 
+    @property
+    def available(self) -> bool:
+        """False from the moment every broker went down until one acknowledges again."""
+        return self._available
+
+    def _on_error(self, error: confluent_kafka.KafkaError) -> None:
+        # Runs in the poller thread, inside poll().
+        if error.code() == confluent_kafka.KafkaError._ALL_BROKERS_DOWN:
+            self._set_available(False, error)
+            self._purge.set()
+        elif error.fatal():
+            log.error("kafka producer: fatal error: %s", error)
+        else:
+            log.debug("kafka producer: %s", error)
+
+    def _set_available(self, up: bool, error: Any = None) -> None:
+        if up == self._available:
+            return
+        self._available = up
+        if self.outages is not None:
+            if up:
+                self.outages.back(KAFKA)
+            else:
+                self.outages.lost(KAFKA, error)
+
     def _poll(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.1)
+            if self._purge.is_set():
+                self._purge.clear()
+                # Queued messages would otherwise wait up to message.timeout.ms for a
+                # broker; failed now, they are never sent later either.
+                self._producer.purge(in_queue=True, in_flight=False)
+
+    def probe(self, timeout: float = 1.0) -> bool:
+        """Ask the cluster for metadata (blocking); whether a broker answered."""
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except confluent_kafka.KafkaException as exc:
+            self._set_available(False, exc)
+            return False
+        self._set_available(True)
+        return True
 
     async def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
         """Produce one message and return once the broker acknowledged it (acks=all).
@@ -109,7 +167,13 @@ class AsyncProducer:
 
         def on_delivery(index: int) -> Callable[[Any, Any], None]:
             def delivered(error: Any, _message: Any) -> None:
-                finished(index, None if error is None else KafkaDeliveryError(str(error)))
+                if error is None:
+                    self._set_available(True)
+                    finished(index, None)
+                elif kafka_error_is_outage(error):
+                    finished(index, KafkaUnavailableError(str(error)))
+                else:
+                    finished(index, KafkaDeliveryError(str(error)))
 
             return delivered
 
@@ -123,14 +187,16 @@ class AsyncProducer:
                     headers=kafka_headers,
                     on_delivery=on_delivery(index),
                 )
-            except (BufferError, confluent_kafka.KafkaException) as exc:
+            except BufferError as exc:
                 finished(index, exc)
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                outage = isinstance(error, confluent_kafka.KafkaError) and kafka_error_is_outage(
+                    error
+                )
+                finished(index, KafkaUnavailableError(str(exc)) if outage else exc)
         await done
         return outcomes
-
-    def topics(self, timeout: float = 10.0) -> set[str]:
-        """Topics the cluster knows (a metadata request: also a liveness probe)."""
-        return set(self._producer.list_topics(timeout=timeout).topics)
 
     def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued (up to ``timeout`` seconds), then stop."""
@@ -144,7 +210,10 @@ class KafkaDeliveryError(Exception):
 
 
 def make_async_producer(
-    settings: ServiceSettings, linger_ms: float = 2.0, client_id: str = ""
+    settings: ServiceSettings,
+    linger_ms: float = 2.0,
+    client_id: str = "",
+    outages: Outages | None = None,
 ) -> AsyncProducer:
     """The gateway's producer: same guarantees as :func:`make_producer`. ``linger_ms``
     trades latency at low load for fewer, larger produce requests at high load."""
@@ -158,8 +227,12 @@ def make_async_producer(
             "message.max.bytes": settings.limits.max_text_bytes * 2 + 64 * 1024,
             "request.timeout.ms": 15_000,
             "message.timeout.ms": 30_000,
+            "reconnect.backoff.max.ms": KAFKA_RECONNECT_BACKOFF_MAX_MS,
             "log_level": 4,  # warnings and worse
-        }
+            # Through logging (JSON, repeats held back), served by the delivery thread.
+            "logger": LIBRDKAFKA_LOG,
+        },
+        outages,
     )
 
 
@@ -187,7 +260,13 @@ class TaskConsumer:
     the intake) at saturation.
     """
 
-    def __init__(self, config: dict[str, Any], admin_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        admin_config: dict[str, Any],
+        outages: Outages | None = None,
+    ) -> None:
+        self.outages = outages or Outages("kafka consumer")
         self._consumer = confluent_kafka.Consumer(config)
         # Log end offsets come through a connection of their own: on the consumer's, a
         # ListOffsets request waits behind the long-polling fetch (~0.5 s per partition).
@@ -241,8 +320,12 @@ class TaskConsumer:
                 if error.fatal():
                     raise confluent_kafka.KafkaException(error)
                 # Transient (broker down, leader moving): librdkafka retries by itself.
-                log.warning("consumer error: %s", error)
+                if kafka_error_is_outage(error):
+                    self.outages.lost(KAFKA, error)
+                else:
+                    log.warning("consumer error: %s", error)
                 continue
+            self.outages.back(KAFKA)
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             raw = message.headers() or []
@@ -310,7 +393,10 @@ class TaskConsumer:
         if not partitions:
             return {}
         if self._admin is None:
-            self._admin = confluent_kafka.admin.AdminClient(self._admin_config)
+            # Critical lines only: nothing polls this client to serve a logger, and its
+            # failed reconnections (errors) while a broker is down say nothing the
+            # consumer does not; its requests' own failures are raised.
+            self._admin = confluent_kafka.admin.AdminClient({**self._admin_config, "log_level": 2})
         futures = self._admin.list_offsets(
             {confluent_kafka.TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
             request_timeout=timeout,
@@ -331,11 +417,19 @@ def _header_bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
-def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) -> TaskConsumer:
-    """Consumer in ``group_id`` that commits only when told to."""
-    connection = {**settings.librdkafka_config(), "log_level": 4}  # warnings and worse
+def make_consumer(
+    settings: ServiceSettings, group_id: str, outages: Outages | None = None, **overrides: Any
+) -> TaskConsumer:
+    """Consumer in ``group_id`` that commits only when told to; ``outages`` hears when the
+    cluster becomes unreachable and when records flow again."""
+    connection = {
+        **settings.librdkafka_config(),
+        "reconnect.backoff.max.ms": KAFKA_RECONNECT_BACKOFF_MAX_MS,
+        "log_level": 4,  # warnings and worse
+    }
     config: dict[str, Any] = {
         **connection,
+        "logger": LIBRDKAFKA_LOG,  # served by poll(), as for the producer
         "client.id": settings.service_name,
         "group.id": group_id,
         "enable.auto.commit": False,
@@ -343,12 +437,16 @@ def make_consumer(settings: ServiceSettings, group_id: str, **overrides: Any) ->
         "auto.offset.reset": "earliest",
         "allow.auto.create.topics": False,
         "max.partition.fetch.bytes": settings.limits.max_text_bytes * 2 + 64 * 1024,
-        "session.timeout.ms": 20_000,
-        "heartbeat.interval.ms": 3_000,
+        # The group waits this long for a member that went away before handing its
+        # partitions on, also after a broker restart (the members rejoin then): 6 s, the
+        # broker's minimum, measured 19 s -> ~6 s from the broker's return to the first
+        # task handed off (20 s before). Heartbeats come from librdkafka's own thread.
+        "session.timeout.ms": 6_000,
+        "heartbeat.interval.ms": 1_000,
         "max.poll.interval.ms": 300_000,
     }
     config.update(overrides)
-    return TaskConsumer(config, connection)
+    return TaskConsumer(config, connection, outages)
 
 
 def ensure_topics(

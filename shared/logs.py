@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from shared.telemetry import current_ids
@@ -37,6 +40,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     handler.addFilter(_ServiceFilter(service))
+    handler.addFilter(RepeatFilter())
     root.setLevel(level)
     # kafka-python is chatty at INFO (every reconnect and rebalance step); Celery logs
     # every task received and succeeded with its arguments (the whole envelope), which
@@ -56,4 +60,38 @@ class _ServiceFilter(logging.Filter):
         ids = current_ids()
         if ids is not None:
             record.trace_id, record.span_id = ids
+        return True
+
+
+# Kafka clients log each failed reconnection attempt (librdkafka several a second while
+# a broker is down): the loggers whose repeats are held back.
+REPEATING_LOGGERS = ("librdkafka", "kafka.")
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a message of :data:`REPEATING_LOGGERS` through once per ``window_s``; the
+    next one that passes says how many were held back. Numbers (ports, timestamps,
+    durations) do not make a message new."""
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(REPEATING_LOGGERS):
+            return True
+        key = (record.name, record.levelno, _DIGITS.sub("#", record.getMessage()))
+        now = self.clock()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            record.repeated = last[1]  # held back since the last one shown
+        if len(self._seen) > 1000:  # a bound, should messages never repeat
+            self._seen.clear()
+        self._seen[key] = (now, 0)
         return True

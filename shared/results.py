@@ -36,6 +36,7 @@ from nlp.v1 import common_pb2, tasks_pb2
 from shared.envelope import TERMINAL_STATUSES
 from shared.errors import Code
 from shared.names import KIND_NAMES, Names, kind_name
+from shared.outages import REDIS, Outages
 from shared.telemetry import housekeeping
 
 log = logging.getLogger(__name__)
@@ -456,16 +457,23 @@ class ResultWaiter:
     can be missed between subscribe and read.
     """
 
-    def __init__(self, client: aioredis.Redis, store: AsyncResultStore) -> None:
+    def __init__(
+        self, client: aioredis.Redis, store: AsyncResultStore, outages: Outages | None = None
+    ) -> None:
         self.client = client
         self.store = store
+        self.outages = outages
         self._waiters: defaultdict[str, set[Waiting]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 5.0) -> None:
+        """Start listening; waits up to ``timeout`` for the subscription. Without Redis it
+        goes on trying: waiting requests are woken to re-read once it is subscribed."""
         self._task = asyncio.create_task(self._listen(), name="result-waiter")
-        await asyncio.wait_for(self._subscribed.wait(), timeout=30)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._subscribed.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -566,6 +574,8 @@ class ResultWaiter:
             try:
                 await pubsub.subscribe(channel)
                 self._subscribed.set()
+                if self.outages is not None:
+                    self.outages.back(REDIS)
                 # Anything published while we were not subscribed is found by re-reading.
                 self._wake(None)
                 while True:
@@ -575,7 +585,13 @@ class ResultWaiter:
             except asyncio.CancelledError:
                 raise
             except (redis.RedisError, OSError) as exc:
-                log.warning("result subscription lost, reconnecting: %s", exc)
+                if self.outages is None or not self.outages.down(REDIS):
+                    log.warning("result subscription lost, reconnecting: %s", exc)
+                if self.outages is not None:
+                    self.outages.failed(exc)
+                # Every waiter reads the store again: with Redis gone, its request fails
+                # now (UNAVAILABLE) rather than at its deadline; after a blip, it waits on.
+                self._wake(None)
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):

@@ -50,6 +50,7 @@ from shared.names import (
     CELERY_KWARG_HANDED_AT,
     Names,
 )
+from shared.outages import REDIS, Outages
 from shared.results import ResultStore
 from shared.settings import WorkerSettings
 from shared.telemetry import (
@@ -85,6 +86,7 @@ class WorkerRuntime:
     producer_factory: Callable[[], KafkaProducer]
     metrics: WorkerMetrics
     worker_id: str = field(default_factory=worker_identity)
+    outages: Outages = field(default_factory=lambda: Outages("worker"))
     _producer: KafkaProducer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     batchers: dict[str, MicroBatcher[AnyRequest, Message]] = field(init=False, repr=False)
@@ -138,7 +140,10 @@ class WorkerRuntime:
                 with housekeeping():
                     self.store.heartbeat(self.kind, running)
             except Exception as exc:  # Redis away: the next beat tries again
-                log.warning("heartbeat failed", extra={"error": repr(exc)})
+                if not self.outages.failed(exc):
+                    log.warning("heartbeat failed", extra={"error": repr(exc)})
+                continue
+            self.outages.back(REDIS)
 
     def _watch_cancels(self) -> None:
         """Abort running streamed tasks that got a terminal result elsewhere (a cancel).
@@ -167,7 +172,8 @@ class WorkerRuntime:
                             if engine.abort(task_id, cancelled):
                                 log.info("aborting cancelled task", extra={"task_id": task_id})
             except Exception as exc:  # Redis away: subscribe again
-                log.warning("cancel subscription lost", extra={"error": repr(exc)})
+                if not self.outages.failed(exc):
+                    log.warning("cancel subscription lost", extra={"error": repr(exc)})
                 self._stop.wait(1.0)
             finally:
                 pubsub.close()
@@ -540,7 +546,6 @@ def serve_worker(
     Loads every configured model once, before the thread pool starts (the threads
     share them), advertises the served models, then consumes the kind's queue.
     """
-    import redis
     from celery.signals import worker_ready, worker_shutdown
 
     from shared import telemetry
@@ -548,6 +553,7 @@ def serve_worker(
     from shared.kafka import make_producer
     from shared.logs import configure_logging
     from shared.metrics import serve_endpoints
+    from shared.outages import redis_client, until_reachable
     from shared.readiness import serving
 
     service = f"{kind}-worker"
@@ -557,11 +563,13 @@ def serve_worker(
     telemetry.setup_tracing(f"nlp-{service}")
     telemetry.instrument_celery()
     telemetry.instrument_kafka_python()
-    client = redis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
+    client = redis_client(settings)
     telemetry.instrument_redis(client)
     metrics = WorkerMetrics(kind)
+    outages = Outages(service)
     registry = ModelRegistry.build(kind, settings.models, settings.default_model, factories)
-    registry.advertise(client, settings.names)
+    # Without Redis at startup, wait for it (nothing could be served before anyway).
+    until_reachable(lambda: registry.advertise(client, settings.names), outages)
     runtime = WorkerRuntime(
         kind=kind,
         settings=settings,
@@ -569,6 +577,7 @@ def serve_worker(
         registry=registry,
         producer_factory=lambda: make_producer(settings),
         metrics=metrics,
+        outages=outages,
     )
     app = make_celery(kind, settings)
     # Current: Celery's instrumentation finds the task of a retry's publish by name there.

@@ -233,6 +233,11 @@ class KafkaBroker:
         """Whether the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it exited (negative: the signal); None while it runs."""
+        return None if self._proc is None else self._proc.poll()
+
     def server_properties(self) -> dict[str, str]:
         """The broker config written to ``server.properties``."""
         props = {

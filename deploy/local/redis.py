@@ -27,6 +27,26 @@ class RedisServer:
     def log_file(self) -> Path:
         return self.data_dir / "redis.log"
 
+    @property
+    def pid(self) -> int | None:
+        """PID of the redis-server process, if started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it exited (negative: the signal); None while it runs."""
+        return None if self._proc is None else self._proc.poll()
+
+    def wait_stopped(self, timeout: float = 10.0) -> int | None:
+        """Wait for the process to end (killed, say); its exit status."""
+        if self._proc is None:
+            return None
+        return self._proc.wait(timeout)
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:

@@ -1,27 +1,41 @@
 """The local stack without Docker: Kafka (KRaft), Redis, the gateway and, per worker
 kind, its intake and Celery worker — all on 127.0.0.1 with free ports and a fresh
-data directory. The test suite uses the same class.
+data directory. The test suite uses the same class (``LocalStack``), which never
+restarts anything by itself: tests kill processes on purpose.
 
     python -m deploy.local.stack run [--gateway-port 50051] [--demo] [--replicas ner=2]
-    python -m deploy.local.stack up --state-dir .run                   # background
+                                     [--kinds classification,ner]
+    python -m deploy.local.stack up --state-dir .run [--kinds …]      # background
     python -m deploy.local.stack down --state-dir .run
+
+``run`` (and so ``up``) supervises the stack like compose with a restart policy: a
+process that exits — a gateway, intake or worker, the Kafka broker or redis-server —
+is started again after an exponential backoff (1 s doubling to 30 s, back to 1 s once
+it has stayed up for 60 s); the broker and Redis come back on the same port and data
+directory, so topics, offsets and queued tasks survive. Only a crash loop (a sixth
+restart of one process within 5 minutes) stops the whole stack, with exit status 1.
+``--kinds`` starts a subset of the available kinds (default: all). ``up`` records the
+runner's and every process's pid in ``<state-dir>/stack.json``, refreshed on restarts.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -59,6 +73,35 @@ def parse_replicas(text: str) -> dict[str, int]:
             raise ValueError(f"replicas: expected KIND=N with N >= 1, got {item!r}")
         out[kind] = int(count)
     return out
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``"ner,classification"`` → ``("ner", "classification")``, each one available."""
+    kinds: list[str] = []
+    for kind in filter(None, (part.strip() for part in text.split(","))):
+        if kind not in AVAILABLE_KINDS:
+            what = "has no worker in this checkout" if kind in ALL_KINDS else "is not a kind"
+            raise ValueError(f"kinds: {kind!r} {what}; available: {', '.join(AVAILABLE_KINDS)}")
+        if kind not in kinds:
+            kinds.append(kind)
+    if not kinds:
+        raise ValueError(f"kinds: expected some of {', '.join(AVAILABLE_KINDS)}")
+    return tuple(kinds)
+
+
+_T = TypeVar("_T")
+
+
+def _arg_type(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """``parse`` as an argparse type that shows its ValueError's message to the user."""
+
+    def checked(text: str) -> _T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
 
 
 @dataclass
@@ -278,7 +321,321 @@ class LocalStack:
         self.stop()
 
 
+# --- supervision (the `run` command only) ------------------------------------------------
+
+# Backoff before restarting a process that exited: the first restart comes quickly (a
+# one-off crash costs a second), a process that keeps failing is retried less and less
+# often, but never waits more than half a minute once whatever broke it is fixed.
+RESTART_BACKOFF_INITIAL_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+# A process that stayed up this long counts as healthy again: its next exit restarts it
+# after the initial backoff. Longer than a service takes to load its models and become
+# ready (10-30 s on 2 cores), so a crash during startup keeps backing off.
+RESTART_STABLE_AFTER_S = 60.0
+# A crash loop: more than this many restarts of one process within the window. Five
+# quick restarts take at least 1+2+4+8+16 s plus five startups, so a process that cannot
+# start is given up within a minute or two, while one that stays up for a minute between
+# crashes has at most 4 earlier restarts in any window and is never given up.
+CRASH_LOOP_MAX_RESTARTS = 5
+CRASH_LOOP_WINDOW_S = 300.0
+
+
+@dataclass(frozen=True)
+class Restart:
+    """What a ``RestartPolicy`` decided for a process that exited: start it again."""
+
+    # Restarts since the process last stayed up ``stable_after`` seconds (1 = first).
+    attempt: int
+    # Seconds to wait before starting it.
+    delay: float
+
+
+@dataclass
+class _History:
+    started_at: float
+    failures: int = 0
+    restarts: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RestartPolicy:
+    """Exponential backoff and crash-loop detection, per process name; pure logic.
+
+    Call ``started`` whenever a process is (re)started and ``exited`` when it is seen to
+    have exited; ``clock`` is injectable so that tests need no real time.
+    """
+
+    initial_backoff: float = RESTART_BACKOFF_INITIAL_S
+    max_backoff: float = RESTART_BACKOFF_MAX_S
+    stable_after: float = RESTART_STABLE_AFTER_S
+    max_restarts: int = CRASH_LOOP_MAX_RESTARTS
+    window: float = CRASH_LOOP_WINDOW_S
+    clock: Callable[[], float] = time.monotonic
+    _history: dict[str, _History] = field(default_factory=dict, init=False, repr=False)
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before restart ``attempt`` (1-based): doubling from the initial, capped."""
+        # The exponent is bounded so that a huge attempt count cannot overflow a float.
+        return min(self.max_backoff, self.initial_backoff * 2.0 ** min(attempt - 1, 64))
+
+    def started(self, name: str) -> None:
+        """``name`` was started (or a start of it was attempted) now."""
+        now = self.clock()
+        self._history.setdefault(name, _History(started_at=now)).started_at = now
+
+    def exited(self, name: str) -> Restart | None:
+        """``name`` exited now: when to restart it, or None for a crash loop (give up)."""
+        now = self.clock()
+        history = self._history.setdefault(name, _History(started_at=now))
+        if now - history.started_at >= self.stable_after:
+            history.failures = 0
+        history.restarts = [t for t in history.restarts if now - t < self.window]
+        if len(history.restarts) >= self.max_restarts:
+            return None
+        history.failures += 1
+        history.restarts.append(now)
+        return Restart(attempt=history.failures, delay=self.backoff(history.failures))
+
+
+class Child(Protocol):
+    """A process the ``Supervisor`` watches and restarts."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def returncode(self) -> int | None:
+        """The exit status once it exited (negative: the signal), None while it runs."""
+        ...
+
+    def restart(self) -> None:
+        """Start it again; must not wait for it to be ready."""
+        ...
+
+    def ready(self) -> bool:
+        """Whether it serves again (checked after a restart until it says yes)."""
+        ...
+
+    def log_tail(self) -> str:
+        """The last lines of its log."""
+        ...
+
+
+def describe_exit(returncode: int) -> str:
+    """``-9`` → ``"killed by SIGKILL"``, ``1`` → ``"exit status 1"``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _indent(text: str, lines: int = 20) -> str:
+    return "\n".join(f"  | {line}" for line in text.splitlines()[-lines:])
+
+
+class Supervisor:
+    """Restarts the children that exit, as ``policy`` says; ``poll`` it periodically.
+
+    Never blocks on a child: a restart only starts the process, and ``poll`` reports
+    when it is ready again. ``on_change`` runs after a round of restarts (new pids).
+    """
+
+    def __init__(
+        self,
+        children: Iterable[Child],
+        policy: RestartPolicy | None = None,
+        *,
+        log: Callable[[str], None] = print,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.children = list(children)
+        self.policy = policy or RestartPolicy()
+        self.log = log
+        self.on_change = on_change
+        # Children waiting for their restart: name -> when it is due.
+        self._due: dict[str, float] = {}
+        self._attempt: dict[str, int] = {}
+        # Restarted children not ready yet.
+        self._starting: set[str] = set()
+        for child in self.children:
+            self.policy.started(child.name)
+
+    def poll(self) -> bool:
+        """Check every child once; False when one is in a crash loop (give up)."""
+        now = self.policy.clock()
+        changed = False
+        for child in self.children:
+            name = child.name
+            due = self._due.get(name)
+            if due is not None:
+                if now >= due:
+                    del self._due[name]
+                    self._restart(child)
+                    changed = True
+                continue
+            returncode = child.returncode()
+            if returncode is None:
+                if name in self._starting and child.ready():
+                    self._starting.discard(name)
+                    self.log(f"{name} is ready again (pid {child.pid})")
+                continue
+            self._starting.discard(name)
+            decision = self.policy.exited(name)
+            if decision is None:
+                self.log(
+                    f"{name} (pid {child.pid}) exited: {describe_exit(returncode)}; "
+                    f"{self.policy.max_restarts} restarts within {self.policy.window:.0f}s: "
+                    f"crash loop, giving up; its log:\n{_indent(child.log_tail())}"
+                )
+                return False
+            self._due[name] = now + decision.delay
+            self._attempt[name] = decision.attempt
+            line = (
+                f"{name} (pid {child.pid}) exited: {describe_exit(returncode)}; "
+                f"restart {decision.attempt} in {decision.delay:.0f}s"
+            )
+            if decision.attempt == 1:
+                line += f"; its log:\n{_indent(child.log_tail())}"
+            self.log(line)
+        if changed:
+            self.on_change()
+        return True
+
+    def _restart(self, child: Child) -> None:
+        # Counted as a start even if it fails: the failure then shows as a quick exit.
+        self.policy.started(child.name)
+        attempt = self._attempt.get(child.name, 1)
+        try:
+            child.restart()
+        except Exception as exc:
+            self.log(f"{child.name}: restart {attempt} failed: {exc}")
+            return
+        self._starting.add(child.name)
+        self.log(f"{child.name} restarted (restart {attempt}, pid {child.pid})")
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class _ServiceChild:
+    service: Service
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.service.proc.pid if self.service.proc else None
+
+    def returncode(self) -> int | None:
+        proc = self.service.proc
+        return None if proc is None else proc.poll()
+
+    def restart(self) -> None:
+        old = self.service.proc
+        if old is not None:
+            # What the dead leader left in its process group (a vLLM engine, say) would
+            # hold on to memory and ports: kill it first.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(old.pid, signal.SIGKILL)
+        self.service.start()
+
+    def ready(self) -> bool:
+        return self.service.ready_file.exists()
+
+    def log_tail(self) -> str:
+        return self.service.log_tail()
+
+
+@dataclass
+class _KafkaChild:
+    kafka: KafkaBroker
+    name: str = "kafka"
+
+    @property
+    def pid(self) -> int | None:
+        return self.kafka.pid
+
+    def returncode(self) -> int | None:
+        return self.kafka.returncode
+
+    def restart(self) -> None:
+        # stop() of an exited broker only drops a half-written CDS archive. start() keeps
+        # the port and data dir and skips formatting: topics and offsets survive.
+        self.kafka.stop()
+        self.kafka.start()
+
+    def ready(self) -> bool:
+        return _tcp_open(self.kafka.port)
+
+    def log_tail(self) -> str:
+        return self.kafka.log_tail(lines=20)
+
+
+@dataclass
+class _RedisChild:
+    redis: RedisServer
+    name: str = "redis"
+
+    @property
+    def pid(self) -> int | None:
+        return self.redis.pid
+
+    def returncode(self) -> int | None:
+        return self.redis.returncode
+
+    def restart(self) -> None:
+        # Same port and dir: the AOF brings back queued Celery messages and results.
+        self.redis.start()
+
+    def ready(self) -> bool:
+        return _tcp_open(self.redis.port)
+
+    def log_tail(self) -> str:
+        try:
+            return self.redis.log_file.read_text(errors="replace")[-4000:]
+        except OSError:
+            return "(no log)"
+
+
+def stack_children(stack: LocalStack) -> list[Child]:
+    """The processes of a started stack, as the ``Supervisor`` watches them."""
+    children: list[Child] = []
+    if stack.kafka is not None:
+        children.append(_KafkaChild(stack.kafka))
+    if stack.redis is not None:
+        children.append(_RedisChild(stack.redis))
+    children += [_ServiceChild(service) for service in stack.services.values()]
+    return children
+
+
 # --- command line -----------------------------------------------------------------------
+
+
+def _write_state(path: Path, stack: LocalStack, children: Iterable[Child]) -> None:
+    state = {
+        "pid": os.getpid(),
+        "gateway": stack.gateway_target,
+        "data_dir": str(stack.data_dir),
+        "kinds": list(stack.kinds),
+        # Refreshed on every restart: where to find (or kill) each process.
+        "pids": {child.name: child.pid for child in children},
+        "metrics": stack.metrics_urls,
+        **stack.service_env,
+    }
+    # Replaced whole: `up` and users read it while a restart rewrites it.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, path)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -292,6 +649,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     stack = LocalStack(
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        kinds=args.kinds or AVAILABLE_KINDS,
         gateway_port=args.gateway_port,
         keep_data=args.keep_data,
         replicas=args.replicas,
@@ -308,25 +666,28 @@ def _run(args: argparse.Namespace) -> int:
             print("  auth    DEVELOPMENT MODE: no API keys, no tenants, no quotas")
         for name, url in stack.metrics_urls.items():
             print(f"  metrics {url} ({name})")
-        if args.state_file:
-            state = {
-                "pid": os.getpid(),
-                "gateway": stack.gateway_target,
-                "data_dir": str(stack.data_dir),
-                "metrics": stack.metrics_urls,
-                **stack.service_env,
-            }
-            Path(args.state_file).write_text(json.dumps(state, indent=2))
+        children = stack_children(stack)
+
+        def _state_changed() -> None:
+            if args.state_file:
+                _write_state(Path(args.state_file), stack, children)
+
+        _state_changed()
         if args.demo:
             from shared.cli import demo
 
             demo(stack.gateway_target, stack.kinds)
-        print(f"serving on {stack.gateway_target}; Ctrl-C stops everything", flush=True)
+        supervisor = Supervisor(
+            children, log=lambda line: print(line, flush=True), on_change=_state_changed
+        )
+        print(
+            f"serving on {stack.gateway_target}; processes that exit are restarted; "
+            "Ctrl-C stops everything",
+            flush=True,
+        )
         while not stop:
-            for service in stack.services.values():
-                if service.proc is not None and service.proc.poll() is not None:
-                    print(f"{service.name} exited; stopping:\n{service.log_tail()}", flush=True)
-                    return 1
+            if not supervisor.poll():
+                return 1
             time.sleep(0.5)
         return 0
     finally:
@@ -349,6 +710,8 @@ def _up(args: argparse.Namespace) -> int:
     argv += ["--gateway-port", str(args.gateway_port)]
     if args.replicas:
         argv += ["--replicas", args.replicas]
+    if args.kinds:
+        argv += ["--kinds", ",".join(args.kinds)]
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -378,7 +741,8 @@ def _down(args: argparse.Namespace) -> int:
     if not state_file.exists():
         print("not up")
         return 0
-    pid = int(json.loads(state_file.read_text())["pid"])
+    state = json.loads(state_file.read_text())
+    pid = int(state["pid"])
     if _alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
@@ -386,13 +750,24 @@ def _down(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+            # Its processes run in process groups of their own, which a killed runner
+            # leaves behind.
+            for child_pid in state.get("pids", {}).values():
+                if child_pid:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(int(child_pid), signal.SIGKILL)
     state_file.unlink(missing_ok=True)
     print("stack down")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local.stack", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local.stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kinds_help = f"comma-separated subset of: {','.join(AVAILABLE_KINDS)} (default: all)"
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the stack in the foreground until Ctrl-C")
     run.add_argument("--gateway-port", type=int, default=50051)
@@ -401,16 +776,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--demo", action="store_true", help="send one request per kind")
     run.add_argument(
         "--replicas",
-        type=parse_replicas,
+        type=_arg_type(parse_replicas),
         default={},
         help=f"worker processes per kind, e.g. ner=2 (defaults: {DEFAULT_REPLICAS})",
     )
+    run.add_argument("--kinds", type=_arg_type(parse_kinds), help=kinds_help)
     run.add_argument("--state-file", help=argparse.SUPPRESS)
     up = sub.add_parser("up", help="start the stack in the background")
     up.add_argument("--gateway-port", type=int, default=50051)
     up.add_argument("--state-dir", default=".run")
     up.add_argument("--timeout", type=float, default=300)
     up.add_argument("--replicas", default="", help="as for run, e.g. ner=2")
+    up.add_argument("--kinds", type=_arg_type(parse_kinds), help=kinds_help)
     down = sub.add_parser("down", help="stop a stack started with up")
     down.add_argument("--state-dir", default=".run")
     args = parser.parse_args(argv)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import redis.asyncio as aioredis
-
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.server import serve
 from services.gateway.settings import Settings
@@ -14,6 +12,7 @@ from shared import telemetry
 from shared.kafka import make_async_producer
 from shared.logs import configure_logging
 from shared.metrics import serve_endpoints
+from shared.outages import Outages, async_redis_client
 from shared.readiness import serving
 
 
@@ -23,19 +22,24 @@ async def main(settings: Settings) -> None:
     telemetry.instrument_grpc_server()
     metrics = GatewayMetrics()
     endpoints = serve_endpoints(settings, metrics.registry)
-    producer = make_async_producer(settings, settings.publish_linger_ms)
+    outages = Outages("gateway")
+    producer = make_async_producer(settings, settings.publish_linger_ms, outages=outages)
     interactive = (
         make_async_producer(
-            settings, settings.interactive_linger_ms, f"{settings.service_name}-interactive"
+            settings,
+            settings.interactive_linger_ms,
+            f"{settings.service_name}-interactive",
+            outages=outages,
         )
         if settings.interactive_kinds
         else None
     )
-    # Fetch metadata now so that the first request does not pay for it.
+    # Fetch metadata now so that the first request does not pay for it. Without Kafka,
+    # the gateway serves anyway (UNAVAILABLE, NOT_SERVING) until the broker is back.
     for each in (producer, interactive):
         if each is not None:
-            each.topics()
-    client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
+            await asyncio.to_thread(each.probe, 10.0)
+    client = async_redis_client(settings)
     telemetry.instrument_redis(client)
     stop, started = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,6 +54,7 @@ async def main(settings: Settings) -> None:
             stop=stop,
             metrics=metrics,
             interactive_producer=interactive,
+            outages=outages,
         )
     )
     await asyncio.wait([server, asyncio.create_task(started.wait())], return_when="FIRST_COMPLETED")

@@ -47,6 +47,7 @@ from nlp.v1 import tasks_pb2
 from services.gateway.interceptors import AroundInterceptor, Ctx
 from shared.envelope import seconds
 from shared.names import TENANT_RE, Names
+from shared.outages import REDIS, UNAVAILABLE_DETAILS
 from shared.settings import Limits
 
 log = logging.getLogger(__name__)
@@ -350,8 +351,9 @@ class Authenticator:
             await self.quotas.take(tenant)
         except QuotaExceededError as exc:
             await abort_quota(context, exc)
-        except (redis.RedisError, OSError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"quota store unavailable: {exc}")
+        except (redis.RedisError, OSError):
+            # Quotas live in Redis: the dependency guard logs the outage (once).
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_DETAILS[REDIS])
         return tenant
 
     @contextlib.asynccontextmanager

@@ -49,6 +49,7 @@ from services.gateway.auth import (
     caller,
     development_interceptor,
 )
+from services.gateway.dependencies import Dependencies
 from services.gateway.generation import RelayEnded, relay_tokens
 from services.gateway.interceptors import DecodeGuard
 from services.gateway.metrics import GatewayMetrics, metrics_interceptor
@@ -68,6 +69,7 @@ from shared.envelope import (
 from shared.errors import Code, InvalidRequestError
 from shared.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
+from shared.outages import KAFKA, REDIS, UNAVAILABLE_DETAILS, KafkaUnavailableError, Outages
 from shared.results import AsyncResultStore, ResultWaiter, Waiting
 from shared.streams import TokenStreamHub
 from shared.telemetry import (
@@ -75,7 +77,6 @@ from shared.telemetry import (
     ATTR_KIND,
     ATTR_TASK_ID,
     EVENT_FIRST_CHUNK,
-    housekeeping,
     inject_headers,
     links_to,
     tracer,
@@ -131,6 +132,13 @@ def _fit(details: str) -> str:
     return details
 
 
+def _enqueue_failed(exc: BaseException | None) -> str:
+    """What a caller is told of a task that did not reach Kafka: no internals."""
+    if isinstance(exc, BufferError):
+        return "the task queue is overloaded (the gateway's send buffer is full); retry later"
+    return UNAVAILABLE_DETAILS[KAFKA]
+
+
 async def _abort(context: Ctx, code: grpc.StatusCode, details: str) -> NoReturn:
     await context.abort(code, _fit(details))
     raise AssertionError("unreachable")  # context.abort always raises
@@ -164,23 +172,25 @@ class Gateway:
         client: aioredis.Redis,
         metrics: GatewayMetrics,
         interactive_producer: AsyncProducer | None = None,
+        outages: Outages | None = None,
     ) -> None:
         self.settings = settings
         self.producer = producer
         # Publishes settings.interactive_kinds with a shorter linger than the batching one.
         self.interactive_producer = interactive_producer
         self.metrics = metrics
+        self.deps = Dependencies(
+            [p for p in (producer, interactive_producer) if p is not None],
+            outages or Outages("gateway"),
+        )
         self.quotas = Quotas(client, settings.names)
         self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
-        self.waiter = ResultWaiter(client, self.store)
+        self.waiter = ResultWaiter(client, self.store, self.deps.outages)
         self.streams = TokenStreamHub(client, settings.names)
         metrics.streams_relayed.set_function(lambda: self.streams.followed)
         self.catalog = ModelCatalog(client, settings.names)
         self.client = client
         self._abandoning: set[asyncio.Future[bool]] = set()
-        # Kafka health as the last publish saw it (a probe per health check would cost a
-        # metadata request every few seconds for what traffic already tells).
-        self.kafka_ok = True
 
     async def start(self) -> None:
         """Start the shared readers: the result subscription and the token stream hub."""
@@ -323,8 +333,8 @@ class Gateway:
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 outcomes = await self.send_tasks(envelopes, messages)
-        except TimeoutError as exc:
-            outcomes = [exc] * len(envelopes)
+        except TimeoutError:
+            outcomes = [KafkaUnavailableError("no acknowledgement in time")] * len(envelopes)
         self.metrics.publish_seconds.observe(time.perf_counter() - began)
         for envelope, span, outcome in zip(envelopes, spans, outcomes, strict=True):
             if outcome is None:
@@ -333,7 +343,6 @@ class Gateway:
                 span.record_exception(outcome)
                 span.set_status(trace.StatusCode.ERROR, f"not enqueued: {outcome}")
             span.end()
-        self.kafka_ok = all(o is None for o in outcomes)
         return outcomes
 
     async def send_tasks(
@@ -366,8 +375,11 @@ class Gateway:
     async def publish_result(self, result: tasks_pb2.TaskResult) -> None:
         """Produce a result decided here to the results topic."""
         key, value, headers = result_record(result)
-        async with asyncio.timeout(self.settings.publish_timeout_s):
-            await self.producer.send(self.settings.names.results_topic, value, key, headers)
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                await self.producer.send(self.settings.names.results_topic, value, key, headers)
+        except TimeoutError as exc:
+            raise KafkaUnavailableError("no acknowledgement in time") from exc
 
     async def submit_batch_items(
         self,
@@ -415,12 +427,16 @@ class Gateway:
             if error is not None:
                 lost.append(envelope.task_id)
                 ack.error.code = int(Code.UNAVAILABLE)
-                ack.error.message = f"could not enqueue the task: {error}"
+                ack.error.message = _enqueue_failed(error)
                 ack.error.retryable = True
             else:
                 ack.task_id = envelope.task_id
         if lost:
-            log.error("batch items not enqueued", extra={"batch_id": batch_id, "count": len(lost)})
+            log.log(
+                logging.DEBUG if self.deps.missing([KAFKA]) else logging.ERROR,
+                "batch items not enqueued",
+                extra={"batch_id": batch_id, "count": len(lost), "error": repr(outcomes[0])},
+            )
             await self.store.clear_states(lost)
             await self.quotas.release(owner, lost)
             await self.store.count_batch(batch_id, -len(lost), len(lost), owner.name)
@@ -429,8 +445,10 @@ class Gateway:
     async def publish_failed(
         self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, exc: Exception
     ) -> NoReturn:
-        log.error("publish failed", extra={"task_id": envelope.task_id, "error": repr(exc)})
-        await _abort(context, grpc.StatusCode.UNAVAILABLE, f"could not enqueue the task: {exc}")
+        # An outage is logged once, by the producer; anything else here.
+        if not isinstance(exc, KafkaUnavailableError):
+            log.error("publish failed", extra={"task_id": envelope.task_id, "error": repr(exc)})
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, _enqueue_failed(exc))
 
     async def open_sync(
         self, context: Ctx, kind: str, request: AnyRequest, default_deadline_s: float
@@ -522,27 +540,6 @@ class Gateway:
             result.error.code, grpc.StatusCode.INTERNAL
         )
         await _abort(context, code, f"{result.error.message} (task {result.task_id})")
-
-    async def health_loop(self, health: HealthServicer, client: aioredis.Redis) -> None:
-        """Report NOT_SERVING while Redis or Kafka is unreachable."""
-        status = None
-        while True:
-            try:
-                with housekeeping():
-                    ok = bool(await client.ping()) and self.kafka_ok
-            except Exception:
-                ok = False
-            new = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ok
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            if new != status:
-                status = new
-                for name in ["", *SERVICE_NAMES]:
-                    await health.set(name, new)
-                log.info("health changed", extra={"serving": ok})
-            await asyncio.sleep(self.settings.health_interval_s)
 
 
 class ClassificationService(classification_pb2_grpc.ClassificationServicer):
@@ -828,10 +825,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
                 await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except (redis.RedisError, OSError) as exc:
                 # Acks sent so far stand; the client resumes with the same batch id.
-                log.error("batch stream failed", extra={"error": repr(exc)})
-                await _abort(
-                    context, grpc.StatusCode.UNAVAILABLE, f"result store unavailable: {exc}"
-                )
+                self.gateway.deps.outages.failed(exc)
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_DETAILS[REDIS])
         finally:
             reader.cancel()
             while not chunks.empty():
@@ -877,9 +872,8 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
                 )
             except (redis.RedisError, OSError) as exc:
                 # The client resumes from the last cursor it received.
-                await _abort(
-                    context, grpc.StatusCode.UNAVAILABLE, f"result store unavailable: {exc}"
-                )
+                self.gateway.deps.outages.failed(exc)
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_DETAILS[REDIS])
             for cursor, result in results:
                 yield tasks_pb2.BatchResult(cursor=cursor, result=result)
             if results:
@@ -921,11 +915,13 @@ async def serve(
     stop: asyncio.Event | None = None,
     metrics: GatewayMetrics | None = None,
     interactive_producer: AsyncProducer | None = None,
+    outages: Outages | None = None,
 ) -> None:
     """Run the gateway until ``stop`` is set (or forever). Tasks of
-    ``settings.interactive_kinds`` go through ``interactive_producer`` when given."""
+    ``settings.interactive_kinds`` go through ``interactive_producer`` when given;
+    ``outages`` is told of each Kafka or Redis outage (and logs it once)."""
     metrics = metrics or GatewayMetrics()
-    gateway = Gateway(settings, producer, client, metrics, interactive_producer)
+    gateway = Gateway(settings, producer, client, metrics, interactive_producer, outages)
     await gateway.start()
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -945,7 +941,8 @@ async def serve(
             "AUTHENTICATION DISABLED (NLP_AUTH_MODE=dev): every caller is trusted, tasks of "
             "all tenants are visible to all, no quotas. Never expose this gateway."
         )
-    interceptors.append(DecodeGuard())
+    # After authentication and decoding: a caller learns of an outage only once it may call.
+    interceptors += [DecodeGuard(), gateway.deps.interceptor()]
     server = grpc.aio.server(options=options, interceptors=interceptors)
     classification_pb2_grpc.add_ClassificationServicer_to_server(
         ClassificationService(gateway), server
@@ -974,7 +971,9 @@ async def serve(
     else:
         port = server.add_secure_port(address, credentials)
     await server.start()
-    health_task = asyncio.create_task(gateway.health_loop(health, client))
+    health_task = asyncio.create_task(
+        gateway.deps.health_loop(health, client, SERVICE_NAMES, settings.health_interval_s)
+    )
     log.info("gateway serving", extra={"address": f"{settings.host}:{port}"})
     if started is not None:
         started.set()

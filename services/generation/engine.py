@@ -27,7 +27,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +37,7 @@ from shared.batching import Batched
 from shared.engines import EngineFactory, Job, TaskAborted
 from shared.errors import Code, InvalidRequestError
 from shared.metrics import WorkerMetrics
+from shared.outages import async_redis_client
 from shared.settings import ModelSpec
 from shared.streams import Delta, End, TokenStreamWriter
 from shared.telemetry import (
@@ -210,7 +210,7 @@ class VllmGenerator:
         # together they hold one copy at most.
         self._tokenizing = threading.Lock()
         self.max_model_len = int(self.llm.model_config.max_model_len)
-        client = aioredis.Redis.from_url(settings.redis_url, **settings.redis_ssl())
+        client = async_redis_client(settings)
         self.writer = TokenStreamWriter(
             client,
             settings.names,

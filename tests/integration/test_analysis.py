@@ -46,7 +46,7 @@ def test_cli_ner_example(stack: LocalStack, capsys: pytest.CaptureFixture[str]) 
     assert {("Barack Obama", "PERSON"), ("Angela Merkel", "PERSON"), ("2015", "DATE")} <= found
     assert ("Paris", "GPE") in found or ("Paris", "LOC") in found
     for e in entities:
-        assert text[e.get("start", 0) : e["end"]] == e["text"]
+        assert text[e["start"] : e["end"]] == e["text"]
 
 
 def test_cli_summarize_file(

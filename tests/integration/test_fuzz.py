@@ -434,6 +434,10 @@ class Fuzzer:
     skipped: int = 0
     calls: int = 0
     probes: int = 0
+    # The gateway's pid before any fuzz: a restart (crash and respawn) would change it.
+    gateway_pid: int = 0
+    # Fuzz tests of this module that passed in this session (test function → items).
+    ran: Counter[str] = field(default_factory=Counter)
 
     # -- oracles: what the rule book says about a request --
 
@@ -635,7 +639,9 @@ def fuzz(
     served: dict[str, set[str]] = {}
     for model in models.models:
         served.setdefault(kind_name(model.kind), set()).add(model.name)
-    fuzzer = Fuzzer(stack, channel, settings.limits, served)
+    gateway = stack.services["gateway"].proc
+    assert gateway is not None and gateway.poll() is None, "the gateway is not running"
+    fuzzer = Fuzzer(stack, channel, settings.limits, served, gateway_pid=gateway.pid)
     # Real ids for Get/Wait/Cancel/GetBatch/StreamBatchResults to reach past validation:
     # a finished task, a generation task (streams tokens) and a batch.
     done = tasks.Submit(submit_classification("The striker scored twice."), timeout=30)
@@ -656,6 +662,22 @@ def fuzz(
     fuzzer.known_batches.append(batch_id)
     yield fuzzer
     print("\n" + fuzzer.summary())
+
+
+@pytest.fixture(autouse=True)
+def _tally(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Record each fuzz test that passed: test_gateway_survived holds the fuzz to its
+    full size only when all of it ran."""
+    name = request.node.originalname
+    if "fuzz" not in request.fixturenames or name == SURVIVED:
+        yield
+        return
+    fuzzer: Fuzzer = request.getfixturevalue("fuzz")
+    failed = request.session.testsfailed
+    yield
+    # Teardown comes after the call's report is counted: a failure shows here.
+    if request.session.testsfailed == failed:
+        fuzzer.ran[name] += 1
 
 
 def _known(values: Sequence[str], draw: Callable[[st.SearchStrategy[str]], str]) -> str:
@@ -808,6 +830,10 @@ def _decodes(request_type: type[Message], payload: bytes) -> Message | None:
 @fuzzed(500)
 @given(rpc=st.sampled_from(sorted(RPCS)), payload=raw_payloads(), md=metadata)
 def test_raw_bytes(fuzz: Fuzzer, rpc: str, payload: bytes, md: Metadata) -> None:
+    _raw_call(fuzz, rpc, payload, md)
+
+
+def _raw_call(fuzz: Fuzzer, rpc: str, payload: bytes, md: Metadata) -> None:
     request_type, style = RPCS[rpc]
     # Bytes that do not parse are INVALID_ARGUMENT (or RESOURCE_EXHAUSTED over the size cap);
     # others are a proper status, with a short deadline so that a payload that happens to be
@@ -818,14 +844,63 @@ def test_raw_bytes(fuzz: Fuzzer, rpc: str, payload: bytes, md: Metadata) -> None
     fuzz.call(rpc, payload, md, expect, None, style)
 
 
+SURVIVED = "test_gateway_survived"
+FULL_FUZZ_CALLS = 3000  # answered calls of the whole module's fuzz, at least
+OWN_FUZZ_CALLS = 50  # ... of test_gateway_survived's own (some are refused client-side)
+
+
+def _fuzz_tests() -> Counter[str]:
+    """Every fuzz test of this module (all tests but this one), selected in this run or
+    not, with its number of parametrizations."""
+    tests: Counter[str] = Counter()
+    for name, test in globals().items():
+        if name.startswith("test_") and name != SURVIVED and callable(test):
+            marks = [m for m in getattr(test, "pytestmark", []) if m.name == "parametrize"]
+            tests[name] = math.prod(len(m.args[1]) for m in marks)
+    return tests
+
+
+def _own_fuzz(fuzz: Fuzzer) -> None:
+    """A short fuzz to survive when the module's did not all run (this test alone, or a
+    subset): raw bytes to every RPC, hostile Classify requests, and one call for each
+    answer the check below looks for."""
+
+    @fuzzed(60)
+    @given(rpc=st.sampled_from(sorted(RPCS)), payload=raw_payloads(), md=metadata)
+    def raw(rpc: str, payload: bytes, md: Metadata) -> None:
+        _raw_call(fuzz, rpc, payload, md)
+
+    @fuzzed(40)
+    @given(request=classify_requests(), md=metadata)
+    def classify(request: classification_pb2.ClassifyRequest, md: Metadata) -> None:
+        fuzz.call(
+            CLASSIFY, request, md, fuzz.expect_capability("classification", request), _serialize
+        )
+
+    raw()
+    classify()
+    known = tasks_pb2.GetTaskRequest(task_id=fuzz.known_tasks[0])
+    fuzz.call(GET, known, (), Expect(frozenset({OK})), _serialize)
+    unknown = tasks_pb2.GetTaskRequest(task_id=f"no-such-task-{uuid.uuid4().hex}")
+    fuzz.call(GET, unknown, (), Expect(frozenset({Code.NOT_FOUND})), _serialize)
+    empty = classification_pb2.ClassifyRequest(text="")
+    fuzz.call(CLASSIFY, empty, (), Expect(frozenset({Code.INVALID_ARGUMENT})), _serialize)
+    oversized = b"\x0a" + b"\xff" * (MAX_MESSAGE_BYTES + 16)  # call() expects RESOURCE_EXHAUSTED
+    fuzz.call(CLASSIFY, oversized, (), Expect(), None)
+
+
 def test_gateway_survived(fuzz: Fuzzer, channel: grpc.Channel, stack: LocalStack) -> None:
+    full = fuzz.ran == _fuzz_tests()
+    if not full:
+        _own_fuzz(fuzz)
     fuzz.probe()
     health = health_pb2_grpc.HealthStub(channel)
     response = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert response.status == health_pb2.HealthCheckResponse.SERVING
     proc = stack.services["gateway"].proc
     assert proc is not None and proc.poll() is None, "the gateway process died"
-    assert fuzz.calls >= 3000, fuzz.summary()
+    assert proc.pid == fuzz.gateway_pid, "the gateway was restarted during the fuzz"
+    assert fuzz.calls >= (FULL_FUZZ_CALLS if full else OWN_FUZZ_CALLS), fuzz.summary()
     # The fuzz reached the validation and lookup paths, not only grpc's own checks.
     for code in ("OK", "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED"):
         assert fuzz.codes[code] > 0, fuzz.summary()

@@ -153,7 +153,9 @@ def test_json_prints_one_object_per_chunk(capsys: pytest.CaptureFixture[str]) ->
     cli.print_generation([*_chunks("Hi", "!"), END], as_json=True)
     out, err = capsys.readouterr()
     lines = [json.loads(line) for line in out.splitlines()]
-    assert [line.get("delta") for line in lines] == ["Hi", "!", None]
+    # Every field is printed, empty ones too: the last chunk's delta is "", index 0 is 0.
+    assert [line["delta"] for line in lines] == ["Hi", "!", ""]
+    assert [line["index"] for line in lines] == [0, 1, 2]
     assert lines[-1]["finish_reason"] == "FINISH_REASON_LENGTH"
     assert lines[-1]["completion_tokens"] == 64
     assert err == ""
@@ -275,7 +277,7 @@ def test_task_stream_follows_a_task(
 ) -> None:
     assert cli.main(["--target", "127.0.0.1:1", "task", "stream", "--json", "t1"]) == 0
     out, _ = capsys.readouterr()
-    assert [json.loads(line).get("delta") for line in out.splitlines()] == ["Late", None]
+    assert [json.loads(line)["delta"] for line in out.splitlines()] == ["Late", ""]
     assert gateway.requests == [generation_pb2.StreamTaskRequest(task_id="t1")]
 
 

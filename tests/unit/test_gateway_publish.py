@@ -29,6 +29,9 @@ class RecordingProducer:
     def __init__(self, failing: Sequence[str] = ()) -> None:
         self.sent: list[list[str]] = []
         self.failing = set(failing)
+        # What the gateway's dependency tracking reads of a producer.
+        self.available = True
+        self.outages = None
 
     async def send_many(self, messages: Sequence[Message]) -> list[Exception | None]:
         self.sent.append([topic for topic, *_ in messages])
