@@ -166,69 +166,66 @@ def _ride_out(
         _expect_unavailable(_calls(channel, task_id, dependency), dependency)
 
 
-def _kill(pid: int | None) -> None:
-    assert pid is not None
-    os.killpg(pid, signal.SIGKILL)
+def _kill(stack: LocalStack, dependency: str) -> None:
+    """SIGKILL Redis or the Kafka broker, and reap it."""
+    assert stack.redis is not None and stack.kafka is not None
+    if dependency == "Redis":
+        pid = stack.redis.pid
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        stack.redis.wait_stopped()
+    else:
+        pid = stack.kafka.pid
+        assert pid is not None
+        os.killpg(pid, signal.SIGKILL)
+        stack.kafka.stop()  # reaps the JVM
 
 
-def test_redis_outage_is_unavailable_and_the_stack_resumes_by_itself(
-    outage_stack: LocalStack, channel: grpc.Channel, record_property: Callable[[str, Any], None]
+def _bring_back(stack: LocalStack, dependency: str) -> None:
+    """Start it again on its port and data (Redis's AOF, the broker's log)."""
+    assert stack.redis is not None and stack.kafka is not None
+    if dependency == "Redis":
+        stack.redis.start()
+        stack.redis.wait_ready()
+    else:
+        stack.kafka.start()
+        stack.kafka.wait_ready()
+
+
+@pytest.mark.parametrize("dependency", ["Redis", "Kafka"])
+def test_an_outage_is_unavailable_and_the_stack_resumes_by_itself(
+    outage_stack: LocalStack,
+    channel: grpc.Channel,
+    dependency: str,
+    record_property: Callable[[str, Any], None],
 ) -> None:
     stack = outage_stack
-    assert stack.redis is not None
     tasks = tasks_pb2_grpc.TasksStub(channel)
     task_id = tasks.Submit(submit_classification("The final was won."), timeout=10).task_id
     wait_terminal(tasks, task_id)
     assert _first_classify_after(channel) >= 0
     pids = _pids(stack)
-    warned = {name: _logged(stack, name, "Redis unreachable") for name in stack.services}
+    warning = f"{dependency} unreachable"
+    warned = {name: _logged(stack, name, warning) for name in stack.services}
 
-    _kill(stack.redis.pid)
-    stack.redis.wait_stopped()
-    _ride_out(stack, channel, task_id, "Redis", pids)
+    _kill(stack, dependency)
+    _ride_out(stack, channel, task_id, dependency, pids)
     # Once per process, however many requests it refused.
     for name in stack.services:
-        assert _logged(stack, name, "Redis unreachable") - warned[name] <= 1, name
-    assert _logged(stack, "gateway", "Redis unreachable") - warned["gateway"] == 1
+        assert _logged(stack, name, warning) - warned[name] <= 1, name
+    assert _logged(stack, "gateway", warning) - warned["gateway"] == 1
+    if dependency == "Kafka":
+        # What needs only Redis goes on serving.
+        result = tasks.Get(tasks_pb2.GetTaskRequest(task_id=task_id), timeout=CALL_TIMEOUT_S)
+        assert result.task_id == task_id
 
-    stack.redis.start()
-    stack.redis.wait_ready()
+    _bring_back(stack, dependency)
     recovered = _first_classify_after(channel)
-    print(f"\nRedis back -> first successful Classify: {recovered:.2f} s")
-    record_property("redis_recovery_s", round(recovered, 3))
+    print(f"\n{dependency} back -> first successful Classify: {recovered:.2f} s")
+    record_property(f"{dependency.lower()}_recovery_s", round(recovered, 3))
     _await(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING, 10, "SERVING")
     assert _pids(stack) == pids, "recovery needed a process restart"
     # Work submitted after the outage runs to its end, and the earlier task is still there.
     again = tasks.Submit(submit_classification("The match ended 2:0."), timeout=10).task_id
     assert wait_terminal(tasks, again).status == common_pb2.TASK_STATUS_SUCCEEDED
     assert tasks.Get(tasks_pb2.GetTaskRequest(task_id=task_id), timeout=5).task_id == task_id
-
-
-def test_kafka_outage_is_unavailable_and_the_stack_resumes_by_itself(
-    outage_stack: LocalStack, channel: grpc.Channel, record_property: Callable[[str, Any], None]
-) -> None:
-    stack = outage_stack
-    assert stack.kafka is not None
-    tasks = tasks_pb2_grpc.TasksStub(channel)
-    task_id = tasks.Submit(submit_classification("The final was won."), timeout=10).task_id
-    wait_terminal(tasks, task_id)
-    assert _first_classify_after(channel) >= 0
-    pids = _pids(stack)
-
-    _kill(stack.kafka.pid)
-    stack.kafka.stop()  # reaps the killed JVM
-    _ride_out(stack, channel, task_id, "Kafka", pids)
-    # What needs only Redis goes on serving.
-    result = tasks.Get(tasks_pb2.GetTaskRequest(task_id=task_id), timeout=CALL_TIMEOUT_S)
-    assert result.task_id == task_id
-    assert _logged(stack, "gateway", "Kafka unreachable") >= 1
-
-    stack.kafka.start()
-    stack.kafka.wait_ready()
-    recovered = _first_classify_after(channel)
-    print(f"\nKafka back -> first successful Classify: {recovered:.2f} s")
-    record_property("kafka_recovery_s", round(recovered, 3))
-    _await(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING, 10, "SERVING")
-    assert _pids(stack) == pids, "recovery needed a process restart"
-    again = tasks.Submit(submit_classification("The match ended 2:0."), timeout=10).task_id
-    assert wait_terminal(tasks, again).status == common_pb2.TASK_STATUS_SUCCEEDED

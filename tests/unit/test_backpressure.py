@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+import redis
+
 from shared.intake import Intake
 from shared.metrics import IntakeMetrics
 from shared.settings import WorkerSettings
@@ -28,8 +31,11 @@ class FakeConsumer:
 @dataclass
 class FakeRedis:
     depth: int = 0
+    down: bool = False
 
     def llen(self, _key: str) -> int:
+        if self.down:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
         return self.depth
 
 
@@ -68,3 +74,44 @@ def test_partitions_assigned_while_paused_are_paused_too() -> None:
     consumer.partitions.add("p2")  # a rebalance hands us a new partition
     intake.apply_backpressure()
     assert consumer.paused == {"p0", "p1", "p2"}
+
+
+def test_a_redis_outage_pauses_everything_until_it_is_back() -> None:
+    """The loop's first Redis call of every round: it must not raise (the intake used to
+    exit within a second of Redis going away), and nothing is fetched meanwhile."""
+    intake, consumer, client = make()
+    intake.apply_backpressure()
+    assert not consumer.paused
+    client.down = True
+    for _ in range(3):
+        intake.apply_backpressure()
+        assert consumer.paused == {"p0", "p1"}
+    assert intake.outages.down("Redis")
+    client.down = False
+    intake.apply_backpressure()
+    assert not consumer.paused and not intake.outages.any_down
+
+
+def test_back_from_an_outage_above_high_water_stays_paused() -> None:
+    intake, consumer, client = make()
+    client.depth = 50
+    intake.apply_backpressure()
+    client.down = True
+    intake.apply_backpressure()
+    client.down = False
+    intake.apply_backpressure()
+    assert consumer.paused == {"p0", "p1"}  # the queue is still full
+    client.depth = 0
+    intake.apply_backpressure()
+    assert not consumer.paused
+
+
+def test_other_redis_errors_are_not_taken_for_an_outage() -> None:
+    intake, _, client = make()
+
+    def broken(_key: str) -> int:
+        raise redis.ResponseError("WRONGTYPE")
+
+    client.llen = broken  # type: ignore[method-assign]
+    with pytest.raises(redis.ResponseError):
+        intake.apply_backpressure()

@@ -29,6 +29,7 @@ from shared.outages import (
     dependency_of,
     until_reachable,
 )
+from shared.settings import WorkerSettings
 
 
 class Clock:
@@ -271,3 +272,44 @@ def test_dependency_guard_passes_cancellation_through() -> None:
             await _guarded(deps, "/nlp.v1.Tasks/Get", asyncio.CancelledError())
 
     asyncio.run(scenario())
+
+
+def test_celery_reconnects_to_redis_within_seconds() -> None:
+    """Celery's own consumer waits 2, 4, ... 30 s between attempts; ours at most 2 s."""
+    from types import SimpleNamespace
+
+    from shared.celery_app import RECONNECT_MAX_S, Consumer, make_celery
+
+    app = make_celery("classification", WorkerSettings())
+    assert app.conf.worker_consumer == "shared.celery_app:Consumer"
+    assert app.conf.broker_connection_max_retries is None  # never gives up
+
+    asked: dict[str, Any] = {}
+
+    class Conn:
+        def ensure_connection(self, errback: Any, max_retries: Any, **kwargs: Any) -> Conn:
+            asked.update(kwargs, max_retries=max_retries)
+            errback(redis.ConnectionError("refused"), 0.5)  # logged quietly, no crash
+            return self
+
+    consumer = SimpleNamespace(app=app)
+    Consumer.ensure_connected(consumer, Conn())  # type: ignore[arg-type]
+    assert asked["max_retries"] is None
+    assert asked["interval_max"] == RECONNECT_MAX_S <= 2
+    assert consumer.first_connection_attempt is False
+
+
+def test_closing_a_lost_celery_connection_does_not_end_the_worker() -> None:
+    """kombu would build a Redis pool from a collected connection (AttributeError, and
+    the worker process exits); the messages stay unacked in Redis instead."""
+    from types import SimpleNamespace
+
+    from shared.celery_app import RedisTransport, make_celery
+
+    app = make_celery("classification", WorkerSettings())
+    assert app.conf.broker_transport is RedisTransport
+    qos_cls = RedisTransport.Channel.QoS
+    for transport in (None, SimpleNamespace(client=None)):
+        qos = qos_cls.__new__(qos_cls)
+        qos.channel = SimpleNamespace(connection=transport)  # type: ignore[assignment]
+        qos.restore_unacked()  # returns, touching no Redis

@@ -54,3 +54,16 @@ def test_batch_output_lines_keep_zeros_and_still_resume(tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     out.write_text(json.dumps(line, ensure_ascii=False) + "\n")
     assert bulk.scan_output(out) == {"doc-1"}
+
+
+def test_fields_come_in_the_order_of_the_proto_file() -> None:
+    """protobuf lists set fields first and defaults after; people read keys in order."""
+    response = ner_pb2.NerResponse()
+    response.entities.add(text="Barack Obama", label="PERSON", start=0, end=12)
+    result = tasks_pb2.TaskResult(task_id="t")
+    result.ner.CopyFrom(response)
+    result.timings.ran_ms = 1.5
+    data = protojson.to_dict(result)
+    assert list(data["ner"]["entities"][0]) == ["text", "label", "start", "end"]
+    assert list(data)[:3] == ["task_id", "kind", "status"]
+    assert list(data["timings"])[:3] == ["queued_ms", "waited_ms", "ran_ms"]
