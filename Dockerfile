@@ -335,7 +335,7 @@ RUN python -c "from services.generation import prepare as p; f = p.model_dir(); 
 CMD ["python", "-m", "services.generation.worker"]
 
 # Last, so that a build without --target gives the small gateway image. Also runs the
-# one-shot topic creation: python -m shared.topics
+# one-shot topic creation: python -m shared.tools.topics
 FROM runtime-base AS gateway
 LABEL org.opencontainers.image.title="nlp-platform/gateway" \
       org.opencontainers.image.description="NLP platform: gRPC gateway"

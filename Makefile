@@ -42,11 +42,11 @@ setup-models: setup-python
 
 # Regenerate the Python code from protos/ (checked in under gen/python).
 protos: setup-python
-	@$(PY) -m shared.protogen
+	@$(PY) -m shared.tools.protogen
 
 # CI: the checked-in generated code must be exactly what `make protos` writes.
 protos-check: setup-python
-	@$(PY) -m shared.protogen --check
+	@$(PY) -m shared.tools.protogen --check
 
 lint: setup-python
 	@$(VENV)/bin/ruff check .

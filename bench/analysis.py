@@ -78,8 +78,8 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared.engines import Engine, EngineFactory, StreamingEngine
-from shared.settings import WorkerSettings
+from shared.contracts.settings import WorkerSettings
+from shared.runtime.engines import Engine, EngineFactory, StreamingEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench-results" / "analysis.json"

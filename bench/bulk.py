@@ -194,7 +194,7 @@ def run_bulk(stack: LocalStack, workdir: Path, texts: list[str], docs: int, plan
     command = [
         sys.executable,
         "-m",
-        "shared.cli",
+        "shared.client.cli",
         "--target",
         stack.gateway_target,
         "--json",

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from deploy.local.stack import LocalStack
-from shared.kafka import (
+from shared.transport.kafka import (
     TASK_TOPIC_PARTITIONS,
     Partition,
     create_topics,

@@ -73,8 +73,8 @@ from deploy.local.kafka import interrupt_on_termination
 from deploy.local.otlp import OtlpSink, SpanRecord
 from deploy.local.stack import LocalStack
 from nlp.v1 import generation_pb2, generation_pb2_grpc
-from shared.names import Names
-from shared.telemetry import ATTR_TASK_ID, EVENT_FIRST_CHUNK, EVENT_FIRST_TOKEN
+from shared.contracts.names import Names
+from shared.observability.telemetry import ATTR_TASK_ID, EVENT_FIRST_CHUNK, EVENT_FIRST_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
 GATEWAY, SPAN_SERVER = "nlp-gateway", 2  # service.name; OTLP Span.SpanKind SERVER

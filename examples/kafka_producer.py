@@ -22,10 +22,10 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from nlp.v1 import classification_pb2, ner_pb2, summarization_pb2, tasks_pb2
-from shared import protojson
-from shared.envelope import AnyRequest, make_envelope
-from shared.kafka import task_headers
-from shared.names import Names
+from shared.contracts import protojson
+from shared.contracts.envelope import AnyRequest, make_envelope
+from shared.contracts.names import Names
+from shared.transport.kafka import task_headers
 
 
 def documents(args: argparse.Namespace) -> Iterator[tuple[str, str]]:

@@ -42,9 +42,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.local.kafka import KafkaBroker, ensure_jars, free_port
 from deploy.local.redis import RedisServer
-from shared.kafka import ensure_topics
-from shared.names import ALL_KINDS
-from shared.settings import ServiceSettings
+from shared.contracts.names import ALL_KINDS
+from shared.contracts.settings import ServiceSettings
+from shared.transport.kafka import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -674,7 +674,7 @@ def _run(args: argparse.Namespace) -> int:
 
         _state_changed()
         if args.demo:
-            from shared.cli import demo
+            from shared.client.cli import demo
 
             demo(stack.gateway_target, stack.kinds)
         supervisor = Supervisor(

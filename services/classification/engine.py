@@ -18,9 +18,9 @@ import numpy.typing as npt
 from pydantic import Field
 
 from nlp.v1 import classification_pb2, common_pb2
-from shared.engines import EngineFactory
-from shared.minilm import EmbedderParams, MiniLMEmbedder, Vector
-from shared.settings import ModelSpec
+from shared.contracts.settings import ModelSpec
+from shared.models.minilm import EmbedderParams, MiniLMEmbedder, Vector
+from shared.runtime.engines import EngineFactory
 
 
 class ZeroShotParams(EmbedderParams):

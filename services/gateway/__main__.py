@@ -8,12 +8,12 @@ import signal
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.server import serve
 from services.gateway.settings import Settings
-from shared import telemetry
-from shared.kafka import make_async_producer
-from shared.logs import configure_logging
-from shared.metrics import serve_endpoints
-from shared.outages import Outages, async_redis_client
-from shared.readiness import serving
+from shared.observability import telemetry
+from shared.observability.logs import configure_logging
+from shared.observability.metrics import serve_endpoints
+from shared.observability.readiness import serving
+from shared.transport.kafka import make_async_producer
+from shared.transport.outages import Outages, async_redis_client
 
 
 async def main(settings: Settings) -> None:

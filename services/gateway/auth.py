@@ -45,10 +45,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from nlp.v1 import tasks_pb2
 from services.gateway.interceptors import AroundInterceptor, Ctx
-from shared.envelope import seconds
-from shared.names import TENANT_RE, Names
-from shared.outages import REDIS, UNAVAILABLE_DETAILS
-from shared.settings import Limits
+from shared.contracts.envelope import seconds
+from shared.contracts.names import TENANT_RE, Names
+from shared.contracts.settings import Limits
+from shared.transport.outages import REDIS, UNAVAILABLE_DETAILS
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from grpc_health.v1._async import HealthServicer
 
 from nlp.v1 import generation_pb2, models_pb2, tasks_pb2
 from services.gateway.interceptors import AroundInterceptor, Ctx
-from shared.kafka import AsyncProducer
-from shared.outages import (
+from shared.observability.telemetry import housekeeping
+from shared.transport.kafka import AsyncProducer
+from shared.transport.outages import (
     KAFKA,
     REDIS,
     UNAVAILABLE_DETAILS,
@@ -32,7 +33,6 @@ from shared.outages import (
     Outages,
     dependency_of,
 )
-from shared.telemetry import housekeeping
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable
 import grpc
 
 from nlp.v1 import common_pb2, generation_pb2, tasks_pb2
-from shared.envelope import TERMINAL_STATUSES
-from shared.streams import Delta, End, StreamReader
+from shared.contracts.envelope import TERMINAL_STATUSES
+from shared.transport.streams import Delta, End, StreamReader
 
 _RESULT_AFTER_END_S = 5.0
 

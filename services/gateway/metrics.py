@@ -12,7 +12,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.gateway.interceptors import AroundInterceptor, Ctx
-from shared.metrics import LATENCY_BUCKETS, new_registry
+from shared.observability.metrics import LATENCY_BUCKETS, new_registry
 
 _CODES = {c.value[0]: c.name for c in grpc.StatusCode}
 

@@ -54,8 +54,7 @@ from services.gateway.generation import RelayEnded, relay_tokens
 from services.gateway.interceptors import DecodeGuard
 from services.gateway.metrics import GatewayMetrics, metrics_interceptor
 from services.gateway.settings import Settings
-from shared.engines import ModelCatalog
-from shared.envelope import (
+from shared.contracts.envelope import (
     TERMINAL_STATUSES,
     AnyRequest,
     error_result,
@@ -66,13 +65,9 @@ from shared.envelope import (
     valid_task_id,
     validate_request,
 )
-from shared.errors import Code, InvalidRequestError
-from shared.kafka import AsyncProducer, Headers, result_record, task_headers
-from shared.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
-from shared.outages import KAFKA, REDIS, UNAVAILABLE_DETAILS, KafkaUnavailableError, Outages
-from shared.results import AsyncResultStore, ResultWaiter, Waiting
-from shared.streams import TokenStreamHub
-from shared.telemetry import (
+from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
+from shared.observability.telemetry import (
     ATTR_BATCH_ID,
     ATTR_KIND,
     ATTR_TASK_ID,
@@ -81,6 +76,17 @@ from shared.telemetry import (
     links_to,
     tracer,
 )
+from shared.transport.catalog import ModelCatalog
+from shared.transport.kafka import AsyncProducer, Headers, result_record, task_headers
+from shared.transport.outages import (
+    KAFKA,
+    REDIS,
+    UNAVAILABLE_DETAILS,
+    KafkaUnavailableError,
+    Outages,
+)
+from shared.transport.results import AsyncResultStore, ResultWaiter, Waiting
+from shared.transport.streams import TokenStreamHub
 
 log = logging.getLogger(__name__)
 

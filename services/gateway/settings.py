@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.names import ALL_KINDS
-from shared.settings import ServiceSettings
+from shared.contracts.names import ALL_KINDS
+from shared.contracts.settings import ServiceSettings
 
 
 class Settings(ServiceSettings):

@@ -4,7 +4,7 @@ One ``AsyncLLM`` per configured model runs on its own event loop in a thread of 
 worker; Celery's threads hand it requests with :meth:`VllmGenerator.start` and get a
 future back, so every task in flight shares the engine's continuous batching. Each
 request's text deltas go to its task's token stream in Redis as they are produced
-(:mod:`shared.streams`). A cancelled task or one past its deadline is aborted inside
+(:mod:`shared.transport.streams`). A cancelled task or one past its deadline is aborted inside
 the engine (its slot and KV cache are freed at once) and ends CANCELLED or
 DEADLINE_EXCEEDED with the text produced so far.
 
@@ -33,14 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from nlp.v1 import common_pb2, generation_pb2
 from services.generation import prepare
 from services.generation.settings import Settings
-from shared.batching import Batched
-from shared.engines import EngineFactory, Job, TaskAborted
-from shared.errors import Code, InvalidRequestError
-from shared.metrics import WorkerMetrics
-from shared.outages import async_redis_client
-from shared.settings import ModelSpec
-from shared.streams import Delta, End, TokenStreamWriter
-from shared.telemetry import (
+from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.settings import ModelSpec
+from shared.observability.metrics import WorkerMetrics
+from shared.observability.telemetry import (
     ATTR_BATCH_SIZE,
     ATTR_KIND,
     ATTR_MODEL_NAME,
@@ -50,6 +46,10 @@ from shared.telemetry import (
     links_to,
     tracer,
 )
+from shared.runtime.batching import Batched
+from shared.runtime.engines import EngineFactory, Job, TaskAborted
+from shared.transport.outages import async_redis_client
+from shared.transport.streams import Delta, End, TokenStreamWriter
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import ModelSpec, WorkerSettings
+from shared.contracts.settings import ModelSpec, WorkerSettings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

@@ -29,10 +29,10 @@ from pydantic import BaseModel, Field
 from spacy import about as spacy_about
 
 from nlp.v1 import common_pb2, ner_pb2
-from shared.engines import EngineFactory
-from shared.errors import InvalidRequestError
-from shared.settings import ModelSpec
-from shared.telemetry import count_tokens
+from shared.contracts.errors import InvalidRequestError
+from shared.contracts.settings import ModelSpec
+from shared.observability.telemetry import count_tokens
+from shared.runtime.engines import EngineFactory
 
 # Paragraph breaks, then sentence ends (Latin punctuation followed by whitespace, or
 # CJK full stops, which are not), then line breaks: in hard-wrapped text a single

@@ -29,11 +29,11 @@ import nupunkt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nlp.v1 import common_pb2, summarization_pb2
-from shared.engines import EngineFactory
-from shared.errors import InvalidRequestError
-from shared.minilm import EmbedderParams, MiniLMEmbedder, Vector
-from shared.settings import ModelSpec
-from shared.telemetry import count_tokens
+from shared.contracts.errors import InvalidRequestError
+from shared.contracts.settings import ModelSpec
+from shared.models.minilm import EmbedderParams, MiniLMEmbedder, Vector
+from shared.observability.telemetry import count_tokens
+from shared.runtime.engines import EngineFactory
 
 Span = tuple[int, int]
 Scores = npt.NDArray[np.float64]

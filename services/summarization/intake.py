@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.summarization.settings import Settings
-from shared.intake import serve
+from shared.runtime.intake import serve
 
 if __name__ == "__main__":
     serve("summarization", Settings())

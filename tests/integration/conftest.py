@@ -21,8 +21,8 @@ from deploy.local.kafka import interrupt_on_termination
 from deploy.local.otlp import OtlpSink
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2_grpc, tasks_pb2_grpc
-from shared.kafka import make_producer
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
+from shared.transport.kafka import make_producer
 from tests.integration.support import TopicTail
 
 STACK_ENV = {

@@ -10,7 +10,7 @@ import grpc
 from kafka import KafkaConsumer
 
 from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
-from shared.envelope import TERMINAL_STATUSES
+from shared.contracts.envelope import TERMINAL_STATUSES
 
 
 def submit_classification(

@@ -20,7 +20,7 @@ from nlp.v1 import (
     summarization_pb2,
     summarization_pb2_grpc,
 )
-from shared.cli import main as cli_main
+from shared.client.cli import main as cli_main
 
 pytestmark = pytest.mark.integration
 

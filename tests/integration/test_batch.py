@@ -13,9 +13,9 @@ import pytest
 
 from deploy.local.stack import LocalStack
 from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
-from shared import names
-from shared.kafka import header
-from shared.settings import ServiceSettings
+from shared.contracts import names
+from shared.contracts.settings import ServiceSettings
+from shared.transport.kafka import header
 from tests.integration.support import TopicTail, submit_classification
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from bench.harness import jit_cpu_s, warm_broker
 from bench.hops import ENGINE, STAGES, measure, summarize
 from deploy.local.otlp import OtlpSink
 from deploy.local.stack import LocalStack
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
 
 
 def test_warm_broker_produces_fetches_and_commits_through_the_broker(

@@ -29,7 +29,7 @@ def _write_docs(path: Path) -> list[str]:
 
 
 def _cli(stack: LocalStack, *args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", "--target", stack.gateway_target, *args]
+    return [sys.executable, "-m", "shared.client.cli", "--target", stack.gateway_target, *args]
 
 
 def _run_command(stack: LocalStack, source: Path, output: Path) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from deploy.local.stack import ROOT, LocalStack
-from shared.settings import Limits
+from shared.contracts.settings import Limits
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ COMMANDS = {
 def _nlp(stack: LocalStack, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     """``nlp --target <the stack's gateway> ARGS`` as a separate process."""
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--target", stack.gateway_target, *args],
+        [sys.executable, "-m", "shared.client.cli", "--target", stack.gateway_target, *args],
         check=False,
         cwd=ROOT,
         capture_output=True,

@@ -11,7 +11,7 @@ import pytest
 
 from examples import kafka_producer
 from nlp.v1 import tasks_pb2_grpc
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
 from tests.integration.support import status_name, wait_terminal
 
 pytestmark = pytest.mark.integration

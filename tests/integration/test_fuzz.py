@@ -6,7 +6,7 @@ hostile metadata, raw bytes that are no protobuf at all) go to every RPC. Each a
 be a proper status; valid traffic interleaved with the fuzz keeps succeeding, and the
 gateway is alive and SERVING at the end.
 
-Where the rule book (shared.envelope) says a request is invalid, the answer must be
+Where the rule book (shared.contracts.envelope) says a request is invalid, the answer must be
 INVALID_ARGUMENT (RESOURCE_EXHAUSTED over the 4 MiB message cap): a timeout there means
 the gateway hung on bad input.
 """
@@ -40,10 +40,10 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared.envelope import AnyRequest, valid_batch_id, valid_task_id, validate_request
-from shared.errors import InvalidRequestError
-from shared.names import KIND_NAMES, kind_name
-from shared.settings import Limits, ServiceSettings
+from shared.contracts.envelope import AnyRequest, valid_batch_id, valid_task_id, validate_request
+from shared.contracts.errors import InvalidRequestError
+from shared.contracts.names import KIND_NAMES, kind_name
+from shared.contracts.settings import Limits, ServiceSettings
 from tests.integration.support import submit_classification, wait_terminal
 
 pytestmark = pytest.mark.integration

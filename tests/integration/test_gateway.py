@@ -18,7 +18,7 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared.cli import main as cli_main
+from shared.client.cli import main as cli_main
 from tests.integration.support import status_name, submit_classification, wait_terminal
 
 pytestmark = pytest.mark.integration

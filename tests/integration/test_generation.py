@@ -23,7 +23,7 @@ from nlp.v1 import (
     tasks_pb2_grpc,
 )
 from services.generation.settings import DEFAULT_MODEL
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
 from tests.integration.support import status_name, submit_classification, wait_terminal
 
 pytestmark = pytest.mark.integration
@@ -329,7 +329,7 @@ def test_results_carry_the_task(tasks: tasks_pb2_grpc.TasksStub) -> None:
 def test_cli_streams_and_prints_json(stack: object, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from shared.cli import main as cli_main
+    from shared.client.cli import main as cli_main
 
     target = stack.gateway_target  # type: ignore[attr-defined]
     argv = ["--target", target, "generate", "--raw", "--max-tokens", "12", "--temperature", "0"]

@@ -23,10 +23,10 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared import names
-from shared.envelope import make_envelope
-from shared.kafka import header
-from shared.settings import ServiceSettings
+from shared.contracts import names
+from shared.contracts.envelope import make_envelope
+from shared.contracts.settings import ServiceSettings
+from shared.transport.kafka import header
 from tests.integration.support import TopicTail, status_name, submit_classification, wait_terminal
 
 pytestmark = pytest.mark.integration

@@ -35,7 +35,7 @@ from nlp.v1 import (
     tasks_pb2_grpc,
 )
 from services.gateway.auth import UNAUTHENTICATED_DETAILS, digest
-from shared.client import ClientSettings, connect
+from shared.client.connection import ClientSettings, connect
 from tests.integration.support import submit_classification, wait_terminal
 
 KEYS = {
@@ -452,7 +452,7 @@ def test_the_cli_reads_its_key_from_the_environment_or_a_file(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from shared.cli import main
+    from shared.client.cli import main
 
     argv = ["--target", secured.gateway_target, "--ca-file", str(pki.ca), "--json", "models"]
     monkeypatch.delenv("NLP_API_KEY", raising=False)
@@ -476,7 +476,7 @@ def test_quotas_hold_across_gateway_replicas(secured: LocalStack) -> None:
     import redis.asyncio as aioredis
 
     from services.gateway.auth import QuotaExceededError, Quotas, Tenant, TenantLimits
-    from shared.envelope import make_envelope
+    from shared.contracts.envelope import make_envelope
 
     assert secured.redis is not None
     url = secured.redis.url

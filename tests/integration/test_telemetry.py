@@ -29,8 +29,8 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared.kafka import task_headers
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
+from shared.transport.kafka import task_headers
 from tests.integration.support import TopicTail, submit_classification, wait_terminal
 
 SPAN_SERVER, SPAN_PRODUCER, SPAN_CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values

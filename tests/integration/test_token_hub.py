@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 
 from deploy.local.redis import RedisServer
 from nlp.v1 import generation_pb2
-from shared.names import Names
-from shared.streams import (
+from shared.contracts.names import Names
+from shared.transport.streams import (
     Delta,
     End,
     Entry,

@@ -16,8 +16,8 @@ from pydantic_settings import BaseSettings
 
 from deploy import tools
 from services.gateway.settings import Settings as GatewaySettings
-from shared.names import ALL_KINDS
-from shared.settings import ServiceSettings
+from shared.contracts.names import ALL_KINDS
+from shared.contracts.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -46,7 +46,7 @@ def settings_class(module: str) -> type[BaseSettings]:
         return GatewaySettings
     match = re.fullmatch(r"services\.(\w+)\.(intake|worker)", module)
     if match is None:
-        return ServiceSettings  # shared.topics and other tools
+        return ServiceSettings  # shared.tools.topics and other tools
     settings_module = __import__(f"services.{match.group(1)}.settings", fromlist=["Settings"])
     cls: type[BaseSettings] = settings_module.Settings
     return cls

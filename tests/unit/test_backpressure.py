@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import redis
 
-from shared.intake import Intake
-from shared.metrics import IntakeMetrics
-from shared.settings import WorkerSettings
+from shared.contracts.settings import WorkerSettings
+from shared.observability.metrics import IntakeMetrics
+from shared.runtime.intake import Intake
 
 
 @dataclass

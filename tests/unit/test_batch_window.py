@@ -6,9 +6,9 @@ import asyncio
 
 from nlp.v1 import common_pb2, tasks_pb2
 from services.gateway.server import _Window
-from shared import names
-from shared.envelope import valid_batch_id
-from shared.kafka import header, result_record
+from shared.contracts import names
+from shared.contracts.envelope import valid_batch_id
+from shared.transport.kafka import header, result_record
 
 
 def test_window_holds_the_reader_until_acks_free_room() -> None:

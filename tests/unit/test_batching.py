@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shared.batching import MicroBatcher
+from shared.runtime.batching import MicroBatcher
 
 
 class Recorder:

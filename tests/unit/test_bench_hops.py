@@ -17,8 +17,8 @@ from bench.hops import (
     summarize,
 )
 from deploy.local.otlp import SpanRecord
-from shared.names import Names
-from shared.telemetry import ATTR_TASK_ID, EVENT_FIRST_CHUNK, EVENT_FIRST_TOKEN
+from shared.contracts.names import Names
+from shared.observability.telemetry import ATTR_TASK_ID, EVENT_FIRST_CHUNK, EVENT_FIRST_TOKEN
 
 TRACE = "t" * 32
 NAMES = Names()

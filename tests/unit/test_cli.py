@@ -10,8 +10,8 @@ import pytest
 from google.protobuf.message import Message
 
 from nlp.v1 import generation_pb2, ner_pb2, tasks_pb2
-from shared import cli
-from shared.cli import (
+from shared.client import cli
+from shared.client.cli import (
     KINDS,
     _read_text,
     build_parser,

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
-from shared import cli
-from shared.cli import DEMOS, KINDS, build_parser, follow_generation, generate_request
+from shared.client import cli
+from shared.client.cli import DEMOS, KINDS, build_parser, follow_generation, generate_request
 
 END = generation_pb2.GenerateChunk(
     task_id="t1",

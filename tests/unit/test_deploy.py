@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from deploy import tools
-from shared.kafka import TASK_TOPIC_PARTITIONS
-from shared.names import Names
-from shared.settings import ServiceSettings
+from shared.contracts.names import Names
+from shared.contracts.settings import ServiceSettings
+from shared.transport.kafka import TASK_TOPIC_PARTITIONS
 from tests.unit.deployment import (
     COMPOSE_GPU,
     OVERLAYS,

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import pytest
 
 from nlp.v1 import common_pb2
-from shared.engines import ModelRegistry, parse_advertised
-from shared.errors import InvalidRequestError
-from shared.settings import ModelSpec
+from shared.contracts.errors import InvalidRequestError
+from shared.contracts.settings import ModelSpec
+from shared.runtime.engines import ModelRegistry
+from shared.transport.catalog import parse_advertised
 
 
 class EchoEngine:

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from nlp.v1 import classification_pb2, common_pb2, generation_pb2, ner_pb2, summarization_pb2
-from shared.envelope import (
+from shared.contracts.envelope import (
     decode_b64,
     decode_envelope,
     encode_b64,
@@ -15,8 +15,8 @@ from shared.envelope import (
     validate_envelope,
     validate_request,
 )
-from shared.errors import InvalidRequestError
-from shared.settings import Limits
+from shared.contracts.errors import InvalidRequestError
+from shared.contracts.settings import Limits
 
 LIMITS = Limits()
 

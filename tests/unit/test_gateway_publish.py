@@ -14,9 +14,9 @@ from nlp.v1 import classification_pb2, generation_pb2
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.server import Gateway
 from services.gateway.settings import Settings
-from shared.envelope import make_envelope
-from shared.kafka import Headers
-from shared.names import Names
+from shared.contracts.envelope import make_envelope
+from shared.contracts.names import Names
+from shared.transport.kafka import Headers
 
 Message = tuple[str, bytes, bytes | None, Headers]
 GEN = Names().task_topic("generation")

@@ -12,11 +12,11 @@ import pytest
 from opentelemetry import trace
 
 from nlp.v1 import classification_pb2
-from shared.envelope import decode_b64, make_envelope
-from shared.intake import Intake
-from shared.metrics import IntakeMetrics
-from shared.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES, Names
-from shared.settings import WorkerSettings
+from shared.contracts.envelope import decode_b64, make_envelope
+from shared.contracts.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES, Names
+from shared.contracts.settings import WorkerSettings
+from shared.observability.metrics import IntakeMetrics
+from shared.runtime.intake import Intake
 
 
 @dataclass

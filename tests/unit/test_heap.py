@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared import heap
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
+from shared.observability import heap
 
 
 @pytest.fixture(autouse=True)

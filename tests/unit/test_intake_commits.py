@@ -8,10 +8,10 @@ from typing import Any
 
 import confluent_kafka
 
-from shared.intake import Intake
-from shared.kafka import Partition
-from shared.metrics import IntakeMetrics
-from shared.settings import WorkerSettings
+from shared.contracts.settings import WorkerSettings
+from shared.observability.metrics import IntakeMetrics
+from shared.runtime.intake import Intake
+from shared.transport.kafka import Partition
 
 P0, P1 = Partition("tasks", 0), Partition("tasks", 1)
 

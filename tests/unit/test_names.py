@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from nlp.v1 import common_pb2
-from shared.names import ALL_KINDS, Names, kind_name, kind_value
+from shared.contracts.names import ALL_KINDS, Names, kind_name, kind_value
 
 
 def test_default_names_match_the_design() -> None:

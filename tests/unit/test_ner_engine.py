@@ -20,8 +20,8 @@ from services.ner.engine import (
     split_text,
 )
 from services.ner.settings import Settings
-from shared.errors import InvalidRequestError
-from shared.settings import ModelSpec
+from shared.contracts.errors import InvalidRequestError
+from shared.contracts.settings import ModelSpec
 
 SETTINGS = Settings()
 

@@ -18,9 +18,10 @@ import pytest
 import redis
 
 from services.gateway.dependencies import Dependencies, needs
-from shared.kafka import AsyncProducer
-from shared.logs import RepeatFilter
-from shared.outages import (
+from shared.contracts.settings import WorkerSettings
+from shared.observability.logs import RepeatFilter
+from shared.transport.kafka import AsyncProducer
+from shared.transport.outages import (
     KAFKA,
     REDIS,
     UNAVAILABLE_DETAILS,
@@ -29,7 +30,6 @@ from shared.outages import (
     dependency_of,
     until_reachable,
 )
-from shared.settings import WorkerSettings
 
 
 class Clock:
@@ -76,7 +76,7 @@ def test_an_outage_is_logged_once_and_its_end_with_its_length(
     clock = Clock()
     changes: list[tuple[str, bool]] = []
     outages = Outages("intake", on_change=lambda d, up: changes.append((d, up)), clock=clock)
-    with caplog.at_level(logging.INFO, logger="shared.outages"):
+    with caplog.at_level(logging.INFO, logger="shared.transport.outages"):
         assert outages.lost(REDIS, redis.ConnectionError("x")) is True
         for _ in range(50):
             assert outages.lost(REDIS) is False
@@ -152,7 +152,9 @@ def test_repeated_client_lines_are_held_back_and_counted() -> None:
     # kafka-python's loggers too; the platform's own lines are never held back.
     assert repeats.filter(_record("kafka.cluster", "No node available"))
     assert not repeats.filter(_record("kafka.cluster", "No node available"))
-    assert all(repeats.filter(_record("shared.intake", "dead-lettering record")) for _ in range(5))
+    assert all(
+        repeats.filter(_record("shared.runtime.intake", "dead-lettering record")) for _ in range(5)
+    )
 
 
 def test_what_each_rpc_needs() -> None:
@@ -278,10 +280,10 @@ def test_celery_reconnects_to_redis_within_seconds() -> None:
     """Celery's own consumer waits 2, 4, ... 30 s between attempts; ours at most 2 s."""
     from types import SimpleNamespace
 
-    from shared.celery_app import RECONNECT_MAX_S, Consumer, make_celery
+    from shared.transport.celery_app import RECONNECT_MAX_S, Consumer, make_celery
 
     app = make_celery("classification", WorkerSettings())
-    assert app.conf.worker_consumer == "shared.celery_app:Consumer"
+    assert app.conf.worker_consumer == "shared.transport.celery_app:Consumer"
     assert app.conf.broker_connection_max_retries is None  # never gives up
 
     asked: dict[str, Any] = {}
@@ -304,7 +306,7 @@ def test_closing_a_lost_celery_connection_does_not_end_the_worker() -> None:
     the worker process exits); the messages stay unacked in Redis instead."""
     from types import SimpleNamespace
 
-    from shared.celery_app import RedisTransport, make_celery
+    from shared.transport.celery_app import RedisTransport, make_celery
 
     app = make_celery("classification", WorkerSettings())
     assert app.conf.broker_transport is RedisTransport

@@ -1,4 +1,4 @@
-"""shared.protojson: the one protobuf → JSON codec keeps zero, false and empty fields."""
+"""shared.contracts.protojson: the one protobuf → JSON codec keeps zero, false and empty fields."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from nlp.v1 import common_pb2, generation_pb2, ner_pb2, tasks_pb2
-from shared import bulk, protojson
+from shared.client import bulk
+from shared.contracts import protojson
 
 
 def test_zero_false_and_empty_fields_are_printed() -> None:

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from services.classification.settings import Settings as ClassificationSettings
 from services.gateway.settings import Settings as GatewaySettings
-from shared.settings import WorkerSettings
+from shared.contracts.settings import WorkerSettings
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

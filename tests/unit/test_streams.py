@@ -11,8 +11,8 @@ import pytest
 
 from nlp.v1 import common_pb2, generation_pb2, tasks_pb2
 from services.gateway.generation import RelayEnded, relay_tokens
-from shared.names import Names
-from shared.streams import Delta, End, Entry, TokenStreamWriter, decode, encode
+from shared.contracts.names import Names
+from shared.transport.streams import Delta, End, Entry, TokenStreamWriter, decode, encode
 
 TASK = "a" * 32
 STOP = generation_pb2.FINISH_REASON_STOP

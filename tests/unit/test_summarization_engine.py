@@ -15,8 +15,8 @@ from services.summarization.engine import (
     split_sentences,
 )
 from services.summarization.settings import Settings
-from shared.errors import InvalidRequestError
-from shared.settings import ModelSpec
+from shared.contracts.errors import InvalidRequestError
+from shared.contracts.settings import ModelSpec
 
 SETTINGS = Settings()
 

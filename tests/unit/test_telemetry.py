@@ -11,10 +11,9 @@ import pytest
 from opentelemetry import trace
 from prometheus_client import generate_latest
 
-from shared.batching import BatchRun, MicroBatcher
-from shared.logs import JsonFormatter, _ServiceFilter
-from shared.metrics import Endpoints, IntakeMetrics, WorkerMetrics
-from shared.telemetry import (
+from shared.observability.logs import JsonFormatter, _ServiceFilter
+from shared.observability.metrics import Endpoints, IntakeMetrics, WorkerMetrics
+from shared.observability.telemetry import (
     OtelSettings,
     attached,
     carrier_of,
@@ -26,6 +25,7 @@ from shared.telemetry import (
     setup_tracing,
     tracing_enabled,
 )
+from shared.runtime.batching import BatchRun, MicroBatcher
 
 TRACE_ID, SPAN_ID = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

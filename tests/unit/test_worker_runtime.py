@@ -13,14 +13,14 @@ import pytest
 from celery.exceptions import Retry
 
 from nlp.v1 import classification_pb2, common_pb2, generation_pb2, tasks_pb2
-from shared.batching import Batched
-from shared.engines import Job, ModelRegistry, TaskAborted
-from shared.envelope import decode_b64, encode_b64, make_envelope
-from shared.errors import Code, InvalidRequestError
-from shared.metrics import WorkerMetrics
-from shared.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES
-from shared.settings import WorkerSettings
-from shared.worker import WorkerRuntime
+from shared.contracts.envelope import decode_b64, encode_b64, make_envelope
+from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES
+from shared.contracts.settings import WorkerSettings
+from shared.observability.metrics import WorkerMetrics
+from shared.runtime.batching import Batched
+from shared.runtime.engines import Job, ModelRegistry, TaskAborted
+from shared.runtime.worker import WorkerRuntime
 
 
 class FlakyEngine:

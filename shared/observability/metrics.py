@@ -29,7 +29,7 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

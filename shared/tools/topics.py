@@ -1,4 +1,4 @@
-"""Create the platform's Kafka topics, then exit: ``python -m shared.topics``.
+"""Create the platform's Kafka topics, then exit: ``python -m shared.tools.topics``.
 
 Containers run this before the gateway and the intakes start, since the brokers
 do not auto-create topics. Idempotent: existing topics are left as they are.
@@ -13,15 +13,15 @@ import time
 
 from kafka.errors import KafkaError
 
-from shared.kafka import TASK_TOPIC_PARTITIONS, ensure_topics
-from shared.logs import configure_logging
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
+from shared.observability.logs import configure_logging
+from shared.transport.kafka import TASK_TOPIC_PARTITIONS, ensure_topics
 
-log = logging.getLogger("shared.topics")
+log = logging.getLogger("shared.tools.topics")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.topics", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m shared.tools.topics", description=__doc__)
     parser.add_argument("--partitions", type=int, default=TASK_TOPIC_PARTITIONS)
     parser.add_argument(
         "--replication", type=int, default=1, help="replication factor of new topics"

@@ -25,8 +25,8 @@ from typing import IO, Any
 import grpc
 
 from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
-from shared import protojson
-from shared.errors import Code
+from shared.contracts import protojson
+from shared.contracts.errors import Code
 
 
 @dataclass(frozen=True)

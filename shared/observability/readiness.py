@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared import heap
-from shared.metrics import Endpoints
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
+from shared.observability import heap
+from shared.observability.metrics import Endpoints
 
 
 def mark_ready(settings: ServiceSettings) -> None:

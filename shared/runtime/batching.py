@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 from opentelemetry import trace
 
-from shared.telemetry import (
+from shared.observability.telemetry import (
     ATTR_BATCH_SIZE,
     ATTR_TOKENS_IN,
     ATTR_TOKENS_OUT,

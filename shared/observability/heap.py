@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import redis
 import redis.asyncio as aioredis
 
 from nlp.v1 import generation_pb2
-from shared.names import Names
-from shared.telemetry import housekeeping
+from shared.contracts.names import Names
+from shared.observability.telemetry import housekeeping
 
 log = logging.getLogger(__name__)
 

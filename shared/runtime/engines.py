@@ -9,8 +9,6 @@ serves in Redis so the gateway can list models and reject unknown names early.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -21,13 +19,14 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 
 from nlp.v1 import common_pb2
-from shared.batching import Batched
-from shared.errors import Code, InvalidRequestError
-from shared.names import Names
-from shared.settings import ModelSpec
+from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.names import Names
+from shared.contracts.settings import ModelSpec
+from shared.runtime.batching import Batched
+from shared.transport import catalog
 
 if TYPE_CHECKING:
-    from shared.metrics import WorkerMetrics
+    from shared.observability.metrics import WorkerMetrics
 
 
 class Engine(Protocol):
@@ -155,42 +154,4 @@ class ModelRegistry:
 
     def advertise(self, client: redis.Redis, names: Names) -> None:
         """Publish the served models (replacing what an earlier worker said)."""
-        key = names.models_key(self.kind)
-        pipe = client.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, mapping={d["name"]: json.dumps(d) for d in self.descriptors()})
-        pipe.execute()
-
-
-def parse_advertised(raw: Mapping[Any, Any]) -> list[dict[str, Any]]:
-    """Decode the hash written by :meth:`ModelRegistry.advertise`."""
-    return [json.loads(v) for _, v in sorted(raw.items())]
-
-
-class ModelCatalog:
-    """The gateway's view of advertised models, cached for ``ttl_s`` seconds."""
-
-    def __init__(self, client: Any, names: Names, ttl_s: float = 5.0) -> None:
-        self.client = client  # redis.asyncio.Redis
-        self.names = names
-        self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
-
-    async def models(self, kind: str) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        cached = self._cache.get(kind)
-        if cached is not None and now - cached[0] < self.ttl_s:
-            return cached[1]
-        models = parse_advertised(await self.client.hgetall(self.names.models_key(kind)))
-        self._cache[kind] = (now, models)
-        return models
-
-    async def check(self, kind: str, model: str) -> None:
-        """Reject a model name the kind's workers do not serve (when they said what they serve)."""
-        if not model:
-            return
-        served = {m["name"] for m in await self.models(kind)}
-        if served and model not in served:
-            raise InvalidRequestError(
-                [f"unknown {kind} model {model!r}; available: {', '.join(sorted(served))}"]
-            )
+        catalog.advertise(client, names.models_key(self.kind), self.descriptors())

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.names import Names
+from shared.contracts.names import Names
 
 
 class Limits(BaseModel):
@@ -59,7 +59,7 @@ class ServiceSettings(BaseSettings):
     ready_file: Path | None = Field(
         None, description="touched once the process serves; the local stack waits on it"
     )
-    # Garbage collection (shared/heap.py). With Python's defaults, the gateway spent
+    # Garbage collection (shared/observability/heap.py). With Python's defaults, the gateway spent
     # ~1 s of CPU in collections over ~8,000 classifications: ~20 % of its CPU per task.
     gc_gen0_threshold: int = Field(
         20_000,

@@ -23,7 +23,7 @@ import redis.asyncio.retry
 import redis.backoff
 import redis.retry
 
-from shared.settings import ServiceSettings
+from shared.contracts.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Generate the Python API code from ``protos/`` into ``gen/python``.
 
-``python -m shared.protogen`` rewrites the generated tree; ``--check`` only
+``python -m shared.tools.protogen`` rewrites the generated tree; ``--check`` only
 compares and exits non-zero when the checked-in code is stale, which CI runs.
 """
 
@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = ROOT / "gen" / "python"
 

@@ -18,7 +18,7 @@ import onnxruntime as ort
 from pydantic import BaseModel, Field
 from tokenizers import Encoding, Tokenizer
 
-from shared.telemetry import count_tokens
+from shared.observability.telemetry import count_tokens
 
 Vector = npt.NDArray[np.float32]
 

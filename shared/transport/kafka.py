@@ -21,23 +21,23 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from nlp.v1 import tasks_pb2
-from shared import names
-from shared.names import ALL_KINDS
-from shared.outages import (
+from shared.contracts import names
+from shared.contracts.names import ALL_KINDS
+from shared.contracts.settings import ServiceSettings
+from shared.observability.telemetry import tracing_enabled
+from shared.transport.outages import (
     KAFKA,
     KAFKA_RECONNECT_BACKOFF_MAX_MS,
     KafkaUnavailableError,
     Outages,
     kafka_error_is_outage,
 )
-from shared.settings import ServiceSettings
-from shared.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
 
-# Where librdkafka's own log lines go (see shared.logs.RepeatFilter).
+# Where librdkafka's own log lines go (see shared.observability.logs.RepeatFilter).
 LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
 
 # Partitions per task topic: the most intake consumers one kind can use in parallel.

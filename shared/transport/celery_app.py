@@ -10,7 +10,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import maybe_shutdown
 from kombu.transport import redis as kombu_redis
 
-from shared.settings import WorkerSettings
+from shared.contracts.settings import WorkerSettings
 
 
 class _QoS(kombu_redis.QoS):
@@ -69,7 +69,7 @@ class RedisTransport(kombu_redis.Transport):
 def make_celery(kind: str, settings: WorkerSettings) -> Celery:
     """Celery app whose broker is Redis and whose queue is the kind's (namespaced) queue.
 
-    Results go to the platform's own store (``shared.results``), so Celery's result
+    Results go to the platform's own store (``shared.transport.results``), so Celery's result
     backend is off. ``acks_late`` with ``reject_on_worker_lost`` and a visibility
     timeout above the longest task is what makes a SIGKILLed worker lose nothing.
     """

@@ -54,8 +54,10 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared import bulk, protojson, telemetry
-from shared.client import ClientSettings, connect
+from shared.client import bulk
+from shared.client.connection import ClientSettings, connect
+from shared.contracts import protojson
+from shared.observability import telemetry
 
 
 def _print(message: Message, as_json: bool, human: Callable[[Any], str]) -> None:

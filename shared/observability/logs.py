@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from shared.telemetry import current_ids
+from shared.observability.telemetry import current_ids
 
 
 class JsonFormatter(logging.Formatter):

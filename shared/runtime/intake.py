@@ -33,7 +33,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from nlp.v1 import common_pb2, tasks_pb2
-from shared.envelope import (
+from shared.contracts.envelope import (
     deadline_exceeded,
     decode_envelope,
     encode_b64,
@@ -42,19 +42,16 @@ from shared.envelope import (
     valid_task_id,
     validate_envelope,
 )
-from shared.errors import Code, InvalidRequestError
-from shared.kafka import Partition, Record, TaskConsumer, dead_letter_headers, publish_results
-from shared.metrics import IntakeMetrics
-from shared.names import (
+from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
     CELERY_KWARG_HANDED_AT,
     Names,
 )
-from shared.outages import KAFKA, REDIS, Outages, dependency_of
-from shared.results import ResultStore
-from shared.settings import WorkerSettings
-from shared.telemetry import (
+from shared.contracts.settings import WorkerSettings
+from shared.observability.metrics import IntakeMetrics
+from shared.observability.telemetry import (
     ATTR_BATCH_ID,
     ATTR_BUNDLE_SIZE,
     ATTR_KIND,
@@ -66,6 +63,15 @@ from shared.telemetry import (
     housekeeping,
     tracer,
 )
+from shared.transport.kafka import (
+    Partition,
+    Record,
+    TaskConsumer,
+    dead_letter_headers,
+    publish_results,
+)
+from shared.transport.outages import KAFKA, REDIS, Outages, dependency_of
+from shared.transport.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -449,13 +455,13 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     """Entry point of a kind's intake process: build the clients, run until SIGTERM/SIGINT."""
     import signal
 
-    from shared import telemetry
-    from shared.celery_app import make_celery
-    from shared.kafka import make_consumer, make_producer
-    from shared.logs import configure_logging
-    from shared.metrics import serve_endpoints
-    from shared.outages import redis_client, until_reachable
-    from shared.readiness import serving
+    from shared.observability import telemetry
+    from shared.observability.logs import configure_logging
+    from shared.observability.metrics import serve_endpoints
+    from shared.observability.readiness import serving
+    from shared.transport.celery_app import make_celery
+    from shared.transport.kafka import make_consumer, make_producer
+    from shared.transport.outages import redis_client, until_reachable
 
     service = f"{kind}-intake"
     configure_logging(service, settings.log_level)

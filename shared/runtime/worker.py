@@ -1,6 +1,6 @@
 """The worker-side task runtime shared by every kind.
 
-A kind supplies its engines (:mod:`shared.engines`); the runtime does everything
+A kind supplies its engines (:mod:`shared.runtime.engines`); the runtime does everything
 around them: skip tasks that already have a result (cancelled, or a redelivery),
 end expired ones as DEADLINE_EXCEEDED, record RUNNING, run the request in a
 micro-batch of its model, retry with backoff, store the terminal result, publish it
@@ -28,9 +28,7 @@ from opentelemetry import trace
 
 from nlp.v1 import common_pb2, tasks_pb2
 from nlp.v1.common_pb2 import ModelInfo
-from shared.batching import Batched, BatchRun, MicroBatcher
-from shared.engines import EngineFactory, Job, ModelRegistry, StreamingEngine, TaskAborted
-from shared.envelope import (
+from shared.contracts.envelope import (
     AnyRequest,
     deadline_exceeded,
     decode_b64,
@@ -41,19 +39,16 @@ from shared.envelope import (
     seconds,
     timestamp,
 )
-from shared.errors import Code, InvalidRequestError, code_name
-from shared.kafka import dead_letter_headers, publish_results, task_headers
-from shared.metrics import WorkerMetrics
-from shared.names import (
+from shared.contracts.errors import Code, InvalidRequestError, code_name
+from shared.contracts.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
     CELERY_KWARG_HANDED_AT,
     Names,
 )
-from shared.outages import REDIS, Outages
-from shared.results import ResultStore
-from shared.settings import WorkerSettings
-from shared.telemetry import (
+from shared.contracts.settings import WorkerSettings
+from shared.observability.metrics import WorkerMetrics
+from shared.observability.telemetry import (
     ATTR_BATCH_ID,
     ATTR_BATCH_SIZE,
     ATTR_KIND,
@@ -67,6 +62,11 @@ from shared.telemetry import (
     links_to,
     tracer,
 )
+from shared.runtime.batching import Batched, BatchRun, MicroBatcher
+from shared.runtime.engines import EngineFactory, Job, ModelRegistry, StreamingEngine, TaskAborted
+from shared.transport.kafka import dead_letter_headers, publish_results, task_headers
+from shared.transport.outages import REDIS, Outages
+from shared.transport.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -548,13 +548,13 @@ def serve_worker(
     """
     from celery.signals import worker_ready, worker_shutdown
 
-    from shared import telemetry
-    from shared.celery_app import make_celery
-    from shared.kafka import make_producer
-    from shared.logs import configure_logging
-    from shared.metrics import serve_endpoints
-    from shared.outages import redis_client, until_reachable
-    from shared.readiness import serving
+    from shared.observability import telemetry
+    from shared.observability.logs import configure_logging
+    from shared.observability.metrics import serve_endpoints
+    from shared.observability.readiness import serving
+    from shared.transport.celery_app import make_celery
+    from shared.transport.kafka import make_producer
+    from shared.transport.outages import redis_client, until_reachable
 
     service = f"{kind}-worker"
     configure_logging(service, settings.log_level)

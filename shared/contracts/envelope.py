@@ -23,9 +23,9 @@ from nlp.v1 import (
     summarization_pb2,
     tasks_pb2,
 )
-from shared.errors import Code, InvalidRequestError
-from shared.names import KIND_NAMES, TENANT_RE, kind_name, kind_value
-from shared.settings import Limits
+from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.names import KIND_NAMES, TENANT_RE, kind_name, kind_value
+from shared.contracts.settings import Limits
 
 TERMINAL_STATUSES = frozenset(
     {

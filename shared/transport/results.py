@@ -1,6 +1,6 @@
 """Task state and results in Redis, and the pub/sub notification of finished tasks.
 
-Keys (see :class:`shared.names.Names`):
+Keys (see :class:`shared.contracts.names.Names`):
 - ``nlp:state:<id>`` — hash with the current non-terminal status (PENDING/QUEUED/RUNNING)
   and, once handed to Celery, the envelope itself.
 - ``nlp:inflight:<kind>`` — ids handed to Celery and not finished, scored by their last
@@ -33,11 +33,11 @@ import redis
 import redis.asyncio as aioredis
 
 from nlp.v1 import common_pb2, tasks_pb2
-from shared.envelope import TERMINAL_STATUSES
-from shared.errors import Code
-from shared.names import KIND_NAMES, Names, kind_name
-from shared.outages import REDIS, Outages
-from shared.telemetry import housekeeping
+from shared.contracts.envelope import TERMINAL_STATUSES
+from shared.contracts.errors import Code
+from shared.contracts.names import KIND_NAMES, Names, kind_name
+from shared.observability.telemetry import housekeeping
+from shared.transport.outages import REDIS, Outages
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,8 @@
+"""Transport: how bytes move between processes, one home per wire format.
+
+Kafka producers and consumers (``kafka``), the Redis result store and its done notice
+(``results``), token streams (``streams``), the model catalog hash (``catalog``), the
+Celery app (``celery_app``) and outage handling for Redis and Kafka (``outages``).
+Imports ``shared.contracts`` and ``shared.observability``; used by the runtime, the
+gateway and the tools, never by the client.
+"""
