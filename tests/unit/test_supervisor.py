@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from deploy.local.stack import (
-    AVAILABLE_KINDS,
+from deploy.local.stack import AVAILABLE_KINDS, main, parse_kinds
+from deploy.local.supervisor import (
     CRASH_LOOP_MAX_RESTARTS,
     CRASH_LOOP_WINDOW_S,
     RESTART_BACKOFF_INITIAL_S,
@@ -19,8 +19,6 @@ from deploy.local.stack import (
     RestartPolicy,
     Supervisor,
     describe_exit,
-    main,
-    parse_kinds,
 )
 
 
