@@ -9,7 +9,7 @@
 #   docker build --target gpu --build-context models=/path/to/models -t nlp-platform/gpu:local .
 # Targets, roles, ports and how models get in: deploy/docker/README.md.
 # Needs BuildKit (cache and bind mounts, heredocs, named build contexts): any current
-# `docker build` / `docker buildx build`. tests/unit/test_dockerfile.py keeps this file honest.
+# `docker build` / `docker buildx build`. tests/deploy/test_dockerfile.py keeps this file honest.
 #
 # Pinned by tag. For reproducible builds pin by digest as well, e.g.
 #   docker build --build-arg PYTHON_IMAGE=python:3.11.14-slim-trixie@sha256:<digest> ...

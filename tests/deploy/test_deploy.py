@@ -19,7 +19,7 @@ from deploy import tools
 from shared.contracts.names import Names
 from shared.contracts.settings import ServiceSettings
 from shared.transport.kafka import TASK_TOPIC_PARTITIONS
-from tests.unit.deployment import (
+from tests.deploy.deployment import (
     COMPOSE_GPU,
     OVERLAYS,
     Doc,
