@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.classification.engine import FACTORIES
 from services.classification.settings import Settings
-from shared.runtime.worker import serve_worker
+from shared.runtime.worker_process import serve_worker
 
 if __name__ == "__main__":
     serve_worker("classification", Settings(), FACTORIES)

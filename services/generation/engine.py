@@ -175,7 +175,11 @@ def _version(path: Path) -> str:
 
 
 class VllmGenerator:
-    """One model on vLLM's AsyncLLM; thread-safe (every call goes through its loop)."""
+    """One model on vLLM's AsyncLLM; thread-safe (every call goes through its loop).
+
+    Built without side effects beyond checks; :meth:`load` starts its loop thread and
+    loads the model (:func:`factories` does both).
+    """
 
     def __init__(self, name: str, spec: ModelSpec, settings: Settings) -> None:
         self.name = name
@@ -195,21 +199,26 @@ class VllmGenerator:
         self._known_lock = threading.Lock()
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._aborts: dict[str, TaskAborted] = {}
-        configure_vllm_environment(self.params)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name=f"vllm-{name}", daemon=True
-        )
-        self._thread.start()
-        began = time.monotonic()
-        self.llm = self._call(self._open())
-        self.tokenizer = self.llm.get_tokenizer()
         # vLLM's tokenizer lends out copies from a pool sized for vLLM's own threads; a
         # borrower beyond that makes it deep-copy the whole tokenizer (~0.4 s holding
         # the GIL, stalling every thread of the worker). Celery's threads take turns, so
         # together they hold one copy at most.
         self._tokenizing = threading.Lock()
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name=f"vllm-{name}", daemon=True
+        )
+
+    def load(self) -> None:
+        """Start the engine's loop thread and load the model on it (blocks until ready)."""
+        configure_vllm_environment(self.params)
+        self._thread.start()
+        began = time.monotonic()
+        self.llm = self._call(self._open())
+        self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.model_config.max_model_len)
+        settings = self.settings
         client = async_redis_client(settings)
         self.writer = TokenStreamWriter(
             client,
@@ -221,7 +230,7 @@ class VllmGenerator:
         log.info(
             "vLLM engine ready",
             extra={
-                "model": name,
+                "model": self.name,
                 "path": str(self.path),
                 "max_model_len": self.max_model_len,
                 "seconds": round(time.monotonic() - began, 1),
@@ -451,5 +460,12 @@ class VllmGenerator:
 
 
 def factories(settings: Settings) -> dict[str, EngineFactory]:
-    """Engine factories of the generation worker (they need its Redis and limits)."""
-    return {"vllm": lambda name, spec: VllmGenerator(name, spec, settings)}
+    """Engine factories of the generation worker (they need its Redis and limits); each
+    returns its engine loaded."""
+
+    def vllm(name: str, spec: ModelSpec) -> VllmGenerator:
+        generator = VllmGenerator(name, spec, settings)
+        generator.load()
+        return generator
+
+    return {"vllm": vllm}

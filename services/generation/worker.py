@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from services.generation.engine import factories
 from services.generation.settings import Settings
-from shared.runtime.worker import serve_worker
+from shared.runtime.worker_process import serve_worker
 
 if __name__ == "__main__":
     settings = Settings()

@@ -220,6 +220,36 @@ def housekeeping() -> Iterator[None]:
         yield
 
 
+# --- messaging spans -------------------------------------------------------------------
+
+
+def messaging_attributes(
+    system: str,
+    destination: str,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    message_id: str | None = None,
+    batch_count: int | None = None,
+) -> dict[str, str | int]:
+    """The OpenTelemetry messaging attributes of a span that sends or receives on
+    ``destination`` (a Kafka topic, a Celery queue) of ``system`` (``kafka``,
+    ``celery``); each optional one only when given."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": system,
+        "messaging.destination.name": destination,
+    }
+    if partition is not None:
+        attributes["messaging.destination.partition.id"] = str(partition)
+    if offset is not None:
+        attributes["messaging.kafka.offset"] = offset
+    if message_id is not None:
+        attributes["messaging.message.id"] = message_id
+    if batch_count is not None:
+        attributes["messaging.batch.message_count"] = batch_count
+    return attributes
+
+
 # --- carrying the context ---------------------------------------------------------------
 
 

@@ -67,7 +67,8 @@ class _Item(Generic[Req, Resp]):
 
 
 class MicroBatcher(Generic[Req, Resp]):
-    """Collects requests from many threads into batches for ``run_batch``."""
+    """Collects requests from many threads into batches for ``run_batch``; runs them
+    once :meth:`start` was called, until :meth:`close`."""
 
     def __init__(
         self,
@@ -87,11 +88,16 @@ class MicroBatcher(Generic[Req, Resp]):
         self.on_batch = on_batch
         self.name = name
         self.span_attributes = dict(span_attributes or {})
+        self.runners = runners
         self._queue: queue.SimpleQueue[_Item[Req, Resp] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start the runner threads; requests submitted before wait for them."""
         # Several runners: a long batch (a huge document) does not stall every other.
         self._threads = [
-            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
-            for i in range(runners)
+            threading.Thread(target=self._loop, name=f"{self.name}-{i}", daemon=True)
+            for i in range(self.runners)
         ]
         for thread in self._threads:
             thread.start()

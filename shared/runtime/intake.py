@@ -22,12 +22,8 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import confluent_kafka
-import redis
-from celery import Celery
-from kafka import KafkaProducer
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -36,19 +32,13 @@ from nlp.v1 import common_pb2, tasks_pb2
 from shared.contracts.envelope import (
     deadline_exceeded,
     decode_envelope,
-    encode_b64,
     error_result,
     expired,
     valid_task_id,
     validate_envelope,
 )
 from shared.contracts.errors import Code, InvalidRequestError
-from shared.contracts.names import (
-    CELERY_HEADER_TRACE,
-    CELERY_KWARG_ENVELOPES,
-    CELERY_KWARG_HANDED_AT,
-    Names,
-)
+from shared.contracts.names import Names
 from shared.contracts.settings import WorkerSettings
 from shared.observability.metrics import IntakeMetrics
 from shared.observability.telemetry import (
@@ -61,17 +51,21 @@ from shared.observability.telemetry import (
     context_of,
     extract_headers,
     housekeeping,
+    messaging_attributes,
     tracer,
 )
-from shared.transport.kafka import (
-    Partition,
-    Record,
-    TaskConsumer,
-    dead_letter_headers,
-    publish_results,
+from shared.runtime.ports import (
+    IntakeStore,
+    PendingSend,
+    QueueLengths,
+    RecordProducer,
+    TaskSender,
+    TaskSource,
 )
+from shared.transport.bundle import Bundle, encode_bundle
+from shared.transport.kafka import dead_letter_headers, publish_results
+from shared.transport.kafka_consumer import Partition, Record
 from shared.transport.outages import KAFKA, REDIS, Outages, dependency_of
-from shared.transport.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +79,11 @@ class Intake:
 
     kind: str
     settings: WorkerSettings
-    consumer: TaskConsumer
-    producer: KafkaProducer
-    celery: Celery
-    store: ResultStore
-    redis: redis.Redis
+    consumer: TaskSource
+    producer: RecordProducer
+    celery: TaskSender
+    store: IntakeStore
+    redis: QueueLengths
     metrics: IntakeMetrics
     outages: Outages = field(default_factory=lambda: Outages("intake"))
     stats: Counter[str] = field(default_factory=Counter)
@@ -200,9 +194,7 @@ class Intake:
                 if (c := trace.get_current_span(ctx).get_span_context()).is_valid
             ],
             attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": topic,
-                "messaging.batch.message_count": len(records),
+                **messaging_attributes("kafka", topic, batch_count=len(records)),
                 ATTR_KIND: self.kind,
             },
         ):
@@ -212,10 +204,9 @@ class Intake:
                     context=ctx,
                     kind=trace.SpanKind.CONSUMER,
                     attributes={
-                        "messaging.system": "kafka",
-                        "messaging.destination.name": topic,
-                        "messaging.destination.partition.id": str(r.partition),
-                        "messaging.kafka.offset": r.offset,
+                        **messaging_attributes(
+                            "kafka", topic, partition=r.partition, offset=r.offset
+                        ),
                         ATTR_KIND: self.kind,
                     },
                 )
@@ -273,10 +264,10 @@ class Intake:
             if self.uncommitted.get(tp) == offset:
                 del self.uncommitted[tp]
 
-    def process(self, records: Sequence[tuple[Record, trace.Span]]) -> list[Any]:
+    def process(self, records: Sequence[tuple[Record, trace.Span]]) -> list[PendingSend]:
         """Process a poll's records together (one Redis round trip per step, not per
         record); returns the pending dead-letter sends."""
-        pending: list[Any] = []
+        pending: list[PendingSend] = []
         valid: list[Handed] = []
         for record, span in records:
             checked = self.check(record, span)
@@ -308,7 +299,7 @@ class Intake:
         self.hand_off(ready)
         return pending
 
-    def check(self, record: Record, span: trace.Span) -> tasks_pb2.TaskEnvelope | Any:
+    def check(self, record: Record, span: trace.Span) -> tasks_pb2.TaskEnvelope | PendingSend:
         """The record's envelope if it is a valid task; else dead-letter it and return
         the pending send."""
         try:
@@ -392,23 +383,21 @@ class Intake:
                     context=trace.set_span_in_context(bundle[0][1]),
                     kind=trace.SpanKind.PRODUCER,
                     attributes={
-                        "messaging.system": "celery",
-                        "messaging.destination.name": queue,
-                        "messaging.message.id": message_id,
-                        "messaging.batch.message_count": len(bundle),
+                        **messaging_attributes(
+                            "celery", queue, message_id=message_id, batch_count=len(bundle)
+                        ),
                         ATTR_KIND: self.kind,
                     },
                 ):
+                    kwargs, bundle_headers = encode_bundle(
+                        Bundle.of([e for e, _ in bundle], handed_at, carriers[start : start + size])
+                    )
                     # traceparent: the worker's Celery run span continues this publish;
                     # nlp_trace: each task's own context.
-                    headers: dict[str, Any] = carrier_of()
-                    headers[CELERY_HEADER_TRACE] = carriers[start : start + size]
+                    headers = carrier_of() | bundle_headers
                     self.celery.send_task(
                         Names.celery_task(self.kind),
-                        kwargs={
-                            CELERY_KWARG_ENVELOPES: [encode_b64(e) for e, _ in bundle],
-                            CELERY_KWARG_HANDED_AT: handed_at,
-                        },
+                        kwargs=kwargs,
                         task_id=message_id,
                         queue=queue,
                         headers=headers,
@@ -425,7 +414,7 @@ class Intake:
             publish_results(self.producer, self.names.results_topic, [result])
         self.store.finish(result)
 
-    def dead_letter(self, record: Record, reason: str, span: trace.Span) -> Any:
+    def dead_letter(self, record: Record, reason: str, span: trace.Span) -> PendingSend:
         self.stats["dead_lettered"] += 1
         self.metrics.outcome("dead_lettered")
         self.metrics.dead_lettered("intake")
@@ -460,8 +449,10 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     from shared.observability.metrics import serve_endpoints
     from shared.observability.readiness import serving
     from shared.transport.celery_app import make_celery
-    from shared.transport.kafka import make_consumer, make_producer
+    from shared.transport.kafka import make_producer
+    from shared.transport.kafka_consumer import make_consumer
     from shared.transport.outages import redis_client, until_reachable
+    from shared.transport.results import ResultStore
 
     service = f"{kind}-intake"
     configure_logging(service, settings.log_level)

@@ -1,8 +1,10 @@
-"""Kafka clients built from settings, topic creation and dead-lettering.
+"""Kafka producers built from settings, topic creation, and the records and headers
+the platform writes (tasks, results, dead letters).
 
 The hot paths use confluent-kafka (librdkafka: batching, fetching, decoding, network
 and delivery reports in C, off the GIL): the gateway's producer and the intake's
-consumer. The rare sends of intakes and workers (dead letters, results) use kafka-python.
+consumer (:mod:`shared.transport.kafka_consumer`). The rare sends of intakes and
+workers (dead letters, results) use kafka-python.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import confluent_kafka
 import confluent_kafka.admin
@@ -71,7 +73,8 @@ class AsyncProducer:
     When every broker is down, the messages still queued are failed at once
     (:class:`KafkaUnavailableError`) instead of waiting for their timeout, and
     :attr:`available` is False until a delivery or a :meth:`probe` succeeds again;
-    ``outages`` hears of both.
+    ``outages`` hears of both. Delivery reports are served once :meth:`start` was called
+    (:func:`make_async_producer` does).
     """
 
     def __init__(self, config: dict[str, Any], outages: Outages | None = None) -> None:
@@ -81,6 +84,9 @@ class AsyncProducer:
         self._producer = confluent_kafka.Producer({**config, "error_cb": self._on_error})
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
+
+    def start(self) -> None:
+        """Start serving delivery reports (before the first send: none settles without)."""
         self._poller.start()
 
     @property
@@ -202,7 +208,8 @@ class AsyncProducer:
         """Deliver what is queued (up to ``timeout`` seconds), then stop."""
         self._producer.flush(timeout)
         self._stop.set()
-        self._poller.join(timeout=1)
+        if self._poller.is_alive():
+            self._poller.join(timeout=1)
 
 
 class KafkaDeliveryError(Exception):
@@ -215,9 +222,10 @@ def make_async_producer(
     client_id: str = "",
     outages: Outages | None = None,
 ) -> AsyncProducer:
-    """The gateway's producer: same guarantees as :func:`make_producer`. ``linger_ms``
-    trades latency at low load for fewer, larger produce requests at high load."""
-    return AsyncProducer(
+    """The gateway's producer, started: same guarantees as :func:`make_producer`.
+    ``linger_ms`` trades latency at low load for fewer, larger produce requests at high
+    load."""
+    producer = AsyncProducer(
         {
             **settings.librdkafka_config(),
             "client.id": client_id or settings.service_name,
@@ -234,219 +242,8 @@ def make_async_producer(
         },
         outages,
     )
-
-
-class Partition(NamedTuple):
-    topic: str
-    partition: int
-
-
-class Record(NamedTuple):
-    """One consumed message: what the intake reads of it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
-
-
-class TaskConsumer:
-    """A consumer-group member that commits only when told to (confluent-kafka).
-
-    Fetching, decoding and the group protocol run in librdkafka's own threads: with
-    kafka-python, its I/O thread alone cost the intake 0.18 ms of CPU per task (40 % of
-    the intake) at saturation.
-    """
-
-    def __init__(
-        self,
-        config: dict[str, Any],
-        admin_config: dict[str, Any],
-        outages: Outages | None = None,
-    ) -> None:
-        self.outages = outages or Outages("kafka consumer")
-        self._consumer = confluent_kafka.Consumer(config)
-        # Log end offsets come through a connection of their own: on the consumer's, a
-        # ListOffsets request waits behind the long-polling fetch (~0.5 s per partition).
-        self._admin_config = admin_config
-        self._admin: confluent_kafka.admin.AdminClient | None = None
-
-    def partitions_for_topic(self, topic: str, timeout: float = 5.0) -> set[int]:
-        """The topic's partition ids; empty while the cluster does not know the topic."""
-        try:
-            metadata = self._consumer.list_topics(topic, timeout=timeout)
-        except confluent_kafka.KafkaException as exc:
-            log.warning("no metadata for %s yet: %s", topic, exc)
-            return set()
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None:
-            return set()
-        return set(described.partitions)
-
-    def subscribe(
-        self, topics: Sequence[str], on_revoke: Callable[[set[Partition]], None] | None = None
-    ) -> None:
-        """Join the group for ``topics``. ``on_revoke`` runs inside :meth:`poll` before a
-        rebalance takes partitions away, while their offsets can still be committed."""
-        if on_revoke is None:
-            self._consumer.subscribe(list(topics))
-            return
-        revoke = on_revoke
-
-        def revoked(_: Any, partitions: list[confluent_kafka.TopicPartition]) -> None:
-            revoke({_key(tp) for tp in partitions})
-
-        self._consumer.subscribe(list(topics), on_revoke=revoked)
-
-    def poll(self, timeout_ms: int, max_records: int) -> dict[Partition, list[Record]]:
-        """Records by partition, in offset order: up to ``max_records`` already fetched,
-        or the first that arrives within ``timeout_ms``; empty when none does.
-
-        One blocking ``poll`` and then a non-blocking ``consume``: ``consume`` alone waits
-        for its whole count (or the timeout) even when fewer records are there.
-        """
-        first = self._consumer.poll(timeout_ms / 1000)
-        if first is None:
-            return {}
-        messages = [first]
-        if max_records > 1:
-            messages += self._consumer.consume(max_records - 1, 0)
-        batch: dict[Partition, list[Record]] = {}
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.fatal():
-                    raise confluent_kafka.KafkaException(error)
-                # Transient (broker down, leader moving): librdkafka retries by itself.
-                if kafka_error_is_outage(error):
-                    self.outages.lost(KAFKA, error)
-                else:
-                    log.warning("consumer error: %s", error)
-                continue
-            self.outages.back(KAFKA)
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            assert topic is not None and partition is not None and offset is not None
-            raw = message.headers() or []
-            pairs = raw.items() if isinstance(raw, dict) else raw  # a consumer gets a list
-            headers = [(k, _header_bytes(v)) for k, v in pairs]
-            batch.setdefault(Partition(topic, partition), []).append(
-                Record(topic, partition, offset, message.key(), message.value(), headers)
-            )
-        return batch
-
-    def assignment(self) -> set[Partition]:
-        return {_key(tp) for tp in self._consumer.assignment()}
-
-    def pause(self, *partitions: Partition) -> None:
-        """Stop fetching these partitions; what was fetched and not yet polled is
-        dropped and fetched again on resume."""
-        if partitions:
-            self._consumer.pause([confluent_kafka.TopicPartition(*p) for p in partitions])
-
-    def resume(self, *partitions: Partition) -> None:
-        if partitions:
-            self._consumer.resume([confluent_kafka.TopicPartition(*p) for p in partitions])
-
-    def seek(self, partition: Partition, offset: int) -> None:
-        """Poll ``partition`` again from ``offset``."""
-        self._consumer.seek(confluent_kafka.TopicPartition(*partition, offset))
-
-    def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Commit the next offsets to read (synchronously); KafkaException when refused."""
-        committed = self._consumer.commit(
-            offsets=[confluent_kafka.TopicPartition(*p, o) for p, o in offsets.items()],
-            asynchronous=False,
-        )
-        failed = [tp for tp in committed if tp.error is not None]
-        if failed:
-            raise confluent_kafka.KafkaException(failed[0].error)
-
-    def lag(self, timeout: float = 5.0) -> dict[int, int]:
-        """Per assigned partition: the log end minus our position (the next offset this
-        member reads: polled, else committed, else the log start). Asked of the broker,
-        since paused partitions fetch nothing."""
-        assigned = self._consumer.assignment()
-        if not assigned:
-            return {}
-        positions = {_key(tp): tp.offset for tp in self._consumer.position(assigned)}
-        unknown = [tp for tp in assigned if positions[_key(tp)] < 0]
-        if unknown:
-            positions |= {
-                _key(tp): tp.offset for tp in self._consumer.committed(unknown, timeout=timeout)
-            }
-        spec = confluent_kafka.admin.OffsetSpec  # type: ignore[attr-defined]  # re-exported
-        earliest, latest = spec.earliest(), spec.latest()  # type: ignore[no-untyped-call]
-        starts = self._offsets(
-            [tp for tp in assigned if positions[_key(tp)] < 0], earliest, timeout
-        )
-        ends = self._offsets(assigned, latest, timeout)
-        return {
-            p.partition: max(0, end - (positions[p] if positions[p] >= 0 else starts[p]))
-            for p, end in ends.items()
-        }
-
-    def _offsets(
-        self, partitions: Sequence[confluent_kafka.TopicPartition], spec: Any, timeout: float
-    ) -> dict[Partition, int]:
-        if not partitions:
-            return {}
-        if self._admin is None:
-            # Critical lines only: nothing polls this client to serve a logger, and its
-            # failed reconnections (errors) while a broker is down say nothing the
-            # consumer does not; its requests' own failures are raised.
-            self._admin = confluent_kafka.admin.AdminClient({**self._admin_config, "log_level": 2})
-        futures = self._admin.list_offsets(
-            {confluent_kafka.TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
-            request_timeout=timeout,
-        )
-        return {_key(tp): int(f.result(timeout=timeout).offset) for tp, f in futures.items()}
-
-    def close(self) -> None:
-        """Leave the group (without committing: offsets are committed explicitly)."""
-        self._consumer.close()
-        self._admin = None
-
-
-def _key(tp: confluent_kafka.TopicPartition) -> Partition:
-    return Partition(tp.topic, tp.partition)
-
-
-def _header_bytes(value: str | bytes | None) -> bytes | None:
-    return value.encode() if isinstance(value, str) else value
-
-
-def make_consumer(
-    settings: ServiceSettings, group_id: str, outages: Outages | None = None, **overrides: Any
-) -> TaskConsumer:
-    """Consumer in ``group_id`` that commits only when told to; ``outages`` hears when the
-    cluster becomes unreachable and when records flow again."""
-    connection = {
-        **settings.librdkafka_config(),
-        "reconnect.backoff.max.ms": KAFKA_RECONNECT_BACKOFF_MAX_MS,
-        "log_level": 4,  # warnings and worse
-    }
-    config: dict[str, Any] = {
-        **connection,
-        "logger": LIBRDKAFKA_LOG,  # served by poll(), as for the producer
-        "client.id": settings.service_name,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "allow.auto.create.topics": False,
-        "max.partition.fetch.bytes": settings.limits.max_text_bytes * 2 + 64 * 1024,
-        # The group waits this long for a member that went away before handing its
-        # partitions on, also after a broker restart (the members rejoin then): 6 s, the
-        # broker's minimum, measured 19 s -> ~6 s from the broker's return to the first
-        # task handed off (20 s before). Heartbeats come from librdkafka's own thread.
-        "session.timeout.ms": 6_000,
-        "heartbeat.interval.ms": 1_000,
-        "max.poll.interval.ms": 300_000,
-    }
-    config.update(overrides)
-    return TaskConsumer(config, connection, outages)
+    producer.start()
+    return producer
 
 
 def ensure_topics(

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
 import redis
 
 from shared.contracts.settings import WorkerSettings
-from shared.observability.metrics import IntakeMetrics
 from shared.runtime.intake import Intake
-
-
-@dataclass
-class FakeConsumer:
-    partitions: set[str] = field(default_factory=lambda: {"p0", "p1"})
-    paused: set[str] = field(default_factory=set)
-
-    def assignment(self) -> set[str]:
-        return set(self.partitions)
-
-    def pause(self, *tps: str) -> None:
-        self.paused |= set(tps)
-
-    def resume(self, *tps: str) -> None:
-        self.paused -= set(tps)
-
-
-@dataclass
-class FakeRedis:
-    depth: int = 0
-    down: bool = False
-
-    def llen(self, _key: str) -> int:
-        if self.down:
-            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
-        return self.depth
+from tests.unit.fakes import P0, P1, P2, FakeConsumer, FakeRedis, make_intake
 
 
 def make() -> tuple[Intake, FakeConsumer, FakeRedis]:
     consumer, client = FakeConsumer(), FakeRedis()
     settings = WorkerSettings(queue_high_water=10, queue_low_water=3)
-    none: Any = None
-    intake = Intake(
-        kind="classification",
-        settings=settings,
-        consumer=consumer,  # type: ignore[arg-type]
-        producer=none,
-        celery=none,
-        store=none,
-        redis=client,  # type: ignore[arg-type]
-        metrics=IntakeMetrics("classification"),
-    )
-    return intake, consumer, client
+    return make_intake(settings, consumer=consumer, client=client), consumer, client
 
 
 def test_pauses_at_high_water_and_resumes_at_low_water() -> None:
@@ -71,9 +31,9 @@ def test_partitions_assigned_while_paused_are_paused_too() -> None:
     intake, consumer, client = make()
     client.depth = 50
     intake.apply_backpressure()
-    consumer.partitions.add("p2")  # a rebalance hands us a new partition
+    consumer.assigned.add(P2)  # a rebalance hands us a new partition
     intake.apply_backpressure()
-    assert consumer.paused == {"p0", "p1", "p2"}
+    assert consumer.paused == {P0, P1, P2}
 
 
 def test_a_redis_outage_pauses_everything_until_it_is_back() -> None:
@@ -85,7 +45,7 @@ def test_a_redis_outage_pauses_everything_until_it_is_back() -> None:
     client.down = True
     for _ in range(3):
         intake.apply_backpressure()
-        assert consumer.paused == {"p0", "p1"}
+        assert consumer.paused == {P0, P1}
     assert intake.outages.down("Redis")
     client.down = False
     intake.apply_backpressure()
@@ -100,7 +60,7 @@ def test_back_from_an_outage_above_high_water_stays_paused() -> None:
     intake.apply_backpressure()
     client.down = False
     intake.apply_backpressure()
-    assert consumer.paused == {"p0", "p1"}  # the queue is still full
+    assert consumer.paused == {P0, P1}  # the queue is still full
     client.depth = 0
     intake.apply_backpressure()
     assert not consumer.paused
@@ -108,10 +68,6 @@ def test_back_from_an_outage_above_high_water_stays_paused() -> None:
 
 def test_other_redis_errors_are_not_taken_for_an_outage() -> None:
     intake, _, client = make()
-
-    def broken(_key: str) -> int:
-        raise redis.ResponseError("WRONGTYPE")
-
-    client.llen = broken  # type: ignore[method-assign]
+    client.error = redis.ResponseError("WRONGTYPE")
     with pytest.raises(redis.ResponseError):
         intake.apply_backpressure()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from nlp.v1 import common_pb2, tasks_pb2
-from services.gateway.server import _Window
+from services.gateway.batches import _Window
 from shared.contracts import names
 from shared.contracts.envelope import valid_batch_id
 from shared.transport.kafka import header, result_record
@@ -69,7 +69,7 @@ def test_batch_ids() -> None:
 
 
 def test_cursors_are_redis_stream_ids() -> None:
-    from services.gateway.server import valid_cursor
+    from services.gateway.batches import valid_cursor
 
     assert valid_cursor("0-0") and valid_cursor("1732890000000-3")
     assert valid_cursor("18446744073709551615-18446744073709551615")
@@ -80,7 +80,7 @@ def test_cursors_are_redis_stream_ids() -> None:
 
 
 def test_long_error_messages_are_cut_to_fit_the_status_header() -> None:
-    from services.gateway.server import _fit
+    from services.gateway.core import _fit
 
     assert _fit("short") == "short"
     cut = _fit("x" * 5000)

@@ -33,6 +33,7 @@ class Recorder:
 def test_concurrent_callers_each_get_their_own_output() -> None:
     recorder = Recorder(delay=0.01)
     batcher = MicroBatcher(recorder, max_size=8, max_wait_ms=20)
+    batcher.start()
     try:
         with ThreadPoolExecutor(32) as pool:
             results = list(pool.map(batcher, [f"r{i}" for i in range(200)]))
@@ -46,6 +47,7 @@ def test_concurrent_callers_each_get_their_own_output() -> None:
 
 def test_a_lone_request_waits_at_most_max_wait() -> None:
     batcher = MicroBatcher(Recorder(), max_size=64, max_wait_ms=30)
+    batcher.start()
     try:
         started = time.monotonic()
         result = batcher("only")
@@ -60,6 +62,7 @@ def test_a_lone_request_waits_at_most_max_wait() -> None:
 def test_one_bad_input_fails_alone() -> None:
     recorder = Recorder(poison="bad")
     batcher = MicroBatcher(recorder, max_size=16, max_wait_ms=50)
+    batcher.start()
     try:
         futures = [batcher.submit(x) for x in ["a", "bad", "b", "c"]]
         outputs = []
@@ -75,6 +78,7 @@ def test_one_bad_input_fails_alone() -> None:
 
 def test_wrong_output_count_is_an_error() -> None:
     batcher: MicroBatcher[str, str] = MicroBatcher(lambda items: ["x"], max_size=4, max_wait_ms=50)
+    batcher.start()
     try:
         futures = [batcher.submit(x) for x in ["a", "b"]]
         # Run one by one after the failed batch: each gets exactly one output.

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from bench.corpora import PROMPTS
 from bench.generation import (
-    PROMPTS,
     QUICK,
     Plan,
     Sample,

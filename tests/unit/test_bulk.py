@@ -13,7 +13,8 @@ import pytest
 
 from nlp.v1 import classification_pb2, common_pb2, tasks_pb2
 from shared.client import bulk, cli
-from shared.client.cli import UsageError, _task_template, build_parser
+from shared.client.cli import _task_template, build_parser
+from shared.client.commands import UsageError
 
 
 def test_jsonl_is_read_lazily_and_bad_lines_become_problems(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nlp.v1 import classification_pb2
 from services.classification.engine import ZeroShotClassifier
 from services.classification.settings import Settings
+from tests.factories import classify_request
 
 LABELS = ("sports", "politics", "technology")
 
@@ -15,12 +15,6 @@ LABELS = ("sports", "politics", "technology")
 def engine() -> ZeroShotClassifier:
     settings = Settings()
     return ZeroShotClassifier(settings.default_model, settings.models[settings.default_model])
-
-
-def request(text: str, multi: bool = False) -> classification_pb2.ClassifyRequest:
-    return classification_pb2.ClassifyRequest(
-        text=text, labels=[classification_pb2.Label(name=n) for n in LABELS], multi_label=multi
-    )
 
 
 @pytest.mark.parametrize(
@@ -32,7 +26,7 @@ def request(text: str, multi: bool = False) -> classification_pb2.ClassifyReques
     ],
 )
 def test_top_label(engine: ZeroShotClassifier, text: str, label: str) -> None:
-    response = engine.classify(request(text))
+    response = engine.classify(classify_request(text, LABELS))
     assert response.top_label == label
     assert response.scores[0].label == label
     assert sum(s.score for s in response.scores) == pytest.approx(1.0, abs=1e-4)
@@ -41,7 +35,8 @@ def test_top_label(engine: ZeroShotClassifier, text: str, label: str) -> None:
 
 
 def test_multi_label_scores_are_independent(engine: ZeroShotClassifier) -> None:
-    response = engine.classify(request("The striker scored twice in the final.", multi=True))
+    text = "The striker scored twice in the final."
+    response = engine.classify(classify_request(text, LABELS, multi_label=True))
     scores = {s.label: s.score for s in response.scores}
     assert scores["sports"] > 0.5 > scores["technology"]
     assert sum(scores.values()) != pytest.approx(1.0, abs=1e-3)
@@ -49,8 +44,8 @@ def test_multi_label_scores_are_independent(engine: ZeroShotClassifier) -> None:
 
 def test_batch_equals_one_by_one(engine: ZeroShotClassifier) -> None:
     texts = ["Goal!", "A much longer text about elections, parliaments and votes " * 5, "GPUs."]
-    batched = engine.run_batch([request(t) for t in texts])
-    single = [engine.classify(request(t)) for t in texts]
+    batched = engine.run_batch([classify_request(t, LABELS) for t in texts])
+    single = [engine.classify(classify_request(t, LABELS)) for t in texts]
     for b, s in zip(batched, single, strict=True):
         assert b.top_label == s.top_label
         for x, y in zip(b.scores, s.scores, strict=True):
@@ -62,8 +57,8 @@ def test_long_text_uses_every_window(engine: ZeroShotClassifier) -> None:
     # The sports sentence only appears after the first window's 256 word pieces.
     filler = "The weather was mild and the afternoon passed quietly. " * 60
     sports = "The striker scored twice in the final and the team lifted the cup. " * 40
-    long = engine.classify(request(filler + sports))
-    short = engine.classify(request(filler))
+    long = engine.classify(classify_request(filler + sports, LABELS))
+    short = engine.classify(classify_request(filler, LABELS))
     assert len(engine.embedder.tokenizer.encode(filler + sports).overflowing) > 2
     scores_long = {s.label: s.score for s in long.scores}
     scores_short = {s.label: s.score for s in short.scores}
@@ -73,14 +68,15 @@ def test_long_text_uses_every_window(engine: ZeroShotClassifier) -> None:
 def test_unicode_text(engine: ZeroShotClassifier) -> None:
     # German with umlauts, an emoji and an em dash: still a sports sentence.
     text = "Der Stürmer erzielte im Finale zwei Tore ⚽ — 2:0!"
-    response = engine.classify(request(text))
+    response = engine.classify(classify_request(text, LABELS))
     assert response.top_label == "sports"
     assert response.scores[0].label == "sports"
     assert response.scores[0].score > response.scores[1].score
     assert sum(s.score for s in response.scores) == pytest.approx(1.0, abs=1e-4)
     # The batch path (how the worker runs it, padded among other texts) agrees.
     others = ["Goal!", "Parliament passed the budget after a long night of votes. " * 4]
-    batched = engine.run_batch([request(t) for t in (others[0], text, others[1])])[1]
+    padded = [classify_request(t, LABELS) for t in (others[0], text, others[1])]
+    batched = engine.run_batch(padded)[1]
     assert [s.label for s in batched.scores] == [s.label for s in response.scores]
     for b, s in zip(batched.scores, response.scores, strict=True):
         assert b.score == pytest.approx(s.score, abs=1e-4)

@@ -10,14 +10,14 @@ import pytest
 from google.protobuf.message import Message
 
 from nlp.v1 import generation_pb2, ner_pb2, tasks_pb2
-from shared.client import cli
-from shared.client.cli import (
+from shared.client import commands
+from shared.client.cli import build_parser
+from shared.client.commands import (
     KINDS,
-    _read_text,
-    build_parser,
     classify_request,
     generate_request,
     ner_request,
+    read_text,
     summarize_request,
 )
 
@@ -64,23 +64,23 @@ def _text_args(text: str | None, file: str | None = None) -> argparse.Namespace:
 @pytest.mark.parametrize("text", [LONG_TEXT, NAME_SIZED], ids=["2kB", "300B"])
 def test_an_argument_that_names_no_file_is_the_text(text: str) -> None:
     assert "\n" not in text
-    assert _read_text(_text_args(text)) == text
+    assert read_text(_text_args(text)) == text
 
 
 def test_an_argument_naming_a_file_reads_it(tmp_path: Path) -> None:
     doc = tmp_path / "doc.txt"
     doc.write_text("Text from a file ✓", encoding="utf-8")
-    assert _read_text(_text_args(str(doc))) == "Text from a file ✓"
-    assert _read_text(_text_args(None, file=str(doc))) == "Text from a file ✓"
+    assert read_text(_text_args(str(doc))) == "Text from a file ✓"
+    assert read_text(_text_args(None, file=str(doc))) == "Text from a file ✓"
     # A name that is no file (a folder, a missing file, a NUL byte) is text.
     for text in (str(tmp_path), str(tmp_path / "missing.txt"), "a\x00b"):
-        assert _read_text(_text_args(text)) == text
+        assert read_text(_text_args(text)) == text
 
 
 @pytest.mark.parametrize("text", ["-", None])
 def test_dash_or_nothing_reads_stdin(text: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("from stdin"))
-    assert _read_text(_text_args(text)) == "from stdin"
+    assert read_text(_text_args(text)) == "from stdin"
 
 
 def _sent_text(kind: str, request: Message) -> str:
@@ -123,15 +123,15 @@ def test_json_output_keeps_zero_fields(capsys: pytest.CaptureFixture[str]) -> No
     response = ner_pb2.NerResponse(
         entities=[ner_pb2.Entity(text="Barack Obama", label="PERSON", start=0, end=12)]
     )
-    cli._print(response, True, str)
+    commands.print_message(response, True, str)
     printed = json.loads(capsys.readouterr().out)
     assert printed["entities"][0]["start"] == 0
     assert printed["task_id"] == ""
 
     chunk = generation_pb2.GenerateChunk(task_id="t1", delta="Hi", index=0)
-    cli.print_generation([chunk], as_json=True)
+    commands.print_generation([chunk], as_json=True)
     line = json.loads(capsys.readouterr().out)
     assert line["index"] == 0 and line["finish_reason"] == "FINISH_REASON_UNSPECIFIED"
 
     result = tasks_pb2.TaskResult(task_id="t1", ner=response)
-    assert '"start": 0' in cli._human_result(result)
+    assert '"start": 0' in commands.human_result(result)

@@ -12,8 +12,9 @@ import grpc
 import pytest
 
 from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
-from shared.client import cli
-from shared.client.cli import DEMOS, KINDS, build_parser, follow_generation, generate_request
+from shared.client import cli, commands
+from shared.client.cli import DEMOS, build_parser
+from shared.client.commands import KINDS, follow_generation, generate_request
 
 END = generation_pb2.GenerateChunk(
     task_id="t1",
@@ -97,7 +98,7 @@ def test_raw_sends_a_plain_prompt_to_continue() -> None:
     request = _request("--raw", "Once upon a time")
     assert request.WhichOneof("input") == "prompt"
     assert request.prompt == "Once upon a time"
-    with pytest.raises(cli.UsageError):
+    with pytest.raises(commands.UsageError):
         _request("--raw", "--system", "Be brief.", "Once upon a time")
 
 
@@ -142,7 +143,7 @@ def test_the_demo_is_greedy_and_short() -> None:
 def test_deltas_are_written_as_they_come_then_a_summary(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    final = cli.print_generation([*_chunks("Hello", ", ", "world"), END])
+    final = commands.print_generation([*_chunks("Hello", ", ", "world"), END])
     out, err = capsys.readouterr()
     assert out == "Hello, world\n"
     assert err == SUMMARY + "\n"
@@ -150,7 +151,7 @@ def test_deltas_are_written_as_they_come_then_a_summary(
 
 
 def test_json_prints_one_object_per_chunk(capsys: pytest.CaptureFixture[str]) -> None:
-    cli.print_generation([*_chunks("Hi", "!"), END], as_json=True)
+    commands.print_generation([*_chunks("Hi", "!"), END], as_json=True)
     out, err = capsys.readouterr()
     lines = [json.loads(line) for line in out.splitlines()]
     # Every field is printed, empty ones too: the last chunk's delta is "", index 0 is 0.
@@ -174,7 +175,7 @@ def test_an_error_mid_stream_ends_the_partial_line(capsys: pytest.CaptureFixture
         raise grpc.RpcError()
 
     with pytest.raises(grpc.RpcError):
-        cli.print_generation(failing())
+        commands.print_generation(failing())
     assert capsys.readouterr() == ("par\n", "")
 
 

@@ -5,7 +5,7 @@ import time
 import pytest
 from google.protobuf.message import DecodeError
 
-from nlp.v1 import classification_pb2, common_pb2, generation_pb2, ner_pb2, summarization_pb2
+from nlp.v1 import common_pb2, generation_pb2, ner_pb2, summarization_pb2
 from shared.contracts.envelope import (
     decode_b64,
     decode_envelope,
@@ -17,16 +17,11 @@ from shared.contracts.envelope import (
 )
 from shared.contracts.errors import InvalidRequestError
 from shared.contracts.settings import Limits
+from tests.factories import classify_request
 
 LIMITS = Limits()
-
-
-def classify(
-    text: str = "hello", labels: tuple[str, ...] = ("a", "b")
-) -> classification_pb2.ClassifyRequest:
-    return classification_pb2.ClassifyRequest(
-        text=text, labels=[classification_pb2.Label(name=n) for n in labels]
-    )
+# A valid classification: text and labels, unless a test replaces one.
+TEXT, LABELS = "hello", ("a", "b")
 
 
 def problems(kind: str, request: object) -> str:
@@ -36,7 +31,7 @@ def problems(kind: str, request: object) -> str:
 
 
 def test_valid_requests_pass() -> None:
-    validate_request("classification", classify(), LIMITS)
+    validate_request("classification", classify_request(TEXT, LABELS), LIMITS)
     validate_request("ner", ner_pb2.NerRequest(text="Paris", labels=["GPE"]), LIMITS)
     validate_request(
         "summarization", summarization_pb2.SummarizeRequest(text="A. B.", ratio=0.5), LIMITS
@@ -45,7 +40,7 @@ def test_valid_requests_pass() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    message = problems("classification", classify("", ("a", "a", "")))
+    message = problems("classification", classify_request("", ("a", "a", "")))
     assert "text must not be empty" in message
     assert "duplicated" in message
     assert "labels[2].name must not be empty" in message
@@ -54,10 +49,14 @@ def test_every_problem_is_reported_at_once() -> None:
 @pytest.mark.parametrize(
     ("kind", "request_", "expected"),
     [
-        ("classification", classify(labels=()), "at least one label"),
-        ("classification", classify(labels=tuple(f"l{i}" for i in range(65))), "65 labels"),
-        ("classification", classify("x" * (LIMITS.max_text_bytes + 1)), "bytes"),
-        ("classification", classify("é" * (LIMITS.max_text_bytes // 2 + 1)), "bytes"),
+        ("classification", classify_request(TEXT, ()), "at least one label"),
+        ("classification", classify_request(TEXT, tuple(f"l{i}" for i in range(65))), "65 labels"),
+        ("classification", classify_request("x" * (LIMITS.max_text_bytes + 1), LABELS), "bytes"),
+        (
+            "classification",
+            classify_request("é" * (LIMITS.max_text_bytes // 2 + 1), LABELS),
+            "bytes",
+        ),
         ("ner", ner_pb2.NerRequest(text=" \n"), "empty"),
         ("ner", ner_pb2.NerRequest(text="x", labels=[""]), "entity labels"),
         ("summarization", summarization_pb2.SummarizeRequest(text="x", ratio=1.5), "ratio"),
@@ -83,7 +82,7 @@ def test_every_problem_is_reported_at_once() -> None:
             ),
             "role",
         ),
-        ("ner", classify(), "does not match"),
+        ("ner", classify_request(TEXT, LABELS), "does not match"),
     ],
 )
 def test_invalid_requests(kind: str, request_: object, expected: str) -> None:
@@ -91,7 +90,9 @@ def test_invalid_requests(kind: str, request_: object, expected: str) -> None:
 
 
 def test_envelope_round_trip_and_validation() -> None:
-    envelope = make_envelope("classification", classify(), deadline_s=30, priority=3, tenant="acme")
+    envelope = make_envelope(
+        "classification", classify_request(TEXT, LABELS), deadline_s=30, priority=3, tenant="acme"
+    )
     assert envelope.kind == common_pb2.KIND_CLASSIFICATION
     assert decode_b64(encode_b64(envelope)) == envelope
     assert decode_envelope(envelope.SerializeToString()) == envelope
@@ -115,6 +116,8 @@ def test_malformed_envelopes() -> None:
 
 def test_expiry() -> None:
     now = time.time()
-    envelope = make_envelope("classification", classify(), deadline_s=10, now=now)
+    envelope = make_envelope(
+        "classification", classify_request(TEXT, LABELS), deadline_s=10, now=now
+    )
     assert not expired(envelope, now + 9.9)
     assert expired(envelope, now + 10.1)

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from nlp.v1 import classification_pb2, generation_pb2
+from nlp.v1 import generation_pb2
+from services.gateway.core import Gateway
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.server import Gateway
 from services.gateway.settings import Settings
 from shared.contracts.envelope import make_envelope
 from shared.contracts.names import Names
 from shared.transport.kafka import Headers
+from tests.factories import classify_request
 
 Message = tuple[str, bytes, bytes | None, Headers]
 GEN = Names().task_topic("generation")
@@ -44,9 +45,7 @@ def envelopes(kinds: Sequence[str]) -> list[Any]:
         if kind == "generation":
             request: Any = generation_pb2.GenerateRequest(prompt="hi")
         else:
-            request = classification_pb2.ClassifyRequest(
-                text="hi", labels=[classification_pb2.Label(name="a")]
-            )
+            request = classify_request("hi", ("a",))
         out.append(make_envelope(kind, request, deadline_s=30))
     return out
 

@@ -3,56 +3,20 @@ Celery and the result store."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
 from opentelemetry import trace
 
-from nlp.v1 import classification_pb2
+from nlp.v1 import classification_pb2, tasks_pb2
 from shared.contracts.envelope import decode_b64, make_envelope
 from shared.contracts.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES, Names
 from shared.contracts.settings import WorkerSettings
-from shared.observability.metrics import IntakeMetrics
-from shared.runtime.intake import Intake
+from tests.unit.fakes import FakeCelery, FakeIntakeStore, make_intake
 
 
-@dataclass
-class FakeCelery:
-    sent: list[dict[str, Any]] = field(default_factory=list)
-
-    @contextlib.contextmanager
-    def producer_or_acquire(self) -> Iterator[None]:
-        yield None
-
-    def send_task(self, name: str, **options: Any) -> None:
-        self.sent.append({"name": name, **options})
-
-
-@dataclass
-class FakeStore:
-    queued: list[str] = field(default_factory=list)
-
-    def mark_queued(self, envelopes: Any, traces: Any = ()) -> None:
-        self.queued += [e.task_id for e in envelopes]
-
-
-def handed(count: int, limit: int) -> tuple[list[str], FakeCelery, FakeStore]:
-    celery, store = FakeCelery(), FakeStore()
-    none: Any = None
-    intake = Intake(
-        kind="classification",
-        settings=WorkerSettings(handoff_max_tasks=limit),
-        consumer=none,
-        producer=none,
-        celery=celery,  # type: ignore[arg-type]
-        store=store,  # type: ignore[arg-type]
-        redis=none,
-        metrics=IntakeMetrics("classification"),
-    )
-    tasks: list[tuple[Any, trace.Span]] = []
+def handed(count: int, limit: int) -> tuple[list[str], FakeCelery, FakeIntakeStore]:
+    celery, store = FakeCelery(), FakeIntakeStore()
+    intake = make_intake(WorkerSettings(handoff_max_tasks=limit), celery=celery, store=store)
+    tasks: list[tuple[tasks_pb2.TaskEnvelope, trace.Span]] = []
     for i in range(count):
         request = classification_pb2.ClassifyRequest(text=f"text {i}")
         request.labels.add(name="a")

@@ -3,34 +3,11 @@ partitions, and what it keeps when the broker refuses a commit."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
-import confluent_kafka
+from dataclasses import dataclass
 
 from shared.contracts.settings import WorkerSettings
-from shared.observability.metrics import IntakeMetrics
 from shared.runtime.intake import Intake
-from shared.transport.kafka import Partition
-
-P0, P1 = Partition("tasks", 0), Partition("tasks", 1)
-
-
-@dataclass
-class FakeConsumer:
-    assigned: set[Partition] = field(default_factory=lambda: {P0, P1})
-    commits: list[dict[Partition, int]] = field(default_factory=list)
-    refuse: bool = False
-
-    def assignment(self) -> set[Partition]:
-        return set(self.assigned)
-
-    def commit(self, offsets: dict[Partition, int]) -> None:
-        if self.refuse:
-            raise confluent_kafka.KafkaException(
-                confluent_kafka.KafkaError(confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS)
-            )
-        self.commits.append(dict(offsets))
+from tests.unit.fakes import P0, P1, FakeConsumer, make_intake
 
 
 @dataclass
@@ -43,17 +20,8 @@ class Clock:
 
 def make(interval_ms: int = 1000) -> tuple[Intake, FakeConsumer, Clock]:
     consumer, clock = FakeConsumer(), Clock()
-    none: Any = None
-    intake = Intake(
-        kind="classification",
-        settings=WorkerSettings(commit_interval_ms=interval_ms),
-        consumer=consumer,  # type: ignore[arg-type]
-        producer=none,
-        celery=none,
-        store=none,
-        redis=none,
-        metrics=IntakeMetrics("classification"),
-        clock=clock,
+    intake = make_intake(
+        WorkerSettings(commit_interval_ms=interval_ms), consumer=consumer, clock=clock
     )
     intake._commit_at = clock.now + interval_ms / 1000
     return intake, consumer, clock

@@ -22,6 +22,7 @@ from services.ner.engine import (
 from services.ner.settings import Settings
 from shared.contracts.errors import InvalidRequestError
 from shared.contracts.settings import ModelSpec
+from tests.factories import ner_request
 
 SETTINGS = Settings()
 
@@ -56,10 +57,6 @@ TEMPLATES = [
     "The committee thanked {name}, who had organised the annual festival in {city} for many years.",
     "{name} later wrote that the winter of {year} in {city} had been the coldest one of the decade.",
 ]
-
-
-def request(text: str, *labels: str) -> ner_pb2.NerRequest:
-    return ner_pb2.NerRequest(text=text, labels=labels)
 
 
 def spacy_engine(**params: Any) -> SpacyNerEngine:
@@ -113,7 +110,7 @@ def test_only_ner_runs(engine: SpacyNerEngine) -> None:
 
 
 def test_entities(engine: SpacyNerEngine) -> None:
-    [response] = engine.run_batch([request(SENTENCE)])
+    [response] = engine.run_batch([ner_request(SENTENCE)])
     assert_offsets(SENTENCE, response)
     found = by_label(response)
     assert found["PERSON"] == ["Barack Obama", "Angela Merkel"]
@@ -126,7 +123,9 @@ def test_entities(engine: SpacyNerEngine) -> None:
 def test_offsets_are_code_points(engine: SpacyNerEngine) -> None:
     text = PREFIX + SENTENCE
     assert len(PREFIX) < len(PREFIX.encode("utf-16-le")) // 2 < len(PREFIX.encode())
-    plain, prefixed = engine.run_batch([request(SENTENCE, "PERSON"), request(text, "PERSON")])
+    plain, prefixed = engine.run_batch(
+        [ner_request(SENTENCE, "PERSON"), ner_request(text, "PERSON")]
+    )
     assert_offsets(text, prefixed)
     assert [(e.text, e.start - len(PREFIX), e.end - len(PREFIX)) for e in prefixed.entities] == [
         (e.text, e.start, e.end) for e in plain.entities
@@ -136,7 +135,7 @@ def test_offsets_are_code_points(engine: SpacyNerEngine) -> None:
 
 def test_label_filter_is_case_insensitive(engine: SpacyNerEngine) -> None:
     [people, places_and_dates] = engine.run_batch(
-        [request(SENTENCE, "person"), request(SENTENCE, "Gpe", "LOC", "date")]
+        [ner_request(SENTENCE, "person"), ner_request(SENTENCE, "Gpe", "LOC", "date")]
     )
     assert {e.label for e in people.entities} == {"PERSON"}
     assert {e.label for e in places_and_dates.entities} == {"GPE", "DATE"}
@@ -144,7 +143,7 @@ def test_label_filter_is_case_insensitive(engine: SpacyNerEngine) -> None:
 
 def test_unknown_label_is_rejected(engine: SpacyNerEngine) -> None:
     with pytest.raises(InvalidRequestError, match="'PER'"):
-        engine.run_batch([request(SENTENCE), request(SENTENCE, "PER")])
+        engine.run_batch([ner_request(SENTENCE), ner_request(SENTENCE, "PER")])
 
 
 def test_batch_keeps_requests_apart(engine: SpacyNerEngine) -> None:
@@ -154,7 +153,7 @@ def test_batch_keeps_requests_apart(engine: SpacyNerEngine) -> None:
         for i, n in enumerate(names)
     ]
     texts.insert(5, "")  # an empty text gets an empty answer, in its place
-    responses = engine.run_batch([request(t) for t in texts])
+    responses = engine.run_batch([ner_request(t) for t in texts])
     assert len(responses) == len(texts)
     assert not responses[5].entities
     del texts[5], responses[5]
@@ -169,7 +168,7 @@ def test_batch_keeps_requests_apart(engine: SpacyNerEngine) -> None:
 def test_long_document(engine: SpacyNerEngine, long_document: tuple[str, list[str]]) -> None:
     text, names = long_document
     assert len(text) > 200_000
-    [response] = engine.run_batch([request(text)])
+    [response] = engine.run_batch([ner_request(text)])
     assert_offsets(text, response)
     # The small model labels most of the names PERSON (some ORG, GPE, ...).
     found = {e.text for e in response.entities} & set(names)
@@ -185,7 +184,7 @@ def test_text_over_spacy_max_length(engine: SpacyNerEngine) -> None:
     """1.2 M chars (over spaCy's default max_length) of few, long tokens: cheap to run."""
     filler = ("x" * 999 + " ") * 1_200
     text = filler + SENTENCE
-    [response] = engine.run_batch([request(text, "PERSON")])
+    [response] = engine.run_batch([ner_request(text, "PERSON")])
     assert_offsets(text, response)
     assert [(e.text, e.start) for e in response.entities] == [
         ("Barack Obama", len(filler)),
@@ -197,7 +196,7 @@ def test_chunking_does_not_change_entities(long_document: tuple[str, list[str]])
     """Chunks end between sentences, so small chunks find what one whole doc does."""
     text = long_document[0][:60_000]
     whole, chunked = (
-        {(e.start, e.end, e.label) for e in spacy_engine(chunk_chars=n).run_batch([request(text)])[0].entities}
+        {(e.start, e.end, e.label) for e in spacy_engine(chunk_chars=n).run_batch([ner_request(text)])[0].entities}
         for n in (100_000, 1_000)
     )  # fmt: skip
     assert len(whole ^ chunked) <= 0.01 * len(whole)
@@ -308,11 +307,11 @@ def test_hf_engine_with_a_local_model(tmp_path: Path) -> None:
     assert hf.info.version.startswith("transformers==")
     # Far more tokens than the 32-token window: the chunks are split to fit it.
     texts = [PREFIX + " ".join(TEMPLATES) * 3, SENTENCE]
-    responses = hf.run_batch([request(t) for t in texts])
+    responses = hf.run_batch([ner_request(t) for t in texts])
     for text, response in zip(texts, responses, strict=True):
         assert_offsets(text, response)
         for e in response.entities:
             assert e.label == "PER"
             assert 0.0 <= e.score <= 1.0
     with pytest.raises(InvalidRequestError):
-        hf.run_batch([request(SENTENCE, "PERSON")])
+        hf.run_batch([ner_request(SENTENCE, "PERSON")])

@@ -252,6 +252,7 @@ def test_a_producer_without_brokers_fails_its_queued_sends_at_once() -> None:
         },
         outages,
     )
+    producer.start()
 
     async def send() -> list[Exception | None]:
         async with asyncio.timeout(30):

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from nlp.v1 import common_pb2, generation_pb2, tasks_pb2
-from services.gateway.generation import RelayEnded, relay_tokens
+from services.gateway.relay import RelayEnded, relay_tokens
 from shared.contracts.names import Names
 from shared.transport.streams import Delta, End, Entry, TokenStreamWriter, decode, encode
 

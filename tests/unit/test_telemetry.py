@@ -128,6 +128,7 @@ def test_batcher_reports_each_run_with_its_tokens_and_times() -> None:
     batcher: MicroBatcher[str, str] = MicroBatcher(
         CountingEngine(), max_size=8, max_wait_ms=50, on_batch=runs.append
     )
+    batcher.start()
     try:
         futures = [batcher.submit(text, _span()) for text in ("ab", "cde", "f")]
         outputs = [f.result(timeout=10) for f in futures]

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from nlp.v1 import common_pb2, tasks_pb2
-from shared.transport.results import ResultWaiter
+from shared.transport.waiter import ResultWaiter
 
 
 def test_a_notification_may_carry_the_result_or_only_the_id() -> None:

@@ -13,7 +13,7 @@ import pytest
 from celery.exceptions import Retry
 
 from nlp.v1 import classification_pb2, common_pb2, generation_pb2, tasks_pb2
-from shared.contracts.envelope import decode_b64, encode_b64, make_envelope
+from shared.contracts.envelope import decode_b64, make_envelope
 from shared.contracts.errors import Code, InvalidRequestError
 from shared.contracts.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES
 from shared.contracts.settings import WorkerSettings
@@ -21,6 +21,9 @@ from shared.observability.metrics import WorkerMetrics
 from shared.runtime.batching import Batched
 from shared.runtime.engines import Job, ModelRegistry, TaskAborted
 from shared.runtime.worker import WorkerRuntime
+from shared.transport.bundle import Bundle
+from tests.factories import classification_envelope
+from tests.unit.fakes import FakeProducer, FakeWorkerStore
 
 
 class FlakyEngine:
@@ -34,25 +37,6 @@ class FlakyEngine:
         if any(r.text.startswith("fail") for r in requests):
             raise RuntimeError("engine fault")
         return [classification_pb2.ClassifyResponse(top_label=r.text) for r in requests]
-
-
-@dataclass
-class FakeStore:
-    done: set[str] = field(default_factory=set)
-    results: dict[str, tasks_pb2.TaskResult] = field(default_factory=dict)
-
-    def start(self, tasks: Sequence[tasks_pb2.TaskEnvelope], attempt: int) -> list[bool]:
-        return [envelope.task_id not in self.done for envelope in tasks]
-
-    def finish_many(self, results: Sequence[tasks_pb2.TaskResult]) -> list[bool]:
-        stored = []
-        for result in results:
-            stored.append(result.task_id not in self.results)
-            self.results.setdefault(result.task_id, result)
-        return stored
-
-    def heartbeat(self, kind: str, task_ids: Any) -> None:
-        pass
 
 
 @dataclass
@@ -70,31 +54,34 @@ class FakeTask:
         return Retry()
 
 
-def runtime(store: FakeStore, max_retries: int = 3) -> WorkerRuntime:
-    engine: Any = FlakyEngine()
-    return WorkerRuntime(
+def runtime(
+    store: FakeWorkerStore, max_retries: int = 3, producer: FakeProducer | None = None
+) -> WorkerRuntime:
+    def produce() -> FakeProducer:
+        if producer is None:
+            pytest.fail("nothing should be produced")
+        return producer
+
+    rt = WorkerRuntime(
         kind="classification",
         settings=WorkerSettings(max_retries=max_retries, batch_max_size=4),
-        store=store,  # type: ignore[arg-type]
-        registry=ModelRegistry("classification", {"echo": engine}, {"echo": "fake"}, "echo"),
-        producer_factory=lambda: pytest.fail("nothing should be produced"),
+        store=store,
+        registry=ModelRegistry("classification", {"echo": FlakyEngine()}, {"echo": "fake"}, "echo"),
+        producer_factory=produce,
         metrics=WorkerMetrics("classification"),
     )
+    rt.start()
+    return rt
 
 
 def bundle(*texts: str) -> list[tasks_pb2.TaskEnvelope]:
-    envelopes = []
-    for text in texts:
-        request = classification_pb2.ClassifyRequest(text=text)
-        request.labels.add(name="a")
-        envelopes.append(make_envelope("classification", request, deadline_s=60))
-    return envelopes
+    return [classification_envelope(text, ("a",), deadline_s=60) for text in texts]
 
 
 def test_each_task_of_a_bundle_gets_its_own_result() -> None:
-    store = FakeStore()
+    store = FakeWorkerStore()
     envelopes = bundle(*(f"text {i}" for i in range(10)))
-    outcome = runtime(store).execute(FakeTask(), [encode_b64(e) for e in envelopes], 0.0)  # type: ignore[arg-type]
+    outcome = runtime(store).execute(FakeTask(), Bundle.of(envelopes, 0.0))
     assert outcome == {"SUCCEEDED": 10}
     for e in envelopes:
         result = store.results[e.task_id]
@@ -103,26 +90,22 @@ def test_each_task_of_a_bundle_gets_its_own_result() -> None:
 
 
 def test_finished_tasks_are_skipped_and_refused_inputs_fail_alone() -> None:
-    store = FakeStore()
+    store = FakeWorkerStore()
     ok, skipped, bad = bundle("fine", "already done", "bad one")
     store.done.add(skipped.task_id)
-    outcome = runtime(store).execute(
-        FakeTask(),  # type: ignore[arg-type]
-        [encode_b64(e) for e in (ok, skipped, bad)],
-        0.0,
-    )
+    outcome = runtime(store).execute(FakeTask(), Bundle.of([ok, skipped, bad], 0.0))
     assert outcome == {"SUCCEEDED": 1, "SKIPPED": 1, "FAILED": 1}
     assert store.results[bad.task_id].error.code == int(Code.INVALID_ARGUMENT)
     assert skipped.task_id not in store.results
 
 
 def test_failing_tasks_are_retried_together_without_their_bundle_mates() -> None:
-    store = FakeStore()
+    store = FakeWorkerStore()
     envelopes = bundle("fine 1", "fail 1", "fine 2", "fail 2")
     task = FakeTask()
     trace = [{"traceparent": f"t{i}"} for i in range(4)]
     with pytest.raises(Retry):
-        runtime(store).execute(task, [encode_b64(e) for e in envelopes], 0.0, trace)  # type: ignore[arg-type]
+        runtime(store).execute(task, Bundle.of(envelopes, 0.0, trace))
     assert set(store.results) == {envelopes[0].task_id, envelopes[2].task_id}
     retried = [decode_b64(b).task_id for b in task.retried["kwargs"][CELERY_KWARG_ENVELOPES]]
     assert sorted(retried) == sorted([envelopes[1].task_id, envelopes[3].task_id])
@@ -131,13 +114,14 @@ def test_failing_tasks_are_retried_together_without_their_bundle_mates() -> None
 
 
 def test_after_the_last_retry_a_failing_task_fails() -> None:
-    store = FakeStore()
+    store = FakeWorkerStore()
     (envelope,) = bundle("fail always")
-    rt = runtime(store, max_retries=0)
-    rt._dead_letter_envelope = lambda envelope, reason: None  # type: ignore[method-assign]
-    outcome = rt.execute(FakeTask(), [encode_b64(envelope)], 0.0)  # type: ignore[arg-type]
+    producer = FakeProducer()
+    rt = runtime(store, max_retries=0, producer=producer)
+    outcome = rt.execute(FakeTask(), Bundle.of([envelope], 0.0))
     assert outcome == {"FAILED": 1}
     assert "engine fault" in store.results[envelope.task_id].error.message
+    assert [key for _, _, key, _ in producer.sent] == [envelope.task_id.encode()]  # dead-lettered
 
 
 class FakeStreamer:
@@ -188,13 +172,13 @@ class CancelChannel:
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
 
-    def pubsub(self, **_: Any) -> CancelChannel:
+    def pubsub(self, *, ignore_subscribe_messages: bool = False) -> CancelChannel:
         return self
 
-    def subscribe(self, channel: str) -> None:
+    def subscribe(self, channel: str, /) -> None:
         pass
 
-    def get_message(self, timeout: float) -> dict[str, Any]:
+    def get_message(self, timeout: float = 0.0) -> dict[str, Any]:
         time.sleep(0.05)
         return {"type": "message", "data": self.task_id.encode() + b"\0result"}
 
@@ -205,20 +189,19 @@ class CancelChannel:
 def test_streaming_engines_run_each_task_and_a_cancel_aborts_it() -> None:
     requests = [generation_pb2.GenerateRequest(prompt=p) for p in ("ok", "runs", "late")]
     ok, runs, late = (make_envelope("generation", r, deadline_s=60) for r in requests)
-    store = FakeStore()
-    store.client = CancelChannel(runs.task_id)  # type: ignore[attr-defined]
+    store = FakeWorkerStore(client=CancelChannel(runs.task_id))
     engine = FakeStreamer()
     rt = WorkerRuntime(
         kind="generation",
         settings=WorkerSettings(),
-        store=store,  # type: ignore[arg-type]
+        store=store,
         registry=ModelRegistry("generation", {"gen": engine}, {"gen": "fake"}, "gen"),
         producer_factory=lambda: pytest.fail("nothing should be produced"),
         metrics=WorkerMetrics("generation"),
     )
+    rt.start()
     try:
-        bundled = [encode_b64(e) for e in (ok, runs, late)]
-        outcome = rt.execute(FakeTask(), bundled, 0.0)  # type: ignore[arg-type]
+        outcome = rt.execute(FakeTask(), Bundle.of([ok, runs, late], 0.0))
     finally:
         rt.close()
     assert outcome == {"SUCCEEDED": 1, "CANCELLED": 1, "DEADLINE_EXCEEDED": 1}
