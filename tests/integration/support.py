@@ -1,4 +1,5 @@
-"""Helpers for the integration tests (plain functions; fixtures live in conftest)."""
+"""Helpers for the integration tests (plain functions; fixtures live in conftest, the
+requests they send are built by tests/factories.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,6 @@ from kafka import KafkaConsumer
 
 from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 from shared.contracts.envelope import TERMINAL_STATUSES
-
-
-def submit_classification(
-    text: str, labels: str = "sports,politics,technology"
-) -> tasks_pb2.SubmitRequest:
-    request = tasks_pb2.SubmitRequest()
-    request.classification.text = text
-    for name in labels.split(","):
-        request.classification.labels.add(name=name)
-    return request
 
 
 def wait_terminal(

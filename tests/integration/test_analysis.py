@@ -22,8 +22,6 @@ from nlp.v1 import (
 )
 from shared.client.cli import main as cli_main
 
-pytestmark = pytest.mark.integration
-
 NAMES = ["Angela Merkel", "Barack Obama", "Emmanuel Macron", "Jacinda Ardern", "Olaf Scholz"]
 CITIES = ["Paris", "Berlin", "Tokyo", "Madrid", "Chicago"]
 

@@ -16,9 +16,8 @@ from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 from shared.contracts import names
 from shared.contracts.settings import ServiceSettings
 from shared.transport.kafka import header
-from tests.integration.support import TopicTail, submit_classification
-
-pytestmark = pytest.mark.integration
+from tests.factories import submit_classification
+from tests.integration.support import TopicTail
 
 _TOPICS = ["sports", "politics", "technology", "weather", "markets"]
 

@@ -14,8 +14,6 @@ import pytest
 
 from deploy.local.stack import ROOT, LocalStack
 
-pytestmark = pytest.mark.integration
-
 DOCS = 600
 
 

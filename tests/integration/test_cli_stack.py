@@ -19,8 +19,6 @@ import pytest
 from deploy.local.stack import ROOT, LocalStack
 from shared.contracts.settings import Limits
 
-pytestmark = pytest.mark.integration
-
 SENTENCES = (
     "The striker scored twice in the final and the fans sang until midnight.",
     "The coach praised the defence, which had not conceded a goal in five matches.",

@@ -14,8 +14,6 @@ from nlp.v1 import tasks_pb2_grpc
 from shared.contracts.settings import ServiceSettings
 from tests.integration.support import status_name, wait_terminal
 
-pytestmark = pytest.mark.integration
-
 
 def test_example_producer_gets_results_from_the_results_topic(
     settings: ServiceSettings,

@@ -44,9 +44,8 @@ from shared.contracts.envelope import AnyRequest, valid_batch_id, valid_task_id,
 from shared.contracts.errors import InvalidRequestError
 from shared.contracts.names import KIND_NAMES, kind_name
 from shared.contracts.settings import Limits, ServiceSettings
-from tests.integration.support import submit_classification, wait_terminal
-
-pytestmark = pytest.mark.integration
+from tests.factories import submit_classification
+from tests.integration.support import wait_terminal
 
 Code = grpc.StatusCode
 OK = Code.OK

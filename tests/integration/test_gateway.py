@@ -19,9 +19,8 @@ from nlp.v1 import (
     tasks_pb2_grpc,
 )
 from shared.client.cli import main as cli_main
-from tests.integration.support import status_name, submit_classification, wait_terminal
-
-pytestmark = pytest.mark.integration
+from tests.factories import classify_request, submit_classification
+from tests.integration.support import status_name, wait_terminal
 
 LABELS = [classification_pb2.Label(name=n) for n in ("sports", "politics", "technology")]
 
@@ -115,9 +114,7 @@ def _code(call: object) -> grpc.StatusCode:
 def test_invalid_classify_is_invalid_argument(
     classifier: classification_pb2_grpc.ClassificationStub, text: str, labels: list[str], why: str
 ) -> None:
-    request = classification_pb2.ClassifyRequest(
-        text=text, labels=[classification_pb2.Label(name=n) for n in labels]
-    )
+    request = classify_request(text, labels)
     assert (
         _code(lambda: classifier.Classify(request, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
     ), why

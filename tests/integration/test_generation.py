@@ -24,9 +24,8 @@ from nlp.v1 import (
 )
 from services.generation.settings import DEFAULT_MODEL
 from shared.contracts.settings import ServiceSettings
-from tests.integration.support import status_name, submit_classification, wait_terminal
-
-pytestmark = pytest.mark.integration
+from tests.factories import greedy_request, submit_classification
+from tests.integration.support import status_name, wait_terminal
 
 G = generation_pb2
 
@@ -34,12 +33,6 @@ G = generation_pb2
 @pytest.fixture(scope="module")
 def generation(channel: grpc.Channel) -> generation_pb2_grpc.GenerationStub:
     return generation_pb2_grpc.GenerationStub(channel)
-
-
-def greedy(prompt: str, max_tokens: int = 24) -> generation_pb2.GenerateRequest:
-    return G.GenerateRequest(
-        prompt=prompt, sampling=G.SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    )
 
 
 # A prompt the model continues for as long as it may (it does not stop to end a story).
@@ -76,7 +69,7 @@ def _stops_growing(
 def test_greedy_generation_is_deterministic(
     generation: generation_pb2_grpc.GenerationStub,
 ) -> None:
-    request = greedy("The three primary colors are")
+    request = greedy_request("The three primary colors are")
     first = generation.Generate(request, timeout=120)
     second = generation.Generate(request, timeout=120)
     assert first.text and first.text == second.text
@@ -90,7 +83,7 @@ def test_greedy_generation_is_deterministic(
 def test_streamed_text_matches_the_result(
     generation: generation_pb2_grpc.GenerationStub, tasks: tasks_pb2_grpc.TasksStub
 ) -> None:
-    chunks = list(generation.GenerateStream(greedy("Once upon a time", 32), timeout=120))
+    chunks = list(generation.GenerateStream(greedy_request("Once upon a time", 32), timeout=120))
     *deltas, last = chunks
     assert deltas and all(c.delta for c in deltas)
     assert [c.index for c in chunks] == list(range(len(chunks)))
@@ -100,7 +93,7 @@ def test_streamed_text_matches_the_result(
     assert status_name(result.status) == "TASK_STATUS_SUCCEEDED"
     assert result.generation.text == "".join(c.delta for c in deltas)
     assert result.generation.prompt_tokens == last.prompt_tokens
-    unary = generation.Generate(greedy("Once upon a time", 32), timeout=120)
+    unary = generation.Generate(greedy_request("Once upon a time", 32), timeout=120)
     assert unary.text == result.generation.text
 
 
@@ -113,7 +106,7 @@ def test_chat_messages_use_the_chat_template(
         sampling=G.SamplingParams(max_tokens=16, temperature=0.0),
     )
     answer = generation.Generate(chat, timeout=120)
-    plain = generation.Generate(greedy(content, 16), timeout=120)
+    plain = generation.Generate(greedy_request(content, 16), timeout=120)
     assert answer.text
     # The template wraps the message in role markers (and a default system prompt).
     assert answer.prompt_tokens > plain.prompt_tokens + 4
@@ -124,13 +117,15 @@ def test_sixteen_concurrent_streams_each_get_their_own_tokens(
 ) -> None:
     # Prompts of 16 different lengths: each final chunk must report its own prompt's size.
     prompts = [f"Count the apples: {' '.join(['apple'] * (i + 1))}. Total:" for i in range(16)]
-    lengths = {generation.Generate(greedy(p, 1), timeout=120).prompt_tokens: p for p in prompts}
+    lengths = {
+        generation.Generate(greedy_request(p, 1), timeout=120).prompt_tokens: p for p in prompts
+    }
     assert len(lengths) == 16
     barrier = threading.Barrier(16)
 
     def stream(prompt: str) -> list[generation_pb2.GenerateChunk]:
         barrier.wait(timeout=60)
-        return list(generation.GenerateStream(greedy(prompt, 24), timeout=180))
+        return list(generation.GenerateStream(greedy_request(prompt, 24), timeout=180))
 
     with ThreadPoolExecutor(16) as pool:
         streams = list(pool.map(stream, prompts))
@@ -154,7 +149,7 @@ def test_cancelling_a_stream_aborts_the_generation_and_frees_the_engine(
     redis_client: redis.Redis,
     settings: ServiceSettings,
 ) -> None:
-    call = generation.GenerateStream(greedy(ENDLESS, 1500), timeout=300)
+    call = generation.GenerateStream(greedy_request(ENDLESS, 1500), timeout=300)
     task_id = ""
     for received, chunk in enumerate(call, 1):
         task_id = chunk.task_id
@@ -164,7 +159,7 @@ def test_cancelling_a_stream_aborts_the_generation_and_frees_the_engine(
     result = wait_terminal(tasks, task_id, timeout=30)
     assert status_name(result.status) == "TASK_STATUS_CANCELLED"
     _stops_growing(redis_client, settings, task_id, 1500)
-    after = generation.Generate(greedy("The sky is", 8), timeout=60)
+    after = generation.Generate(greedy_request("The sky is", 8), timeout=60)
     assert after.completion_tokens == 8
 
 
@@ -172,7 +167,7 @@ def test_tasks_cancel_aborts_a_running_generation(
     tasks: tasks_pb2_grpc.TasksStub, redis_client: redis.Redis, settings: ServiceSettings
 ) -> None:
     submitted = tasks.Submit(
-        tasks_pb2.SubmitRequest(generation=greedy(ENDLESS, 1500)),
+        tasks_pb2.SubmitRequest(generation=greedy_request(ENDLESS, 1500)),
         timeout=30,
     )
     deadline = time.monotonic() + 60
@@ -192,7 +187,7 @@ def test_a_passed_deadline_stops_the_generation(
     redis_client: redis.Redis,
     settings: ServiceSettings,
 ) -> None:
-    call = generation.GenerateStream(greedy(ENDLESS, 1500), timeout=3)
+    call = generation.GenerateStream(greedy_request(ENDLESS, 1500), timeout=3)
     task_id = ""
     with pytest.raises(grpc.RpcError) as info:
         for chunk in call:
@@ -207,7 +202,9 @@ def test_a_passed_deadline_stops_the_generation(
 def test_a_submitted_generation_streams_to_a_late_subscriber(
     generation: generation_pb2_grpc.GenerationStub, tasks: tasks_pb2_grpc.TasksStub
 ) -> None:
-    submitted = tasks.Submit(tasks_pb2.SubmitRequest(generation=greedy("Hello, my name is")))
+    submitted = tasks.Submit(
+        tasks_pb2.SubmitRequest(generation=greedy_request("Hello, my name is"))
+    )
     result = wait_terminal(tasks, submitted.task_id)
     assert status_name(result.status) == "TASK_STATUS_SUCCEEDED"
     chunks = list(generation.StreamTask(G.StreamTaskRequest(task_id=submitted.task_id), timeout=30))
@@ -279,12 +276,12 @@ def test_the_worker_refuses_what_only_the_model_knows(
 ) -> None:
     # Within the gateway's limits, beyond the model: a prompt longer than its context,
     # and max_tokens above this model's own cap.
-    long_prompt = greedy("word " * 3000, 8)
+    long_prompt = greedy_request("word " * 3000, 8)
     with pytest.raises(grpc.RpcError) as info:
         generation.Generate(long_prompt, timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "reads at most" in (info.value.details() or "")
-    over_cap = greedy("Hi", 3000)
+    over_cap = greedy_request("Hi", 3000)
     with pytest.raises(grpc.RpcError) as info:
         list(generation.GenerateStream(over_cap, timeout=60))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -294,7 +291,7 @@ def test_the_worker_refuses_what_only_the_model_knows(
 def test_unknown_model_lists_the_served_ones(
     generation: generation_pb2_grpc.GenerationStub,
 ) -> None:
-    request = greedy("Hi")
+    request = greedy_request("Hi")
     request.model = "gpt-nothing"
     with pytest.raises(grpc.RpcError) as info:
         generation.Generate(request, timeout=30)
@@ -305,7 +302,7 @@ def test_unknown_model_lists_the_served_ones(
 def test_generation_metrics(stack: object, generation: generation_pb2_grpc.GenerationStub) -> None:
     import urllib.request
 
-    generation.Generate(greedy("Good morning", 8), timeout=60)
+    generation.Generate(greedy_request("Good morning", 8), timeout=60)
     url = stack.metrics_urls["generation-worker"]  # type: ignore[attr-defined]
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     assert 'nlp_time_to_first_token_seconds_count{kind="generation"' in text
@@ -318,7 +315,7 @@ def test_generation_metrics(stack: object, generation: generation_pb2_grpc.Gener
 
 
 def test_results_carry_the_task(tasks: tasks_pb2_grpc.TasksStub) -> None:
-    submitted = tasks.Submit(tasks_pb2.SubmitRequest(generation=greedy("Rain is", 4)))
+    submitted = tasks.Submit(tasks_pb2.SubmitRequest(generation=greedy_request("Rain is", 4)))
     result = wait_terminal(tasks, submitted.task_id)
     assert result.kind == common_pb2.KIND_GENERATION
     assert result.model.name == DEFAULT_MODEL

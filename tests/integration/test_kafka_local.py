@@ -16,10 +16,7 @@ from deploy.local.kafka import KAFKA_VERSION, KafkaBroker
 kafka: Any = pytest.importorskip("kafka")
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17+"),
-]
+pytestmark = pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17+")
 
 
 def _rss_mib(pid: int | None) -> float:

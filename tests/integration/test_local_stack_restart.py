@@ -17,13 +17,11 @@ import grpc
 import pytest
 
 from deploy.local.kafka import free_port
-from nlp.v1 import classification_pb2, classification_pb2_grpc
+from nlp.v1 import classification_pb2_grpc
+from tests.factories import classify_request
 
-pytestmark = [
-    pytest.mark.integration,
-    # A stack of its own (a JVM among them) starts, and a worker restarts, on 2 busy cores.
-    pytest.mark.timeout(1200),
-]
+# A stack of its own (a JVM among them) starts, and a worker restarts, on 2 busy cores.
+pytestmark = pytest.mark.timeout(1200)
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = "classification-worker"
@@ -63,10 +61,7 @@ def _eventually(check: Callable[[], _T | None], timeout: float, what: str) -> _T
 
 
 def _classify(target: str) -> str:
-    request = classification_pb2.ClassifyRequest(
-        text="The striker scored a late goal",
-        labels=[classification_pb2.Label(name="sports"), classification_pb2.Label(name="politics")],
-    )
+    request = classify_request("The striker scored a late goal", ("sports", "politics"))
     with grpc.insecure_channel(target) as channel:
         stub = classification_pb2_grpc.ClassificationStub(channel)
         return stub.Classify(request, timeout=60).top_label

@@ -22,7 +22,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
-    classification_pb2,
     classification_pb2_grpc,
     common_pb2,
     generation_pb2,
@@ -30,9 +29,8 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from tests.integration.support import submit_classification, wait_terminal
-
-pytestmark = pytest.mark.integration
+from tests.factories import classify_request, submit_classification
+from tests.integration.support import wait_terminal
 
 # At least a minute, as the platform promises; the checks below run meanwhile (shorter
 # while iterating: NLP_TEST_OUTAGE_S=10).
@@ -42,6 +40,8 @@ OUTAGE_S = float(os.environ.get("NLP_TEST_OUTAGE_S", "60"))
 CALL_TIMEOUT_S = 5.0
 # No address, port or exception class reaches a caller.
 _INTERNAL = re.compile(r"127\.0\.0\.1|:\d{2,5}\b|Error|Exception|redis\.|confluent|errno", re.I)
+# What the Classify calls send (labels: sports, politics).
+CLASSIFY_TEXT = "The striker scored twice in the final."
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +57,6 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
 def channel(outage_stack: LocalStack) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(outage_stack.gateway_target) as ch:
         yield ch
-
-
-def _classify_request() -> classification_pb2.ClassifyRequest:
-    return classification_pb2.ClassifyRequest(
-        text="The striker scored twice in the final.",
-        labels=[classification_pb2.Label(name=n) for n in ("sports", "politics")],
-    )
 
 
 def _code(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
@@ -108,7 +101,7 @@ def _first_classify_after(channel: grpc.Channel, timeout: float = 120.0) -> floa
     stub = classification_pb2_grpc.ClassificationStub(channel)
     began = time.monotonic()
     while True:
-        code, _ = _code(lambda: stub.Classify(_classify_request(), timeout=2.0))
+        code, _ = _code(lambda: stub.Classify(classify_request(CLASSIFY_TEXT), timeout=2.0))
         if code == grpc.StatusCode.OK:
             return time.monotonic() - began
         assert time.monotonic() - began < timeout, f"no Classify succeeded; last {code}"
@@ -133,7 +126,9 @@ def _calls(channel: grpc.Channel, task_id: str, needing: str) -> dict[str, Calla
         "Submit": lambda: tasks.Submit(
             submit_classification("The senate voted."), timeout=CALL_TIMEOUT_S
         ),
-        "Classify": lambda: classify.Classify(_classify_request(), timeout=CALL_TIMEOUT_S),
+        "Classify": lambda: classify.Classify(
+            classify_request(CLASSIFY_TEXT), timeout=CALL_TIMEOUT_S
+        ),
         "GenerateStream": lambda: generation.GenerateStream(stream_request, timeout=CALL_TIMEOUT_S),
     }
     reading = {

@@ -17,7 +17,6 @@ from kafka import KafkaProducer
 from deploy.local.otlp import OtlpSink
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
-    classification_pb2,
     classification_pb2_grpc,
     common_pb2,
     tasks_pb2,
@@ -27,21 +26,10 @@ from shared.contracts import names
 from shared.contracts.envelope import make_envelope
 from shared.contracts.settings import ServiceSettings
 from shared.transport.kafka import header
-from tests.integration.support import TopicTail, status_name, submit_classification, wait_terminal
-
-pytestmark = pytest.mark.integration
+from tests.factories import classification_envelope, classify_request, submit_classification
+from tests.integration.support import TopicTail, status_name, wait_terminal
 
 KIND = "classification"
-
-
-def _request(text: str) -> classification_pb2.ClassifyRequest:
-    return classification_pb2.ClassifyRequest(
-        text=text, labels=[classification_pb2.Label(name=n) for n in ("sports", "politics")]
-    )
-
-
-def _envelope(text: str, deadline_s: float = 60.0) -> tasks_pb2.TaskEnvelope:
-    return make_envelope(KIND, _request(text), deadline_s=deadline_s)
 
 
 def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
@@ -53,15 +41,15 @@ def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
     topic = settings.names.task_topic(KIND)
     dead = tail(settings.names.dead_letter_topic)
 
-    wrong_kind = _envelope("about politics")
+    wrong_kind = classification_envelope("about politics")
     wrong_kind.kind = common_pb2.KIND_NER
-    empty_text = _envelope("x")
+    empty_text = classification_envelope("x")
     empty_text.classification.text = "   "
-    no_id = _envelope("about sports")
+    no_id = classification_envelope("about sports")
     no_id.task_id = ""
-    no_request = _envelope("x")
+    no_request = classification_envelope("x")
     no_request.ClearField("request")
-    past_created = _envelope("x")
+    past_created = classification_envelope("x")
     past_created.deadline.seconds = past_created.created_at.seconds - 10
     bad: dict[str, bytes] = {
         "garbage": os.urandom(512),
@@ -73,7 +61,7 @@ def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
         "no-request": no_request.SerializeToString(),
         "deadline-before-created": past_created.SerializeToString(),
     }
-    good = [_envelope(f"The team won the match number {i}.") for i in range(5)]
+    good = [classification_envelope(f"The team won the match number {i}.") for i in range(5)]
     # One partition, bad records first: the good ones must still get through.
     for marker, value in bad.items():
         producer.send(topic, value=value, partition=0, headers=[("test-marker", marker.encode())])
@@ -106,7 +94,7 @@ def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
 def test_expired_task_ends_deadline_exceeded_without_running(
     settings: ServiceSettings, producer: KafkaProducer, tasks: tasks_pb2_grpc.TasksStub
 ) -> None:
-    envelope = make_envelope(KIND, _request("late"), deadline_s=5, now=time.time() - 60)
+    envelope = make_envelope(KIND, classify_request("late"), deadline_s=5, now=time.time() - 60)
     producer.send(settings.names.task_topic(KIND), value=envelope.SerializeToString())
     producer.flush(timeout=30)
     result = wait_terminal(tasks, envelope.task_id)
@@ -125,7 +113,7 @@ def test_grpc_deadline_becomes_the_envelope_deadline(
     import grpc
 
     topic = tail(settings.names.task_topic(KIND))
-    request = _request("The striker scored twice in the final.")
+    request = classify_request("The striker scored twice in the final.")
     with pytest.raises(grpc.RpcError) as info:
         classifier.Classify(request, timeout=1.0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

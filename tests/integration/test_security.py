@@ -22,7 +22,6 @@ from grpc_status import rpc_status
 from deploy.local.certs import CertificateAuthority, Pair
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
-    classification_pb2,
     classification_pb2_grpc,
     common_pb2,
     generation_pb2,
@@ -36,7 +35,8 @@ from nlp.v1 import (
 )
 from services.gateway.auth import UNAUTHENTICATED_DETAILS, digest
 from shared.client.connection import ClientSettings, connect
-from tests.integration.support import submit_classification, wait_terminal
+from tests.factories import classify_request, submit_classification
+from tests.integration.support import wait_terminal
 
 KEYS = {
     "team-a": "nlp_test_key_team_a_0123456789abcdef",
@@ -147,18 +147,13 @@ def channel_for(secured: LocalStack, pki: Pki) -> Iterator[Callable[..., grpc.Ch
         channel.close()
 
 
-def _classify(
-    text: str = "The striker scored twice in the final.",
-) -> classification_pb2.ClassifyRequest:
-    request = classification_pb2.ClassifyRequest(text=text)
-    for label in ("sports", "politics"):
-        request.labels.add(name=label)
-    return request
+# What the Classify calls send (labels: sports, politics).
+CLASSIFY_TEXT = "The striker scored twice in the final."
 
 
 # Every RPC of the API with a minimal request: (method, request, shape).
 RPCS: list[tuple[str, Message, str]] = [
-    ("/nlp.v1.Classification/Classify", _classify(), "unary"),
+    ("/nlp.v1.Classification/Classify", classify_request(CLASSIFY_TEXT), "unary"),
     ("/nlp.v1.Ner/Recognize", ner_pb2.NerRequest(text="Paris"), "unary"),
     ("/nlp.v1.Summarization/Summarize", summarization_pb2.SummarizeRequest(text="A. B."), "unary"),
     ("/nlp.v1.Generation/Generate", generation_pb2.GenerateRequest(prompt="hi"), "unary"),
@@ -248,7 +243,7 @@ def test_a_malformed_authorization_header_is_unauthenticated(secured: LocalStack
 
 def test_a_key_identifies_the_tenant(channel_for: Callable[..., grpc.Channel]) -> None:
     classifier = classification_pb2_grpc.ClassificationStub(channel_for(KEYS["team-a"]))
-    assert classifier.Classify(_classify(), timeout=60).top_label == "sports"
+    assert classifier.Classify(classify_request(CLASSIFY_TEXT), timeout=60).top_label == "sports"
     tasks = tasks_pb2_grpc.TasksStub(channel_for(KEYS["team-a"]))
     task_id = tasks.Submit(submit_classification("A derby win."), timeout=30).task_id
     result = wait_terminal(tasks, task_id)
@@ -393,7 +388,7 @@ def test_over_its_tasks_in_flight_a_tenant_waits_while_others_are_served(
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "in flight" in (error.details() or "")
     assert _retry_ms(error) > 0
-    assert other.Classify(_classify(), timeout=60).top_label == "sports"
+    assert other.Classify(classify_request(CLASSIFY_TEXT), timeout=60).top_label == "sports"
     # A finished (here: cancelled) task stops counting.
     narrow.Cancel(tasks_pb2.CancelTaskRequest(task_id=held[0]), timeout=10)
     narrow.Submit(ner_task(), timeout=10)

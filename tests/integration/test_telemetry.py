@@ -21,30 +21,23 @@ from kafka import KafkaProducer
 from deploy.local.otlp import OtlpSink, SpanRecord
 from deploy.local.stack import AVAILABLE_KINDS, LocalStack
 from nlp.v1 import (
-    classification_pb2,
     common_pb2,
-    generation_pb2,
-    ner_pb2,
     summarization_pb2,
     tasks_pb2,
     tasks_pb2_grpc,
 )
 from shared.contracts.settings import ServiceSettings
 from shared.transport.kafka import task_headers
-from tests.integration.support import TopicTail, submit_classification, wait_terminal
+from tests.factories import classify_request, greedy_request, ner_request, submit_classification
+from tests.integration.support import TopicTail, wait_terminal
 
 SPAN_SERVER, SPAN_PRODUCER, SPAN_CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values
 
 REQUESTS: dict[str, tasks_pb2.SubmitRequest] = {
     "classification": submit_classification("The striker scored twice in the final."),
-    "ner": tasks_pb2.SubmitRequest(
-        ner=ner_pb2.NerRequest(text="Angela Merkel visited Paris in 2015.")
-    ),
+    "ner": tasks_pb2.SubmitRequest(ner=ner_request("Angela Merkel visited Paris in 2015.")),
     "generation": tasks_pb2.SubmitRequest(
-        generation=generation_pb2.GenerateRequest(
-            prompt="Kafka keeps the log.",
-            sampling=generation_pb2.SamplingParams(max_tokens=4, temperature=0.0),
-        )
+        generation=greedy_request("Kafka keeps the log.", max_tokens=4)
     ),
     "summarization": tasks_pb2.SubmitRequest(
         summarization=summarization_pb2.SummarizeRequest(
@@ -132,9 +125,7 @@ def test_one_trace_per_task_through_every_process(
 def test_sync_rpc_waits_in_the_same_trace(otlp: OtlpSink, channel: grpc.Channel) -> None:
     from nlp.v1 import classification_pb2_grpc
 
-    request = classification_pb2.ClassifyRequest(text="Parliament passed the budget.")
-    for label in ("sports", "politics"):
-        request.labels.add(name=label)
+    request = classify_request("Parliament passed the budget.")
     response = classification_pb2_grpc.ClassificationStub(channel).Classify(request, timeout=30)
     spans = _trace_of(
         otlp,
