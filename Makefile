@@ -11,7 +11,7 @@ RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
-        test test-unit test-integration run up down bench bench-bulk bench-tracing bench-security bench-generation bench-hops clean
+        test test-unit test-deploy test-integration run up down bench bench-bulk bench-tracing bench-security bench-generation bench-hops bench-analysis bench-report clean
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
@@ -61,6 +61,10 @@ test: setup protos-check lint typecheck
 test-unit: setup-python
 	@$(PY) -m pytest tests/unit
 
+# The deployment lints (compose, Kubernetes overlays, Dockerfile), offline.
+test-deploy: setup-deploy-tools
+	@$(PY) -m pytest tests/deploy
+
 test-integration: setup
 	@$(PY) -m pytest tests/integration
 
@@ -87,6 +91,9 @@ bench: setup
 	@$(PY) -m bench.hops --kind generation
 	@$(PY) -m bench.hops --kind classification
 
+bench-analysis: setup
+	@$(PY) -m bench.analysis
+
 bench-bulk: setup
 	@$(PY) -m bench.bulk
 
@@ -105,5 +112,12 @@ bench-hops: setup
 	@$(PY) -m bench.hops --kind generation
 	@$(PY) -m bench.hops --kind classification
 
+# docs/benchmarks.md (tables, plots in docs/img/) from the committed bench-results/*.json;
+# `python -m bench.report --results DIR --out FILE` renders other results elsewhere.
+bench-report: setup-python
+	@$(PY) -m bench.report
+
 clean:
-	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache bench-results
+	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache
+	@# bench-results/*.json are committed (the report's source); anything else there is scratch.
+	@if [ -d bench-results ]; then find bench-results -mindepth 1 -maxdepth 1 ! -name '*.json' -exec rm -rf {} +; fi

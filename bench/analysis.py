@@ -27,62 +27,37 @@ failed (the numbers are suspect then).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import importlib
-import json
-import os
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
 
-from bench.corpora import CORPORA, SEED, Corpus
+from bench.common import Bench, Getter, Output, Table, cpus_usable, format_errors, note
+from bench.corpora import CORPORA, KINDS, SEED, Corpus, KindSpec
 from bench.harness import (
     TaskFailedError,
-    add_env_argument,
     cpu_delta,
-    cpus_usable,
     drive,
     environ,
     fold_cpu,
-    format_errors,
     machine_cpu_s,
-    machine_info,
     mean,
-    note,
-    parse_env,
     percentiles,
     stack_cpu,
-    table,
 )
-from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import AVAILABLE_KINDS, LocalStack
-from nlp.v1 import (
-    classification_pb2,
-    classification_pb2_grpc,
-    common_pb2,
-    ner_pb2,
-    ner_pb2_grpc,
-    summarization_pb2,
-    summarization_pb2_grpc,
-    tasks_pb2,
-    tasks_pb2_grpc,
-)
+from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 from shared.contracts.settings import WorkerSettings
 from shared.runtime.engines import Engine, EngineFactory, StreamingEngine
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench-results" / "analysis.json"
 # Per-RPC deadline: bounds how far a measurement can overrun its time budget.
 RPC_TIMEOUT_S = 30.0
 # Documents whose direct answers the sequential RPCs are compared with.
@@ -143,95 +118,7 @@ QUICK = Plan(
 )
 
 
-# --- kinds --------------------------------------------------------------------------------
-
-Rpc = Callable[[Any, float], Awaitable[Message]]
-
-
-def _classify_rpc(channel: grpc.aio.Channel) -> Rpc:
-    stub = classification_pb2_grpc.ClassificationStub(channel)
-
-    async def call(request: Any, timeout: float) -> Message:
-        return await stub.Classify(request, timeout=timeout)
-
-    return call
-
-
-def _ner_rpc(channel: grpc.aio.Channel) -> Rpc:
-    stub = ner_pb2_grpc.NerStub(channel)
-
-    async def call(request: Any, timeout: float) -> Message:
-        return await stub.Recognize(request, timeout=timeout)
-
-    return call
-
-
-def _summarize_rpc(channel: grpc.aio.Channel) -> Rpc:
-    stub = summarization_pb2_grpc.SummarizationStub(channel)
-
-    async def call(request: Any, timeout: float) -> Message:
-        return await stub.Summarize(request, timeout=timeout)
-
-    return call
-
-
-def _classification_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
-    responses: Sequence[classification_pb2.ClassifyResponse] = outputs
-    hits = [r.top_label == topic for r, topic in zip(responses, corpus.topics, strict=False)]
-    return {"top_label_accuracy": mean(float(h) for h in hits)}
-
-
-def _ner_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
-    responses: Sequence[ner_pb2.NerResponse] = outputs
-    found, planted = 0, 0
-    for response, names in zip(responses, corpus.truth, strict=False):
-        texts = [e.text for e in response.entities if e.text]
-        planted += len(names)
-        # Overlap, not equality: "the United Nations" may come back as "United Nations".
-        found += sum(any(t in name or name in t for t in texts) for name in names)
-    return {
-        "entities_per_doc": mean(float(len(r.entities)) for r in responses),
-        "planted_name_recall": found / planted if planted else float("nan"),
-    }
-
-
-def _summarization_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
-    responses: Sequence[summarization_pb2.SummarizeResponse] = outputs
-    kept = [len(r.sentences) for r in responses]
-    return {
-        "summary_sentences_mean": mean(float(k) for k in kept),
-        "kept_fraction": mean(k / n for k, n in zip(kept, corpus.truth, strict=False)),
-    }
-
-
-@dataclass(frozen=True)
-class KindSpec:
-    """How to call one kind through the gateway and judge its answers."""
-
-    name: str
-    rpc: Callable[[grpc.aio.Channel], Rpc]
-    # What must agree between a direct answer and the platform's for the same text.
-    key: Callable[[Any], object]
-    check: Callable[[Corpus, Sequence[Any]], dict[str, float]]
-
-
-KINDS: dict[str, KindSpec] = {
-    "classification": KindSpec(
-        "classification", _classify_rpc, lambda r: r.top_label, _classification_check
-    ),
-    "ner": KindSpec(
-        "ner",
-        _ner_rpc,
-        lambda r: tuple((e.start, e.end, e.label) for e in r.entities),
-        _ner_check,
-    ),
-    "summarization": KindSpec(
-        "summarization",
-        _summarize_rpc,
-        lambda r: tuple((s.start, s.end) for s in r.sentences),
-        _summarization_check,
-    ),
-}
+# --- engines ------------------------------------------------------------------------------
 
 
 def worker_settings(kind: str, env: Mapping[str, str]) -> WorkerSettings:
@@ -375,24 +262,18 @@ class Summary:
 
 @dataclass
 class Report:
-    benchmark: str
-    timestamp: str
-    argv: list[str]
-    quick: bool
-    plan: dict[str, Any]
-    env: dict[str, str]
-    machine: dict[str, Any]
-    load_avg_at_start: tuple[float, float, float]
-    load_avg_at_end: tuple[float, float, float]
+    """What the run found (bench.common's record adds when, where and how it ran)."""
+
     settings: dict[str, dict[str, Any]]
     corpora: dict[str, dict[str, Any]]
     direct: list[DirectResult]
     stack_start_s: float
     gateway: list[GatewayResult]
     summary: list[Summary]
-    wall_s: float
     errors: int = 0
-    notes: list[str] = field(default_factory=list)
+
+
+Results = Report
 
 
 # --- direct baseline ----------------------------------------------------------------------
@@ -586,7 +467,7 @@ async def run_gateway(
     first_errors: list[str] = []
 
     async def call(i: int) -> None:
-        await rpc(requests[i % len(requests)], RPC_TIMEOUT_S)
+        await rpc(requests[i % len(requests)], timeout=RPC_TIMEOUT_S)
 
     # Warm-up at several batch sizes: connections, the Kafka producer's metadata, the
     # worker's caches and runtime allocations for new shapes.
@@ -634,7 +515,7 @@ async def run_gateway(
     async def timed(i: int) -> None:
         await asyncio.sleep(plan.latency_pause_s)  # lets the pipeline go idle in between
         started = time.perf_counter()
-        response = await rpc(requests[i % len(requests)], RPC_TIMEOUT_S)
+        response = await rpc(requests[i % len(requests)], timeout=RPC_TIMEOUT_S)
         latencies.append((time.perf_counter() - started) * 1000)
         if i < len(direct_keys):
             agreed[spec.key(response) == direct_keys[i]] += 1
@@ -693,7 +574,7 @@ async def run_all_gateway(
     return results
 
 
-# --- report -------------------------------------------------------------------------------
+# --- output -------------------------------------------------------------------------------
 
 
 def _cpu_rows(gw: GatewayResult) -> list[list[object]]:
@@ -703,15 +584,9 @@ def _cpu_rows(gw: GatewayResult) -> list[list[object]]:
     rows: list[list[object]] = []
     for label, docs, seconds, cpu_s in [*runs, ("seq", lat.requests, lat.seconds, lat.cpu_s)]:
         per_doc = [cpu_s[g] * 1000 / docs if docs else float("nan") for g in CPU_GROUPS]
-        rows.append(
-            [
-                label,
-                *per_doc,
-                cpu_s["machine"] * 1000 / docs if docs else float("nan"),
-                f"{cpu_s['machine'] / seconds:.2f}",
-                f"{cpu_s['steal'] / seconds:.2f}",
-            ]
-        )
+        total = cpu_s["machine"] * 1000 / docs if docs else float("nan")
+        busy, steal = cpu_s["machine"] / seconds, cpu_s["steal"] / seconds
+        rows.append([label, *per_doc, total, f"{busy:.2f}", f"{steal:.2f}"])
     return rows
 
 
@@ -721,29 +596,12 @@ def stack_cpu_ms_per_doc(run: LoadRun) -> float:
     return ours * 1000 / run.docs if run.docs else float("nan")
 
 
-def _stage_row(s: StageSample) -> list[object]:
-    return [
-        s.concurrency,
-        s.tasks,
-        s.docs_per_s,
-        s.queued_ms,
-        s.waited_ms,
-        s.ran_ms,
-        s.other_ms,
-        s.end_to_end_ms,
-        s.batch_mean_per_task,
-        s.batch_mean_per_batch,
-        s.batch_max,
-        format_errors(s.errors),
-    ]
-
-
 def _settings_line(settings: Mapping[str, Any]) -> str:
     keys = ("batch_max_size", "batch_max_wait_ms", "batch_runners", "concurrency")
     return " ".join(f"{k}={settings[k]}" for k in keys)
 
 
-def render_kind(report: Report, direct: DirectResult, gw: GatewayResult) -> str:
+def kind_tables(report: Report, direct: DirectResult, gw: GatewayResult) -> list[Table]:
     """The tables of one kind."""
     c = report.corpora[direct.kind]
     extra = ""
@@ -752,162 +610,123 @@ def render_kind(report: Report, direct: DirectResult, gw: GatewayResult) -> str:
     if "sentences_min" in c:
         extra = f", {c['sentences_min']}-{c['sentences_max']} sentences"
     check = ", ".join(f"{k} {v:.2f}" for k, v in direct.check.items())
-    sat = gw.at_saturation
-    lat = gw.latency
-    return "\n".join(
-        [
-            f"== {direct.kind}: {direct.model} ({direct.model_version})",
-            f"  worker: {_settings_line(report.settings[direct.kind])}",
-            f"  corpus: {c['docs']} docs, {c['words_min']}-{c['words_max']} words "
-            f"(mean {c['words_mean']:.0f}){extra}",
-            "",
+    sat, lat = gw.at_saturation, gw.latency
+    stage_columns: dict[str, Getter] = {
+        "clients": "concurrency",
+        "tasks": "tasks",
+        "docs/s": "docs_per_s",
+        "queued": "queued_ms",
+        "waited": "waited_ms",
+        "ran": "ran_ms",
+        "other": "other_ms",
+        "end-to-end": "end_to_end_ms",
+        "batch/task": "batch_mean_per_task",
+        "batch/batch": "batch_mean_per_batch",
+        "max": "batch_max",
+        "errors": lambda s: format_errors(s.errors),
+    }
+    return [
+        Table.of_items(
             f"direct: run_batch in-process (engine loaded in {direct.load_s:.1f}s; {check})",
-            table(
-                [
-                    "batch",
-                    "callers",
-                    "docs",
-                    "seconds",
-                    "docs/s",
-                    "cpu cores",
-                    "ms cpu/doc",
-                    "other cores",
-                ],
-                [
-                    [
-                        r.batch_size,
-                        r.callers,
-                        r.docs,
-                        r.seconds,
-                        r.docs_per_s,
-                        f"{r.cpu_cores:.2f}",
-                        r.cpu_ms_per_doc,
-                        f"{r.other_cores:.2f}",
-                    ]
-                    for r in direct.runs
-                ],
-            ),
-            f"  best: {direct.best_docs_per_s:.1f} docs/s at batch {direct.best_batch_size}"
-            f" x{direct.best_callers} callers",
-            "",
-            "gateway: concurrent sync RPCs",
-            table(
-                ["clients", "docs", "errors", "seconds", "docs/s"],
-                [
-                    [r.concurrency, r.docs, format_errors(r.errors), r.seconds, r.docs_per_s]
-                    for r in gw.load
-                ],
-            ),
-            f"  saturation: {gw.saturation_docs_per_s:.1f} docs/s at "
-            f"{gw.saturation_concurrency} clients",
-            "",
-            "cpu ms per doc by component (idle: the other kinds' services; other: not ours; "
-            "seq: the latency run)",
-            table(
-                ["clients", *CPU_GROUPS, "total", "cores busy", "steal"],
-                _cpu_rows(gw),
-            ),
-            "",
-            "stages: Tasks.Submit + Tasks.Wait, mean ms (other: gateway, Kafka ack, Redis, "
-            "gRPC); batch: size tasks ran in",
-            table(
-                [
-                    "clients",
-                    "tasks",
-                    "docs/s",
-                    "queued",
-                    "waited",
-                    "ran",
-                    "other",
-                    "end-to-end",
-                    "batch/task",
-                    "batch/batch",
-                    "max",
-                    "errors",
-                ],
-                [_stage_row(gw.idle), _stage_row(sat)],
-            ),
-            f"  batch sizes at {sat.concurrency} clients (size:tasks): "
-            + " ".join(f"{k}:{v}" for k, v in sat.batch_sizes.items()),
-            "",
-            f"latency: sequential sync RPCs, {lat.requests} requests (ms); agreement with "
-            f"direct on {lat.compared} docs",
-            table(
-                ["p50", "p90", "p99", "max", "mean", "agreement", "errors"],
-                [
-                    [
-                        lat.p50_ms,
-                        lat.p90_ms,
-                        lat.p99_ms,
-                        lat.max_ms,
-                        lat.mean_ms,
-                        f"{lat.agreement:.3f}",
-                        format_errors(lat.errors),
-                    ]
-                ],
-            ),
-        ]
-        + ([f"  first error: {gw.first_error}"] if gw.first_error else [])
-    )
-
-
-def render(report: Report) -> str:
-    """Every kind's tables, then the summary."""
-    m = report.machine
-    start, end = report.load_avg_at_start, report.load_avg_at_end
-    parts = [
-        f"analysis benchmark  {report.timestamp}  ({'quick' if report.quick else 'full'}, "
-        f"{report.wall_s:.0f}s)",
-        f"  {m['cpu_count']} CPUs, Python {m['python']}, {m['platform']}",
-        f"  load average 1/5/15 min: {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f} at start, "
-        f"{end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f} at end",
-        f"  env: {' '.join(f'{k}={v}' for k, v in report.env.items()) or '(none)'}; "
-        f"stack ready in {report.stack_start_s:.1f}s",
-    ]
-    for direct, gw in zip(report.direct, report.gateway, strict=True):
-        parts += ["", render_kind(report, direct, gw)]
-    parts += [
-        "",
-        "== summary (ratio: gateway saturation / best direct; batch: mean size per task at "
-        "saturation; p50/p99: sequential latency, ms; cpu/doc: ms, stack without the client)",
-        table(
-            [
-                "kind",
-                "direct docs/s",
-                "@batch",
-                "x callers",
-                "gateway docs/s",
-                "@clients",
-                "ratio",
-                "batch",
-                "max",
-                "p50",
-                "p99",
-                "cpu/doc direct",
-                "cpu/doc stack",
+            {
+                "batch": "batch_size",
+                "callers": "callers",
+                "docs": "docs",
+                "seconds": "seconds",
+                "docs/s": "docs_per_s",
+                "cpu cores": lambda r: f"{r.cpu_cores:.2f}",
+                "ms cpu/doc": "cpu_ms_per_doc",
+                "other cores": lambda r: f"{r.other_cores:.2f}",
+            },
+            direct.runs,
+            notes=[
+                f"best: {direct.best_docs_per_s:.1f} docs/s at batch {direct.best_batch_size}"
+                f" x{direct.best_callers} callers"
             ],
-            [
-                [
-                    s.kind,
-                    s.direct_docs_per_s,
-                    s.direct_batch_size,
-                    s.direct_callers,
-                    s.gateway_docs_per_s,
-                    s.gateway_clients,
-                    f"{s.ratio:.2f}",
-                    s.batch_mean,
-                    s.batch_max,
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.direct_cpu_ms_per_doc,
-                    s.stack_cpu_ms_per_doc,
-                ]
-                for s in report.summary
+            section=f"{direct.kind}: {direct.model} ({direct.model_version})",
+            about=[
+                f"worker: {_settings_line(report.settings[direct.kind])}",
+                f"corpus: {c['docs']} docs, {c['words_min']}-{c['words_max']} words "
+                f"(mean {c['words_mean']:.0f}){extra}",
             ],
         ),
+        Table.of_items(
+            "gateway: concurrent sync RPCs",
+            {
+                "clients": "concurrency",
+                "docs": "docs",
+                "errors": lambda r: format_errors(r.errors),
+                "seconds": "seconds",
+                "docs/s": "docs_per_s",
+            },
+            gw.load,
+            notes=[
+                f"saturation: {gw.saturation_docs_per_s:.1f} docs/s at "
+                f"{gw.saturation_concurrency} clients"
+            ],
+        ),
+        Table.of(
+            "cpu ms per doc by component (idle: the other kinds' services; other: not ours; "
+            "seq: the latency run)",
+            ["clients", *CPU_GROUPS, "total", "cores busy", "steal"],
+            _cpu_rows(gw),
+        ),
+        Table.of_items(
+            "stages: Tasks.Submit + Tasks.Wait, mean ms (other: gateway, Kafka ack, Redis, "
+            "gRPC); batch: size tasks ran in",
+            stage_columns,
+            [gw.idle, sat],
+            notes=[
+                f"batch sizes at {sat.concurrency} clients (size:tasks): "
+                + " ".join(f"{k}:{v}" for k, v in sat.batch_sizes.items())
+            ],
+        ),
+        Table.of_items(
+            f"latency: sequential sync RPCs, {lat.requests} requests (ms); agreement with "
+            f"direct on {lat.compared} docs",
+            {
+                "p50": "p50_ms",
+                "p90": "p90_ms",
+                "p99": "p99_ms",
+                "max": "max_ms",
+                "mean": "mean_ms",
+                "agreement": lambda r: f"{r.agreement:.3f}",
+                "errors": lambda r: format_errors(r.errors),
+            },
+            [lat],
+            notes=[f"first error: {gw.first_error}"] if gw.first_error else [],
+        ),
     ]
-    parts += [f"note: {n}" for n in report.notes]
-    return "\n".join(parts)
+
+
+def output(report: Report) -> Output:
+    """Every kind's tables, then the summary."""
+    tables = [
+        t
+        for direct, gw in zip(report.direct, report.gateway, strict=True)
+        for t in kind_tables(report, direct, gw)
+    ]
+    summary = Table.of_items(
+        "== summary (ratio: gateway saturation / best direct; batch: mean size per task at "
+        "saturation; p50/p99: sequential latency, ms; cpu/doc: ms, stack without the client)",
+        {
+            "kind": "kind",
+            "direct docs/s": "direct_docs_per_s",
+            "@batch": "direct_batch_size",
+            "x callers": "direct_callers",
+            "gateway docs/s": "gateway_docs_per_s",
+            "@clients": "gateway_clients",
+            "ratio": lambda s: f"{s.ratio:.2f}",
+            "batch": "batch_mean",
+            "max": "batch_max",
+            "p50": "p50_ms",
+            "p99": "p99_ms",
+            "cpu/doc direct": "direct_cpu_ms_per_doc",
+            "cpu/doc stack": "stack_cpu_ms_per_doc",
+        },
+        report.summary,
+    )
+    return Output([f"stack ready in {report.stack_start_s:.1f}s"], [*tables, summary])
 
 
 def _errors_of(gw: GatewayResult) -> int:
@@ -920,33 +739,47 @@ def _errors_of(gw: GatewayResult) -> int:
     return sum(sum(c.values()) for c in counts)
 
 
+def summarize(direct: DirectResult, gw: GatewayResult) -> Summary:
+    """One kind's line of the summary."""
+    best = (direct.best_batch_size, direct.best_callers)
+    return Summary(
+        direct.kind,
+        direct.best_docs_per_s,
+        direct.best_batch_size,
+        direct.best_callers,
+        gw.saturation_docs_per_s,
+        gw.saturation_concurrency,
+        gw.saturation_docs_per_s / direct.best_docs_per_s,
+        gw.at_saturation.batch_mean_per_task,
+        gw.at_saturation.batch_max,
+        gw.latency.p50_ms,
+        gw.latency.p99_ms,
+        next(r.cpu_ms_per_doc for r in direct.runs if (r.batch_size, r.callers) == best),
+        stack_cpu_ms_per_doc(
+            next(r for r in gw.load if r.concurrency == gw.saturation_concurrency)
+        ),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.analysis",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    bench = Bench(
+        "analysis",
+        __doc__,
+        env="environment for every stack service, e.g. NLP_BATCH_MAX_SIZE=32 (repeatable)",
+        plan=Plan(),
+        quick_plan=QUICK,
+        load_hint="see the 'other cores' and 'other' CPU columns",
     )
     benched = [k for k in KINDS if k in AVAILABLE_KINDS]
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke test")
-    parser.add_argument(
+    bench.parser.add_argument(
         "--kinds", default=",".join(benched), help=f"comma-separated (default: {','.join(benched)})"
     )
-    add_env_argument(
-        parser, "environment for every stack service, e.g. NLP_BATCH_MAX_SIZE=32 (repeatable)"
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    args = parser.parse_args(argv)
-    interrupt_on_termination()  # a killed run stops its stacks too
+    args = bench.parse(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in benched]
-    if unknown or not kinds:
-        parser.error(f"--kinds: choose from {', '.join(benched)}")
-    env = parse_env(args.env, parser)
-    plan = QUICK if args.quick else Plan()
+    if not kinds or any(k not in benched for k in kinds):
+        bench.error(f"--kinds: choose from {', '.join(benched)}")
+    env, plan = bench.env, bench.plan
     specs = [KINDS[k] for k in kinds]
-
-    started = time.monotonic()
-    load_at_start = os.getloadavg()
     settings = {
         k: worker_settings(k, env).model_dump(mode="json", include=REPORTED_SETTINGS) for k in kinds
     }
@@ -966,61 +799,16 @@ def main(argv: list[str] | None = None) -> int:
         stack_start_s = time.monotonic() - stack_started
         gateway = asyncio.run(run_all_gateway(stack, specs, corpora, plan, keys))
 
-    summary = [
-        Summary(
-            d.kind,
-            d.best_docs_per_s,
-            d.best_batch_size,
-            d.best_callers,
-            g.saturation_docs_per_s,
-            g.saturation_concurrency,
-            g.saturation_docs_per_s / d.best_docs_per_s,
-            g.at_saturation.batch_mean_per_task,
-            g.at_saturation.batch_max,
-            g.latency.p50_ms,
-            g.latency.p99_ms,
-            next(
-                r.cpu_ms_per_doc
-                for r in d.runs
-                if (r.batch_size, r.callers) == (d.best_batch_size, d.best_callers)
-            ),
-            stack_cpu_ms_per_doc(
-                next(r for r in g.load if r.concurrency == g.saturation_concurrency)
-            ),
-        )
-        for d, g in zip(direct, gateway, strict=True)
-    ]
-    notes = []
-    if load_at_start[0] > 0.5:
-        notes.append(
-            f"1-min load average was {load_at_start[0]:.2f} at start (earlier work still "
-            "decaying, or another program): see the 'other cores' and 'other' CPU columns"
-        )
     report = Report(
-        benchmark="analysis",
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-        argv=sys.argv[1:] if argv is None else argv,
-        quick=args.quick,
-        plan=asdict(plan),
-        env=env,
-        machine=machine_info(),
-        load_avg_at_start=load_at_start,
-        load_avg_at_end=os.getloadavg(),
         settings=settings,
         corpora={k: {**c.stats(), "seed": SEED} for k, c in corpora.items()},
         direct=direct,
         stack_start_s=stack_start_s,
         gateway=gateway,
-        summary=summary,
-        wall_s=time.monotonic() - started,
+        summary=[summarize(d, g) for d, g in zip(direct, gateway, strict=True)],
         errors=sum(_errors_of(g) for g in gateway),
-        notes=notes,
     )
-    print(render(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    note(f"wrote {args.out}")
-    return 1 if report.errors else 0
+    return bench.finish(report, output(report), failed=report.errors > 0)
 
 
 if __name__ == "__main__":

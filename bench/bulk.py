@@ -18,7 +18,6 @@ when a document did not succeed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import subprocess
@@ -26,38 +25,26 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 import grpc
 
+from bench.common import ROOT, Bench, Output, Table, note
 from bench.corpora import CORPORA, SEED
-from bench.harness import (
-    add_env_argument,
-    cpu_delta,
-    drive,
-    machine_info,
-    note,
-    parse_env,
-    stack_cpu,
-    table,
-)
-from deploy.local.kafka import interrupt_on_termination
+from bench.harness import cpu_delta, drive, stack_cpu
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2, classification_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench-results" / "bulk.json"
 KIND = "classification"
 LABELS = "sports,politics,technology,finance,health"
 RPC_TIMEOUT_S = 30.0
 SAMPLE_EVERY_S = 0.2
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     corpus_docs: int = 400
     single_concurrency: tuple[int, ...] = (64, 128)
@@ -106,20 +93,17 @@ class BulkRun:
 
 @dataclass
 class Report:
-    benchmark: str
-    timestamp: str
-    argv: list[str]
-    quick: bool
-    plan: dict[str, Any]
-    env: dict[str, str]
-    machine: dict[str, Any]
+    """What the run found (bench.common's record adds when, where and how it ran)."""
+
     single: list[SingleRun]
     single_saturation_docs_per_s: float
     bulk: list[BulkRun]
     bulk_vs_single: float
     gateway_rss_growth: float
     cli_rss_growth: float
-    wall_s: float
+
+
+Results = Report
 
 
 def _rss_mb(pid: int) -> float:
@@ -251,103 +235,69 @@ def run_bulk(stack: LocalStack, workdir: Path, texts: list[str], docs: int, plan
     return run
 
 
-def render(report: Report) -> str:
-    single = table(
-        ["clients", "docs", "errors", "s", "docs/s"],
-        [
-            [r.concurrency, r.done, sum(r.errors.values()), r.seconds, r.docs_per_s]
-            for r in report.single
-        ],
+def output(report: Report) -> Output:
+    saturation = report.single_saturation_docs_per_s
+    single = Table.of_items(
+        "single synchronous RPCs (saturation = best)",
+        {
+            "clients": "concurrency",
+            "docs": "done",
+            "errors": lambda r: sum(r.errors.values()),
+            "s": "seconds",
+            "docs/s": "docs_per_s",
+        },
+        report.single,
     )
-    bulk = table(
-        [
-            "docs",
-            "s",
-            "docs/s",
-            "vs single",
-            "succeeded",
-            "lines",
-            "unique ids",
-            "gateway RSS MB before/peak",
-            "CLI peak RSS MB",
-        ],
-        [
-            [
-                r.docs,
-                r.seconds,
-                r.docs_per_s,
-                f"{r.docs_per_s / report.single_saturation_docs_per_s:.2f}",
-                r.statuses.get("SUCCEEDED", 0),
-                r.lines,
-                r.unique_ids,
-                f"{r.gateway_rss_before_mb:.0f} / {r.gateway_peak_rss_mb:.0f}",
-                f"{r.cli_peak_rss_mb:.0f}",
-            ]
-            for r in report.bulk
-        ],
-    )
-    return "\n".join(
-        [
-            f"## Bulk ({KIND}, {report.machine.get('cpus_usable', '?')} CPUs)",
-            "",
-            "Single synchronous RPCs (saturation = best):",
-            single,
-            "",
-            "`nlp batch run` (one process; gateway SubmitBatch + StreamBatchResults):",
-            bulk,
-            "",
+    bulk = Table.of_items(
+        "`nlp batch run` (one process; gateway SubmitBatch + StreamBatchResults)",
+        {
+            "docs": "docs",
+            "s": "seconds",
+            "docs/s": "docs_per_s",
+            "vs single": lambda r: f"{r.docs_per_s / saturation:.2f}",
+            "succeeded": lambda r: r.statuses.get("SUCCEEDED", 0),
+            "lines": "lines",
+            "unique ids": "unique_ids",
+            "gateway RSS MB before/peak": lambda r: (
+                f"{r.gateway_rss_before_mb:.0f} / {r.gateway_peak_rss_mb:.0f}"
+            ),
+            "CLI peak RSS MB": lambda r: f"{r.cli_peak_rss_mb:.0f}",
+        },
+        report.bulk,
+        notes=[
             f"bulk / single saturation: {report.bulk_vs_single:.2f}; peak RSS of the largest "
             f"batch over the smallest: gateway {report.gateway_rss_growth:.2f}, "
-            f"CLI {report.cli_rss_growth:.2f}",
-        ]
+            f"CLI {report.cli_rss_growth:.2f}"
+        ],
     )
+    return Output([f"kind: {KIND}"], [single, bulk])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.bulk",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke test")
-    parser.add_argument("--docs", type=int, default=0, help="documents in the full batch")
-    add_env_argument(parser, "environment for every stack service (repeatable)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    args = parser.parse_args(argv)
-    interrupt_on_termination()  # a killed run stops its stacks too
-    env = parse_env(args.env, parser)
-    plan = QUICK if args.quick else Plan()
-    if args.docs:
-        plan.docs = args.docs
+    bench = Bench("bulk", __doc__, plan=Plan(), quick_plan=QUICK)
+    bench.option("docs", "documents in the full batch")
+    bench.parse(argv)
+    plan = bench.plan
     texts = [r.text for r in CORPORA[KIND](plan.corpus_docs, SEED).requests]
-    started = time.monotonic()
     note("starting the local stack (Kafka, Redis, gateway, classification)")
-    with TemporaryDirectory(prefix="nlp-bulk-") as tmp, LocalStack(kinds=(KIND,), env=env) as stack:
+    with (
+        TemporaryDirectory(prefix="nlp-bulk-") as tmp,
+        LocalStack(kinds=(KIND,), env=bench.env) as stack,
+    ):
         single = asyncio.run(run_single(stack.gateway_target, texts, plan))
         bulk = [run_bulk(stack, Path(tmp), texts, n, plan) for n in (plan.small_docs, plan.docs)]
     saturation = max(r.docs_per_s for r in single)
     report = Report(
-        benchmark="bulk",
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-        argv=sys.argv[1:] if argv is None else argv,
-        quick=args.quick,
-        plan=asdict(plan),
-        env=env,
-        machine=machine_info(),
         single=single,
         single_saturation_docs_per_s=saturation,
         bulk=bulk,
         bulk_vs_single=bulk[-1].docs_per_s / saturation,
         gateway_rss_growth=bulk[-1].gateway_peak_rss_mb / max(bulk[0].gateway_peak_rss_mb, 1e-9),
         cli_rss_growth=bulk[-1].cli_peak_rss_mb / max(bulk[0].cli_peak_rss_mb, 1e-9),
-        wall_s=time.monotonic() - started,
     )
-    print(render(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    note(f"wrote {args.out}")
     complete = all(r.statuses.get("SUCCEEDED", 0) == r.docs == r.unique_ids for r in bulk)
-    return 0 if complete and not any(r.errors for r in single) else 1
+    failed = not complete or any(r.errors for r in single)
+    return bench.finish(report, output(report), failed=failed)
 
 
 if __name__ == "__main__":

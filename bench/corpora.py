@@ -1,4 +1,6 @@
-"""Deterministic benchmark corpora, one per kind: same seed, same documents, no downloads.
+"""Deterministic benchmark corpora, one per kind: same seed, same documents, no downloads;
+how each analysis kind is called through the gateway and its answers judged; and the
+generation benchmarks' prompts.
 
 * classification: news snippets of 8-60 words on five topics, labelled with the topic
   they were written from (so a run can check that the engine still gets them right);
@@ -10,14 +12,44 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nlp.v1 import classification_pb2, ner_pb2, summarization_pb2
+import grpc
+from google.protobuf.message import Message
+
+from nlp.v1 import (
+    classification_pb2,
+    classification_pb2_grpc,
+    ner_pb2,
+    ner_pb2_grpc,
+    summarization_pb2,
+    summarization_pb2_grpc,
+)
 
 SEED = 20240611
 LABELS = ("sports", "politics", "technology", "finance", "health")
+# Distinct, deterministic prompts: instructions and continuations the model goes on
+# with for a while (a prompt that ends early still counts what it produced).
+PROMPTS: tuple[str, ...] = (
+    "The history of the printing press begins",
+    "Write a short story about a lighthouse keeper who",
+    "Explain how a refrigerator works:",
+    "The recipe for a simple tomato soup is as follows:",
+    "In the year 2150, the first city on Mars",
+    "Here are five tips for learning a new language:",
+    "The main causes of the French Revolution were",
+    "A good night's sleep is important because",
+    "The rules of chess are simple to learn:",
+    "Photosynthesis is the process by which",
+    "Dear hiring manager, I am writing to apply for",
+    "The old bridge over the river had stood for centuries, and",
+    "To set up a home aquarium, you will need",
+    "The difference between weather and climate is",
+    "Once upon a time, in a village at the edge of a forest,",
+    "The benefits of regular exercise include",
+)
 
 
 @dataclass(frozen=True)
@@ -315,4 +347,77 @@ CORPORA: dict[str, Callable[[int, int], Corpus]] = {
     "classification": classification_corpus,
     "ner": ner_corpus,
     "summarization": summarization_corpus,
+}
+
+
+# --- how each kind is called and judged ---------------------------------------------------
+
+# A kind's unary gateway method: ``await rpc(request, timeout=...)``.
+Rpc = Callable[..., Awaitable[Message]]
+
+
+def _mean(values: Iterable[float]) -> float:
+    listed = list(values)
+    return statistics.fmean(listed) if listed else float("nan")
+
+
+def _classification_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
+    responses: Sequence[classification_pb2.ClassifyResponse] = outputs
+    hits = [r.top_label == topic for r, topic in zip(responses, corpus.topics, strict=False)]
+    return {"top_label_accuracy": _mean(float(h) for h in hits)}
+
+
+def _ner_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
+    responses: Sequence[ner_pb2.NerResponse] = outputs
+    found, planted = 0, 0
+    for response, names in zip(responses, corpus.truth, strict=False):
+        texts = [e.text for e in response.entities if e.text]
+        planted += len(names)
+        # Overlap, not equality: "the United Nations" may come back as "United Nations".
+        found += sum(any(t in name or name in t for t in texts) for name in names)
+    return {
+        "entities_per_doc": _mean(float(len(r.entities)) for r in responses),
+        "planted_name_recall": found / planted if planted else float("nan"),
+    }
+
+
+def _summarization_check(corpus: Corpus, outputs: Sequence[Any]) -> dict[str, float]:
+    responses: Sequence[summarization_pb2.SummarizeResponse] = outputs
+    kept = [len(r.sentences) for r in responses]
+    return {
+        "summary_sentences_mean": _mean(float(k) for k in kept),
+        "kept_fraction": _mean(k / n for k, n in zip(kept, corpus.truth, strict=False)),
+    }
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """How to call one kind through the gateway and judge its answers."""
+
+    name: str
+    rpc: Callable[[grpc.aio.Channel], Rpc]
+    # What must agree between a direct answer and the platform's for the same text.
+    key: Callable[[Any], object]
+    check: Callable[[Corpus, Sequence[Any]], dict[str, float]]
+
+
+KINDS: dict[str, KindSpec] = {
+    "classification": KindSpec(
+        "classification",
+        lambda channel: classification_pb2_grpc.ClassificationStub(channel).Classify,
+        lambda r: r.top_label,
+        _classification_check,
+    ),
+    "ner": KindSpec(
+        "ner",
+        lambda channel: ner_pb2_grpc.NerStub(channel).Recognize,
+        lambda r: tuple((e.start, e.end, e.label) for e in r.entities),
+        _ner_check,
+    ),
+    "summarization": KindSpec(
+        "summarization",
+        lambda channel: summarization_pb2_grpc.SummarizationStub(channel).Summarize,
+        lambda r: tuple((s.start, s.end) for s in r.sentences),
+        _summarization_check,
+    ),
 }

@@ -36,9 +36,7 @@ Prints tables (progress goes to stderr) and writes JSON (default
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import math
@@ -47,42 +45,35 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.common import Bench, Getter, Output, Table, format_errors, note
+from bench.corpora import PROMPTS
 from bench.harness import (
     BrokerWarmup,
-    add_env_argument,
     cpu_delta,
     drive,
     environ,
     fold_cpu,
-    format_errors,
     machine_cpu_s,
-    machine_info,
     mean,
-    note,
-    parse_env,
     percentiles,
     process_tree_cpu,
+    restored_environ,
     stack_cpu,
-    table,
     warm_broker,
 )
-from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import LocalStack
 from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from services.generation import prepare
 from services.generation.engine import VllmParams, configure_vllm_environment, usable_cores
 from services.generation.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench-results" / "generation.json"
 KIND = "generation"
 TARGET_RATIO = 0.9
 # CPU columns, in table order; see gateway_cpu and direct_cpu.
@@ -90,27 +81,6 @@ CPU_GROUPS = ("client", "engine", "gateway", "intake", "worker", "kafka", "redis
 FIRST_TOKEN_METRIC = "nlp_time_to_first_token_seconds"
 # Task stage timings (nlp.v1.Timings) read back for each gateway request.
 STAGES = ("queued", "waited", "ran")
-
-# Distinct, deterministic prompts: instructions and continuations the model goes on
-# with for a while (a prompt that ends early still counts what it produced).
-PROMPTS: tuple[str, ...] = (
-    "The history of the printing press begins",
-    "Write a short story about a lighthouse keeper who",
-    "Explain how a refrigerator works:",
-    "The recipe for a simple tomato soup is as follows:",
-    "In the year 2150, the first city on Mars",
-    "Here are five tips for learning a new language:",
-    "The main causes of the French Revolution were",
-    "A good night's sleep is important because",
-    "The rules of chess are simple to learn:",
-    "Photosynthesis is the process by which",
-    "Dear hiring manager, I am writing to apply for",
-    "The old bridge over the river had stood for centuries, and",
-    "To set up a home aquarium, you will need",
-    "The difference between weather and climate is",
-    "Once upon a time, in a village at the edge of a forest,",
-    "The benefits of regular exercise include",
-)
 
 
 @dataclass(frozen=True)
@@ -220,15 +190,10 @@ class Comparison:
 
 @dataclass
 class Report:
-    benchmark: str
-    timestamp: str
-    argv: list[str]
-    quick: bool
+    """What the run found (bench.common's record adds when, where and how it ran)."""
+
+    # The plan, with each level's request count.
     plan: dict[str, Any]
-    env: dict[str, str]
-    machine: dict[str, Any]
-    load_avg_at_start: tuple[float, float, float]
-    load_avg_at_end: tuple[float, float, float]
     model: dict[str, Any]
     vllm_environment: dict[str, str]
     prompts: list[str]
@@ -241,12 +206,13 @@ class Report:
     # Prompts whose first greedy text was the same on both sides, of those compared.
     same_text: int
     compared: int
-    wall_s: float
     errors: int = 0
-    notes: list[str] = field(default_factory=list)
     # Each round's own comparisons, in order.
     rounds: list[list[Comparison]] = field(default_factory=list)
     broker_warmups: list[BrokerWarmup] = field(default_factory=list)
+
+
+Results = Report
 
 
 def summarize(
@@ -479,18 +445,6 @@ async def run_side(
     return warmup, runs
 
 
-@contextlib.contextmanager
-def restored_environ() -> Iterator[None]:
-    """``os.environ`` as it was on entry once the block ends (configure_vllm_environment
-    sets variables for the engine this process starts; the stack's get their own)."""
-    saved = dict(os.environ)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -701,119 +655,76 @@ def ttft_breakdown(gateway: LevelRun, direct: LevelRun) -> list[object]:
     ]
 
 
-def render(report: Report) -> str:
-    m = report.machine
-    start, end = report.load_avg_at_start, report.load_avg_at_end
-    plan = report.plan
+def _cpu_column(group: str) -> Callable[[LevelRun], float]:
+    return lambda r: r.cpu_s[group]
+
+
+def output(report: Report) -> Output:
     model = report.model
     direct = [r for r in report.runs if r.side == "direct"]
     gateway = [r for r in report.runs if r.side == "gateway"]
-    rows = [
-        [
-            r.side,
-            r.concurrency,
-            f"{r.done}/{r.planned}",
-            r.completion_tokens,
-            r.seconds,
-            r.tokens_per_s,
-            r.ttft_p50_ms,
-            r.ttft_p90_ms,
-            r.ttft_mean_ms,
-            r.total_p50_ms,
-            *(r.cpu_s[k] for k in CPU_GROUPS),
-            format_errors(r.errors),
-        ]
-        for r in report.runs
-    ]
-    summary = [
-        [
-            c.concurrency,
-            c.direct_tokens_per_s,
-            c.gateway_tokens_per_s,
-            f"{c.tokens_per_s_ratio:.2f}",
-            c.direct_ttft_p50_ms,
-            c.gateway_ttft_p50_ms,
-            f"{c.ttft_p50_ratio:.2f}",
-            c.direct_ttft_mean_ms,
-            c.gateway_ttft_mean_ms,
-            f"{c.ttft_mean_ratio:.2f}",
-            f"{c.direct_completion_tokens}/{c.gateway_completion_tokens}",
-            "yes" if c.meets_target else "no",
-        ]
-        for c in report.comparisons
-    ]
-    parts = [
-        f"generation benchmark  {report.timestamp}  ({'quick' if report.quick else 'full'}, "
-        f"{report.wall_s:.0f}s)",
-        f"  {m['cpu_count']} CPUs ({m['cpus_usable']} usable), Python {m['python']}, "
-        f"{m['platform']}",
-        f"  load average 1/5/15 min: {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f} at start, "
-        f"{end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f} at end",
-        f"  model {model['name']} ({model['version']}), vllm params "
-        f"{json.dumps(model['params'], separators=(',', ':'))}",
-        f"  {len(report.prompts)} prompts, greedy, max_tokens {plan['max_tokens']}; "
-        f"env: {' '.join(f'{k}={v}' for k, v in report.env.items()) or '(none)'}",
-        f"  direct engine ready in {report.direct_start_s:.1f}s; stack ready in "
-        f"{report.stack_start_s:.1f}s",
-        "",
-        "per level (tok/s: completion tokens / wall s; TTFT and e2e in ms; CPU in s over "
-        "the level; client: this process, with the AsyncLLM front end on the direct side; "
-        "engine: vLLM's engine core processes; worker: the Celery worker without them)",
-        table(
-            [
-                "side",
-                "clients",
-                "requests",
-                "tokens",
-                "wall s",
-                "tok/s",
-                "ttft p50",
-                "ttft p90",
-                "ttft mean",
-                "e2e p50",
-                *CPU_GROUPS,
-                "errors",
-            ],
-            rows,
+    level_columns: dict[str, Getter] = {
+        "side": "side",
+        "clients": "concurrency",
+        "requests": lambda r: f"{r.done}/{r.planned}",
+        "tokens": "completion_tokens",
+        "wall s": "seconds",
+        "tok/s": "tokens_per_s",
+        "ttft p50": "ttft_p50_ms",
+        "ttft p90": "ttft_p90_ms",
+        "ttft mean": "ttft_mean_ms",
+        "e2e p50": "total_p50_ms",
+        **{k: _cpu_column(k) for k in CPU_GROUPS},
+        "errors": lambda r: format_errors(r.errors),
+    }
+    tables = [
+        Table.of_items(
+            "per level (tok/s: completion tokens / wall s; TTFT and e2e in ms; CPU in s over "
+            "the level; client: this process, with the AsyncLLM front end on the direct side; "
+            "engine: vLLM's engine core processes; worker: the Celery worker without them)",
+            level_columns,
+            report.runs,
             digits=2,
         ),
-        "",
-        "gateway time to first token, where it goes (means, ms; queued: gateway accepted → "
-        "intake handed off; waited: → worker started it; engine: the worker's engine took "
-        "it → first text, its metric; rest: gRPC in, gateway, worker before the engine, "
-        "Redis → gateway → client)",
-        table(
+        Table.of(
+            "gateway time to first token, where it goes (means, ms; queued: gateway accepted "
+            "→ intake handed off; waited: → worker started it; engine: the worker's engine "
+            "took it → first text, its metric; rest: gRPC in, gateway, worker before the "
+            "engine, Redis → gateway → client)",
             ["clients", "ttft", "queued", "waited", "engine", "rest", "direct ttft", "ran"],
             [ttft_breakdown(g, d) for d, g in zip(direct, gateway, strict=True)],
         ),
-        "",
-        f"== summary (tok/s ratio: gateway/direct; TTFT ratios: direct/gateway, so higher "
-        f"is better for both; target >= {TARGET_RATIO})",
-        table(
+        Table.of_items(
+            f"== summary (tok/s ratio: gateway/direct; TTFT ratios: direct/gateway, so higher "
+            f"is better for both; target >= {TARGET_RATIO})",
             [
-                "clients",
-                "direct tok/s",
-                "gateway tok/s",
-                "ratio",
-                "direct ttft p50",
-                "gw ttft p50",
-                "ratio",
-                "direct ttft mean",
-                "gw ttft mean",
-                "ratio",
-                "tokens d/gw",
-                "target",
+                ("clients", "concurrency"),
+                ("direct tok/s", "direct_tokens_per_s"),
+                ("gateway tok/s", "gateway_tokens_per_s"),
+                ("ratio", lambda c: f"{c.tokens_per_s_ratio:.2f}"),
+                ("direct ttft p50", "direct_ttft_p50_ms"),
+                ("gw ttft p50", "gateway_ttft_p50_ms"),
+                ("ratio", lambda c: f"{c.ttft_p50_ratio:.2f}"),
+                ("direct ttft mean", "direct_ttft_mean_ms"),
+                ("gw ttft mean", "gateway_ttft_mean_ms"),
+                ("ratio", lambda c: f"{c.ttft_mean_ratio:.2f}"),
+                (
+                    "tokens d/gw",
+                    lambda c: f"{c.direct_completion_tokens}/{c.gateway_completion_tokens}",
+                ),
+                ("target", lambda c: "yes" if c.meets_target else "no"),
             ],
-            summary,
+            report.comparisons,
+            notes=[
+                f"greedy text identical on both sides for {report.same_text} of "
+                f"{report.compared} prompts"
+            ],
         ),
-        f"  greedy text identical on both sides for {report.same_text} of "
-        f"{report.compared} prompts",
     ]
     if len(report.rounds) > 1:
-        parts += [
-            "",
-            "each round alone (ratios as above; the engine's speed drifts between rounds)",
-            table(
+        tables.append(
+            Table.of(
+                "each round alone (ratios as above; the engine's speed drifts between rounds)",
                 ["round", "clients", "direct tok/s", "gw tok/s", "ratio", "ttft p50 ratio"],
                 [
                     [
@@ -828,10 +739,16 @@ def render(report: Report) -> str:
                     for c in comparisons
                 ],
                 digits=2,
-            ),
-        ]
-    parts += [f"note: {n}" for n in report.notes]
-    return "\n".join(parts)
+            )
+        )
+    about = [
+        f"model {model['name']} ({model['version']}), vllm params "
+        f"{json.dumps(model['params'], separators=(',', ':'))}",
+        f"{len(report.prompts)} prompts, greedy, max_tokens {report.plan['max_tokens']}",
+        f"direct engine ready in {report.direct_start_s:.1f}s; stack ready in "
+        f"{report.stack_start_s:.1f}s",
+    ]
+    return Output(about, tables)
 
 
 @dataclass
@@ -873,67 +790,26 @@ def run_rounds(model: Model, plan: Plan, env: Mapping[str, str]) -> Rounds:
     return done
 
 
-def _csv_ints(text: str) -> tuple[int, ...]:
-    values = tuple(int(v) for v in text.split(",") if v.strip())
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("positive integers, comma-separated")
-    return values
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.generation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    bench = Bench(
+        "generation",
+        __doc__,
+        quick="a short run (smoke test)",
+        env="environment for the direct engine and every stack service (repeatable)",
+        plan=Plan(),
+        quick_plan=QUICK,
+        load_hint="see the 'other' CPU column",
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
-    parser.add_argument(
-        "--concurrency", type=_csv_ints, help="client counts (default 1,8,16; quick 1,8)"
-    )
-    parser.add_argument("--max-tokens", type=int, help="per request (default 64; quick 16)")
-    parser.add_argument(
-        "--rounds", type=int, help="direct-then-gateway rounds, pooled (default 2; quick 1)"
-    )
-    parser.add_argument(
-        "--broker-warmup-s",
-        type=float,
-        help="seconds of Kafka traffic warming each stack's broker first (default 10; "
-        "quick 3; 0: none)",
-    )
-    add_env_argument(
-        parser, "environment for the direct engine and every stack service (repeatable)"
-    )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
-    args = parser.parse_args(argv)
-    interrupt_on_termination()  # a killed run stops its stacks too
-    plan = QUICK if args.quick else Plan()
-    if args.concurrency:
-        plan = replace(plan, concurrency=args.concurrency)
-    if args.max_tokens:
-        if args.max_tokens < 1:
-            parser.error("--max-tokens must be positive")
-        plan = replace(plan, max_tokens=args.max_tokens)
-    if args.rounds is not None:
-        if args.rounds < 1:
-            parser.error("--rounds must be positive")
-        plan = replace(plan, rounds=args.rounds)
-    if args.broker_warmup_s is not None:
-        if args.broker_warmup_s < 0:
-            parser.error("--broker-warmup-s must not be negative")
-        plan = replace(plan, broker_warmup_s=args.broker_warmup_s)
-    env = parse_env(args.env, parser)
-
-    began = time.monotonic()
-    load_at_start = os.getloadavg()
+    bench.option("concurrency", "client counts")
+    bench.option("max_tokens", "per request")
+    bench.option("rounds", "direct-then-gateway rounds, pooled")
+    bench.option("broker_warmup_s", "seconds of Kafka traffic warming each stack's broker first", 0)
+    bench.parse(argv)
+    plan, env = bench.plan, bench.env
     model = default_model(env)
     done = run_rounds(model, plan, env)
     direct = [pool(level) for level in zip(*done.direct, strict=True)]
     gateway = [pool(level) for level in zip(*done.gateway, strict=True)]
-    comparisons = [compare(d, g) for d, g in zip(direct, gateway, strict=True)]
-    rounds = [
-        [compare(d, g) for d, g in zip(ds, gs, strict=True)]
-        for ds, gs in zip(done.direct, done.gateway, strict=True)
-    ]
     same, compared = same_texts(
         [s for r in direct for s in r.samples], [s for r in gateway for s in r.samples]
     )
@@ -955,22 +831,9 @@ def main(argv: list[str] | None = None) -> int:
             "produce/fetch/commit traffic on a scratch topic, so that its JVM had compiled "
             "its request paths, as a broker in service has (--broker-warmup-s 0: cold)"
         )
-    if load_at_start[0] > 0.5:
-        notes.append(
-            f"1-min load average was {load_at_start[0]:.2f} at start (earlier work still "
-            "decaying, or another program): see the 'other' CPU column"
-        )
     runs = direct + gateway
     report = Report(
-        benchmark="generation",
-        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-        argv=sys.argv[1:] if argv is None else argv,
-        quick=args.quick,
         plan={**asdict(plan), "requests": {c: plan.requests(c) for c in plan.concurrency}},
-        env=env,
-        machine=machine_info(),
-        load_avg_at_start=load_at_start,
-        load_avg_at_end=os.getloadavg(),
         model=model.describe(),
         vllm_environment=done.vllm_env,
         prompts=list(PROMPTS),
@@ -978,20 +841,17 @@ def main(argv: list[str] | None = None) -> int:
         stack_start_s=mean(done.stack_starts),
         warmup=done.warmup,
         runs=runs,
-        comparisons=comparisons,
+        comparisons=[compare(d, g) for d, g in zip(direct, gateway, strict=True)],
         same_text=same,
         compared=compared,
-        wall_s=time.monotonic() - began,
         errors=sum(sum(r.errors.values()) for r in done.warmup + runs),
-        notes=notes,
-        rounds=rounds,
+        rounds=[
+            [compare(d, g) for d, g in zip(ds, gs, strict=True)]
+            for ds, gs in zip(done.direct, done.gateway, strict=True)
+        ],
         broker_warmups=done.broker_warmups,
     )
-    print(render(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    note(f"wrote {args.out}")
-    return 1 if report.errors else 0
+    return bench.finish(report, output(report), notes=notes, failed=report.errors > 0)
 
 
 if __name__ == "__main__":

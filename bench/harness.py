@@ -1,33 +1,25 @@
-"""What every benchmark needs: bounded concurrent driving, percentiles, CPU accounting,
-plain-text tables and progress notes.
+"""What every benchmark measures with: bounded concurrent driving, the broker's warm-up,
+percentiles and CPU accounting. The run's scaffold (options, header, tables, JSON) is
+``bench.common``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 
 from deploy.local.stack import LocalStack
-from shared.transport.kafka import (
-    TASK_TOPIC_PARTITIONS,
-    Partition,
-    create_topics,
-    make_async_producer,
-    make_consumer,
-)
+from shared.transport.kafka import TASK_TOPIC_PARTITIONS, create_topics, make_async_producer
+from shared.transport.kafka_consumer import Partition, make_consumer
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -321,57 +313,13 @@ def environ(overrides: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def cpus_usable() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0))
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers depend on besides the code."""
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": cpus_usable(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
-
-
-# --- output -------------------------------------------------------------------------------
-
-
-def note(message: str) -> None:
-    """Progress on stderr, so that a long run is not silent and stdout stays the tables."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]], digits: int = 1) -> str:
-    """Right-aligned plain-text columns, indented; floats with ``digits`` decimals."""
-    cells = [list(headers)] + [
-        [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row] for row in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells
-    )
-
-
-def format_errors(errors: Mapping[str, int]) -> str:
-    """``CODE:count,…`` or ``0``."""
-    return ",".join(f"{k}:{v}" for k, v in sorted(errors.items())) or "0"
-
-
-def add_env_argument(parser: argparse.ArgumentParser, help: str) -> None:
-    """The repeatable ``--env KEY=VALUE`` option; read it with :func:`parse_env`."""
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help=help)
-
-
-def parse_env(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
-    """``KEY=VALUE`` strings as a dict; a malformed one is a usage error."""
-    env: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            parser.error(f"--env wants KEY=VALUE, got {item!r}")
-        env[key.strip()] = value
-    return env
+@contextlib.contextmanager
+def restored_environ() -> Iterator[None]:
+    """``os.environ`` as it was on entry once the block ends (what a library
+    set for the engine this process starts is gone; the stack's processes get their own)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

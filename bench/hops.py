@@ -40,43 +40,27 @@ its trace stayed incomplete.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
-import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.analysis import KINDS
-from bench.corpora import CORPORA, SEED
-from bench.generation import PROMPTS
-from bench.harness import (
-    add_env_argument,
-    machine_info,
-    mean,
-    note,
-    parse_env,
-    percentiles,
-    table,
-    warm_broker,
-)
-from deploy.local.kafka import interrupt_on_termination
+from bench.common import Bench, Output, Table, note
+from bench.corpora import CORPORA, KINDS, PROMPTS, SEED
+from bench.harness import mean, percentiles, warm_broker
 from deploy.local.otlp import OtlpSink, SpanRecord
 from deploy.local.stack import LocalStack
 from nlp.v1 import generation_pb2, generation_pb2_grpc
 from shared.contracts.names import Names
 from shared.observability.telemetry import ATTR_TASK_ID, EVENT_FIRST_CHUNK, EVENT_FIRST_TOKEN
 
-ROOT = Path(__file__).resolve().parents[1]
 GATEWAY, SPAN_SERVER = "nlp-gateway", 2  # service.name; OTLP Span.SpanKind SERVER
 ENGINE = "engine"
 COMMON = ("grpc in", "gateway", "kafka", "intake", "celery")
@@ -193,10 +177,19 @@ class HopsReport:
     produce_ack_mean_ms: float
     per_request_ms: list[list[float]]
     failures: list[str]
-    timestamp: str = ""
-    machine: dict[str, Any] = field(default_factory=machine_info)
-    env: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+
+Results = HopsReport
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run sends (its options override each field)."""
+
+    requests: int = 40
+    max_tokens: int = 16  # generation only
+    broker_warmup_s: float = 10.0
 
 
 def _stats(values: Sequence[float], total_mean: float) -> StageStats:
@@ -258,7 +251,7 @@ def _analysis_call(channel: grpc.aio.Channel, kind: str, count: int) -> Callable
 
     async def call(i: int) -> Timed:
         sent = time.time_ns()
-        response = await rpc(inputs[i % len(inputs)], RPC_TIMEOUT_S)
+        response = await rpc(inputs[i % len(inputs)], timeout=RPC_TIMEOUT_S)
         answered = time.time_ns()
         return Timed(str(getattr(response, "task_id", "")), sent, answered)
 
@@ -331,74 +324,57 @@ def measure(
 # --- output -------------------------------------------------------------------------------
 
 
-def render(report: HopsReport) -> str:
+def output(report: HopsReport) -> Output:
     def row(name: str, s: StageStats) -> list[object]:
         return [name, s.mean_ms, s.p50_ms, s.p90_ms, f"{100 * s.share:.0f}%"]
 
     until = "the first token reaches the client" if report.kind == "generation" else "the reply"
-    lines = [
-        f"where one {report.kind} request's time goes  {report.timestamp}  ({report.seconds:.0f}s)",
-        f"  {report.requests} sequential requests on an idle stack, every span traced; "
-        f"stages until {until} (ms)",
-        "",
-        table(
-            ["stage", "mean", "p50", "p90", "share"],
-            [
-                *(row(name, s) for name, s in report.stages.items()),
-                row("total", report.total),
-                row("platform (all but engine)", report.platform),
-            ],
-            digits=2,
-        ),
-        "",
-        f"  engine / total (means): {report.engine_share:.2f}: the most that a direct/platform "
+    notes = [
+        f"engine / total (means): {report.engine_share:.2f}: the most that a direct/platform "
         "latency ratio can be with this engine time",
-        f"  the gateway's acks=all produce round trip: {report.produce_ack_mean_ms:.2f} ms "
+        f"the gateway's acks=all produce round trip: {report.produce_ack_mean_ms:.2f} ms "
         "mean (the intake fetches the record while it is under way)",
     ]
-    if report.env:
-        lines.append(f"  env: {' '.join(f'{k}={v}' for k, v in sorted(report.env.items()))}")
     if report.failures:
-        lines += ["", f"  {len(report.failures)} failed:", *(f"    {f}" for f in report.failures)]
-    return "\n".join(lines)
+        notes += [f"{len(report.failures)} failed:", *(f"  {f}" for f in report.failures)]
+    stages = Table.of(
+        f"where one {report.kind} request's time goes: {report.requests} sequential requests "
+        f"on an idle stack, every span traced; stages until {until} (ms)",
+        ["stage", "mean", "p50", "p90", "share"],
+        [
+            *(row(name, s) for name, s in report.stages.items()),
+            row("total", report.total),
+            row("platform (all but engine)", report.platform),
+        ],
+        digits=2,
+        notes=notes,
+    )
+    return Output([f"kind: {report.kind}"], [stages])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.hops", description=__doc__)
-    parser.add_argument("--kind", choices=sorted(STAGES), default="generation")
-    parser.add_argument("--requests", type=int, default=40)
-    parser.add_argument("--max-tokens", type=int, default=16, help="generation only")
-    parser.add_argument(
-        "--broker-warmup-s", type=float, default=10.0, help="broker traffic first (0: cold)"
-    )
-    add_env_argument(parser, "environment for every stack service (repeatable)")
-    parser.add_argument("--out", type=Path, help="default: bench-results/hops-<kind>.json")
-    args = parser.parse_args(argv)
-    if args.requests < 1:
-        parser.error("--requests must be at least 1")
-    env = parse_env(args.env, parser)
-    interrupt_on_termination()  # a killed run stops its stack too
-    began, started_at = time.monotonic(), datetime.now(UTC).isoformat(timespec="seconds")
+    bench = Bench("hops", __doc__, quick=None, plan=Plan(), out="bench-results/hops-<kind>.json")
+    bench.parser.add_argument("--kind", choices=sorted(STAGES), default="generation")
+    bench.option("requests", "sequential requests measured")
+    bench.option("max_tokens", "generation only")
+    bench.option("broker_warmup_s", "seconds of broker traffic first (0: cold)", 0)
+    args = bench.parse(argv)
+    bench.rename(f"hops-{args.kind}")
+    plan, began = bench.plan, time.monotonic()
     with OtlpSink() as sink:
-        stack_env = {**TRACING_ENV, **env, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
+        stack_env = {**TRACING_ENV, **bench.env, "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint}
         note(f"starting the stack ({args.kind})")
         with LocalStack(kinds=[args.kind], env=stack_env) as stack:
-            if args.broker_warmup_s > 0:
-                note(f"warming the broker for {args.broker_warmup_s:.0f}s")
-                asyncio.run(warm_broker(stack, args.broker_warmup_s))
-            note(f"{args.requests} sequential requests")
+            if plan.broker_warmup_s > 0:
+                note(f"warming the broker for {plan.broker_warmup_s:.0f}s")
+                asyncio.run(warm_broker(stack, plan.broker_warmup_s))
+            note(f"{plan.requests} sequential requests")
             rows, acks, failures = measure(
-                stack, sink, args.kind, args.requests, max_tokens=args.max_tokens
+                stack, sink, args.kind, plan.requests, max_tokens=plan.max_tokens
             )
     report = summarize(args.kind, rows, acks, failures)
-    report.env, report.timestamp = env, started_at
     report.seconds = time.monotonic() - began
-    print(render(report))
-    out: Path = args.out or ROOT / "bench-results" / f"hops-{args.kind}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(asdict(report), indent=2) + "\n")
-    note(f"wrote {out}")
-    return 1 if failures or not rows else 0
+    return bench.finish(report, output(report), failed=bool(failures) or not rows)
 
 
 if __name__ == "__main__":

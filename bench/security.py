@@ -17,26 +17,22 @@ checks, not the throttling. Prints a table and writes JSON (default
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import grpc
 
+from bench.common import Bench, Output
 from bench.corpora import CORPORA, SEED
 from bench.tracing import QUICK, ModeRun, ModesReport, Plan, measure
 from deploy.local.certs import CertificateAuthority
-from deploy.local.kafka import interrupt_on_termination
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2
 from services.gateway.auth import digest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench-results" / "security.json"
 KIND = "classification"
 MODES = ("dev", "keys", "keys+tls")
 KEY = "nlp_bench_key_0123456789abcdef0123456789"
@@ -74,17 +70,25 @@ def run_mode(
         return asyncio.run(measure(stack, requests, plan, None, mode, rnd, credentials, metadata))
 
 
+Results = ModesReport
+
+
+def output(report: ModesReport) -> Output:
+    return report.output("gateway security off vs on", spans=False)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.security", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
-    parser.add_argument("--rounds", type=int, help="rounds of all modes (default 2; quick 1)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    interrupt_on_termination()  # a killed run stops its stacks too
-    plan = QUICK if args.quick else Plan()
-    if args.rounds:
-        plan.rounds = args.rounds
-    began = time.monotonic()
+    bench = Bench(
+        "security",
+        __doc__,
+        quick="a short run (smoke test)",
+        env=None,
+        plan=Plan(),
+        quick_plan=QUICK,
+    )
+    bench.option("rounds", "rounds of all modes")
+    bench.parse(argv)
+    plan = bench.plan
     requests = CORPORA[KIND](plan.corpus_docs, SEED).requests
     runs = []
     with TemporaryDirectory(prefix="nlp-bench-security-") as tmp:
@@ -93,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / f"{mode}-{rnd}"
                 workdir.mkdir()
                 runs.append(run_mode(mode, rnd, requests, plan, workdir))
-    report = ModesReport.of("security", runs, "dev", plan, {}, args.quick, began)
-    print(report.render("gateway security off vs on", spans=False))
-    return report.write(args.out)
+    report = ModesReport.of(runs, "dev")
+    return bench.finish(report, output(report), failed=report.failed)
 
 
 if __name__ == "__main__":

@@ -22,39 +22,21 @@ exit status 1 when any request failed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 
+from bench.common import Bench, Getter, Output, Table, format_errors, note
 from bench.corpora import CORPORA, SEED
-from bench.harness import (
-    add_env_argument,
-    cpu_delta,
-    drive,
-    fold_cpu,
-    format_errors,
-    machine_info,
-    note,
-    parse_env,
-    percentiles,
-    stack_cpu,
-    table,
-)
-from deploy.local.kafka import interrupt_on_termination
+from bench.harness import cpu_delta, drive, fold_cpu, percentiles, stack_cpu
 from deploy.local.otlp import OtlpSink
 from deploy.local.stack import LocalStack
 from nlp.v1 import classification_pb2, classification_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "bench-results" / "tracing.json"
 KIND = "classification"
 RPC_TIMEOUT_S = 30.0
 MODES: dict[str, dict[str, str]] = {
@@ -69,7 +51,7 @@ MODES: dict[str, dict[str, str]] = {
 EXPORT_ENV = {"OTEL_BSP_SCHEDULE_DELAY": "1000"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     rounds: int = 2
     corpus_docs: int = 400
@@ -104,95 +86,60 @@ class ModeRun:
 class ModesReport:
     """Runs of one stack in several modes, each compared with the ``baseline`` mode."""
 
-    benchmark: str
-    timestamp: str
-    argv: list[str]
-    quick: bool
-    plan: dict[str, Any]
-    env: dict[str, str]
-    machine: dict[str, Any]
     baseline: str
     runs: list[ModeRun]
     best_docs_per_s: dict[str, float]
     throughput_vs_baseline: dict[str, float]
     p50_vs_baseline: dict[str, float]
-    wall_s: float
 
     @classmethod
-    def of(
-        cls,
-        benchmark: str,
-        runs: list[ModeRun],
-        baseline: str,
-        plan: Plan,
-        env: dict[str, str],
-        quick: bool,
-        began: float,
-    ) -> ModesReport:
+    def of(cls, runs: list[ModeRun], baseline: str) -> ModesReport:
         modes = list(dict.fromkeys(r.mode for r in runs))
         best = {m: max(r.docs_per_s for r in runs if r.mode == m) for m in modes}
         p50 = {m: min(r.p50_ms for r in runs if r.mode == m) for m in modes}
         return cls(
-            benchmark=benchmark,
-            timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-            argv=sys.argv,
-            quick=quick,
-            plan=asdict(plan),
-            env=env,
-            machine=machine_info(),
             baseline=baseline,
             runs=runs,
             best_docs_per_s=best,
             throughput_vs_baseline={m: best[m] / best[baseline] for m in modes},
             p50_vs_baseline={m: p50[m] / p50[baseline] for m in modes},
-            wall_s=time.monotonic() - began,
         )
 
-    def render(self, title: str, spans: bool) -> str:
-        rows = [
-            [
-                r.mode,
-                r.round,
-                r.docs_per_s,
-                r.clients,
-                r.p50_ms,
-                r.p99_ms,
-                *([r.spans_per_task] if spans else []),
-                *(r.cpu_ms_per_doc[k] for k in CPU_GROUPS),
-                format_errors(r.errors),
-            ]
-            for r in self.runs
+    def output(self, title: str, spans: bool) -> Output:
+        columns: list[tuple[str, Getter]] = [
+            ("mode", "mode"),
+            ("round", "round"),
+            ("docs/s", "docs_per_s"),
+            ("clients", "clients"),
+            ("p50 ms", "p50_ms"),
+            ("p99 ms", "p99_ms"),
+            *([("spans/task", "spans_per_task")] if spans else []),
+            *((k, _cpu_column(k)) for k in CPU_GROUPS),
+            ("errors", lambda r: format_errors(r.errors)),
         ]
-        headers = [
-            "mode",
-            "round",
-            "docs/s",
-            "clients",
-            "p50 ms",
-            "p99 ms",
-            *(["spans/task"] if spans else []),
-            *CPU_GROUPS,
-            "errors",
+        notes = [
+            f"{mode}: best {best:.1f} docs/s, throughput vs {self.baseline} "
+            f"{self.throughput_vs_baseline[mode]:.2f}, single-request p50 vs "
+            f"{self.baseline} {self.p50_vs_baseline[mode]:.2f}"
+            for mode, best in self.best_docs_per_s.items()
         ]
-        return "\n".join(
-            [
-                f"{title} (classification, Classify RPCs at saturation; CPU in ms/doc)",
-                table(headers, rows, digits=2),
-                *(
-                    f"  {mode}: best {best:.1f} docs/s, throughput vs {self.baseline} "
-                    f"{self.throughput_vs_baseline[mode]:.2f}, single-request p50 vs "
-                    f"{self.baseline} {self.p50_vs_baseline[mode]:.2f}"
-                    for mode, best in self.best_docs_per_s.items()
-                ),
-            ]
-        )
+        title = f"{title} (classification, Classify RPCs at saturation; CPU in ms/doc)"
+        return Output([], [Table.of_items(title, columns, self.runs, digits=2, notes=notes)])
 
-    def write(self, out: Path) -> int:
-        """Write the JSON; the exit status (1 when any request failed)."""
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(asdict(self), indent=2))
-        note(f"wrote {out}")
-        return 1 if any(r.errors for r in self.runs) else 0
+    @property
+    def failed(self) -> bool:
+        return any(r.errors for r in self.runs)
+
+
+Results = ModesReport
+
+
+def _cpu_column(group: str) -> Callable[[ModeRun], float]:
+    return lambda r: r.cpu_ms_per_doc[group]
+
+
+def output(report: ModesReport) -> Output:
+    return report.output("tracing off vs on", spans=True)
 
 
 CPU_GROUPS = ("gateway", "intake", "worker", "kafka", "redis", "client")
@@ -278,27 +225,20 @@ def run_mode(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.tracing", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
-    parser.add_argument("--rounds", type=int, help="off/on pairs (default 2; quick 1)")
-    add_env_argument(parser, "environment for every stack service (repeatable)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
-    interrupt_on_termination()  # a killed run stops its stacks too
-    plan = QUICK if args.quick else Plan()
-    if args.rounds:
-        plan.rounds = args.rounds
-    env = parse_env(args.env, parser)
-    began = time.monotonic()
+    bench = Bench(
+        "tracing", __doc__, quick="a short run (smoke test)", plan=Plan(), quick_plan=QUICK
+    )
+    bench.option("rounds", "off/sampled/on rounds")
+    bench.parse(argv)
+    plan = bench.plan
     requests = CORPORA[KIND](plan.corpus_docs, SEED).requests
     runs = [
-        run_mode(mode, rnd, requests, plan, env)
+        run_mode(mode, rnd, requests, plan, bench.env)
         for rnd in range(1, plan.rounds + 1)
         for mode in MODES
     ]
-    report = ModesReport.of("tracing", runs, "off", plan, env, args.quick, began)
-    print(report.render("tracing off vs on", spans=True))
-    return report.write(args.out)
+    report = ModesReport.of(runs, "off")
+    return bench.finish(report, output(report), failed=report.failed)
 
 
 if __name__ == "__main__":
