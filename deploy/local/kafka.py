@@ -31,8 +31,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from deploy.local.lifecycle import Started
 
 POM_PATH = Path(__file__).resolve().parents[1] / "kafka" / "pom.xml"
 _POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
@@ -189,7 +190,7 @@ _JVM_FLAGS = (
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(Started):
     """One local KRaft broker+controller process; ``data_dir`` holds config, data and log."""
 
     data_dir: Path
@@ -454,18 +455,6 @@ class KafkaBroker:
         # The JVM exits 143 (128 + SIGTERM) after its shutdown hooks ran; a CDS dump is
         # whole only after such a clean exit, never after SIGKILL.
         self._finish_cds_dump(proc.returncode in (0, 128 + signal.SIGTERM))
-
-    def __enter__(self) -> KafkaBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -16,12 +16,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
+
+from deploy.local.lifecycle import Started
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-class OtlpSink:
+class OtlpSink(Started):
     """Collects spans exported over OTLP/gRPC to ``endpoint`` (plaintext, 127.0.0.1)."""
 
     def __init__(self, keep: bool = True) -> None:
@@ -170,15 +171,3 @@ class OtlpSink:
 
     def stop(self) -> None:
         self._server.stop(grace=1).wait()
-
-    def __enter__(self) -> OtlpSink:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

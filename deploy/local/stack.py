@@ -33,13 +33,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.local.kafka import KafkaBroker, ensure_jars, free_port
+from deploy.local.lifecycle import Started
 from deploy.local.redis import RedisServer
 from deploy.local.supervisor import Child, Supervisor, stack_children
 from shared.contracts.names import ALL_KINDS
@@ -175,7 +175,7 @@ class Service:
 
 
 @dataclass
-class LocalStack:
+class LocalStack(Started):
     """Everything the platform needs, as local processes. Use as a context manager."""
 
     data_dir: Path | None = None
@@ -307,18 +307,6 @@ class LocalStack:
             self.kafka.stop()
         if self._own_dir and not self.keep_data and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> LocalStack:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- command line -----------------------------------------------------------------------
