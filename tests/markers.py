@@ -15,12 +15,9 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 
-# Directory under tests/ -> the marker its tests get (registered in pyproject.toml).
-MARKERS = {
-    "unit": "unit",
-    "deploy": "deploy",
-    "integration": "integration",
-}
+# The directories under tests/ whose tests get a marker of the directory's name
+# (registered in pyproject.toml).
+MARKED = frozenset({"unit", "deploy", "integration"})
 
 
 class Markable(Protocol):
@@ -40,7 +37,7 @@ def marker_for(path: Path) -> str | None:
         return None
     if len(relative.parts) < 2:  # a file directly in tests/
         return None
-    return MARKERS.get(relative.parts[0])
+    return relative.parts[0] if relative.parts[0] in MARKED else None
 
 
 def mark_by_directory(items: Iterable[Markable]) -> None:

@@ -224,7 +224,7 @@ def _short(value: Any, limit: int = 600) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
-def _serialize(message: Message) -> bytes:
+def serialize(message: Message) -> bytes:
     return message.SerializeToString()
 
 

@@ -72,7 +72,7 @@ from tests.integration.fuzzer import (
     WAIT,
     Expect,
     Fuzzer,
-    _serialize,
+    serialize,
 )
 from tests.integration.support import wait_terminal
 
@@ -170,7 +170,7 @@ def test_capability_rpcs(fuzz: Fuzzer, kind: str, examples: int) -> None:
     @given(request=capability_requests[kind], md=metadata)
     def run(request: AnyRequest, md: Metadata) -> None:
         fuzz.call(
-            CAPABILITY_RPCS[kind], request, md, fuzz.expect_capability(kind, request), _serialize
+            CAPABILITY_RPCS[kind], request, md, fuzz.expect_capability(kind, request), serialize
         )
 
     run()
@@ -181,13 +181,13 @@ def test_capability_rpcs(fuzz: Fuzzer, kind: str, examples: int) -> None:
 def test_generate_stream(
     fuzz: Fuzzer, request: generation_pb2.GenerateRequest, md: Metadata
 ) -> None:
-    fuzz.call(GENERATE_STREAM, request, md, Expect(timeout=3.0), _serialize, "server_stream")
+    fuzz.call(GENERATE_STREAM, request, md, Expect(timeout=3.0), serialize, "server_stream")
 
 
 @fuzzed(400)
 @given(request=submit_requests(), md=metadata)
 def test_submit(fuzz: Fuzzer, request: tasks_pb2.SubmitRequest, md: Metadata) -> None:
-    fuzz.call(SUBMIT, request, md, fuzz.expect_submit(request), _serialize)
+    fuzz.call(SUBMIT, request, md, fuzz.expect_submit(request), serialize)
 
 
 @fuzzed(300)
@@ -205,7 +205,7 @@ def test_get_wait_cancel(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> Non
         request_type = tasks_pb2.GetTaskRequest if rpc == GET else tasks_pb2.CancelTaskRequest
         request = request_type(task_id=task_id)
         expect = Expect(REJECTED) if bad_id else Expect()
-    fuzz.call(rpc, request, md, expect, _serialize)
+    fuzz.call(rpc, request, md, expect, serialize)
 
 
 @fuzzed(100)
@@ -215,7 +215,7 @@ def test_stream_task(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> None:
     task_id = _known(fuzz.known_tasks, draw) if draw(st.integers(0, 3)) == 0 else draw(ids)
     expect = Expect(REJECTED) if not valid_task_id(task_id) else Expect(timeout=3.0)
     request = generation_pb2.StreamTaskRequest(task_id=task_id)
-    fuzz.call(STREAM_TASK, request, md, expect, _serialize, "server_stream")
+    fuzz.call(STREAM_TASK, request, md, expect, serialize, "server_stream")
 
 
 @fuzzed(200)
@@ -225,7 +225,7 @@ def test_submit_batch(
 ) -> None:
     first = messages[0].batch_id if messages else ""
     expect = Expect(REJECTED) if first and not valid_batch_id(first) else Expect()
-    fuzz.call(SUBMIT_BATCH, messages, md, expect, _serialize, "bidi")
+    fuzz.call(SUBMIT_BATCH, messages, md, expect, serialize, "bidi")
 
 
 @fuzzed(250)
@@ -236,12 +236,12 @@ def test_batch_reads(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> None:
     batch_id = _known(fuzz.known_batches, draw) if known else draw(ids)
     expect = Expect(REJECTED) if not valid_batch_id(batch_id) else Expect(timeout=3.0)
     if draw(st.booleans()):
-        fuzz.call(GET_BATCH, tasks_pb2.GetBatchRequest(batch_id=batch_id), md, expect, _serialize)
+        fuzz.call(GET_BATCH, tasks_pb2.GetBatchRequest(batch_id=batch_id), md, expect, serialize)
         return
     request = tasks_pb2.StreamBatchResultsRequest(
         batch_id=batch_id, cursor=draw(cursors), no_follow=draw(st.booleans())
     )
-    fuzz.call(STREAM_BATCH, request, md, expect, _serialize, "server_stream")
+    fuzz.call(STREAM_BATCH, request, md, expect, serialize, "server_stream")
 
 
 @fuzzed(100)
@@ -253,7 +253,7 @@ def test_list_models(fuzz: Fuzzer, kind: int, md: Metadata) -> None:
     expect = Expect(frozenset({OK})) if known else Expect(frozenset({Code.INVALID_ARGUMENT}))
     if md:
         expect = Expect(ALLOWED)
-    fuzz.call(LIST_MODELS, request, md, expect, _serialize)
+    fuzz.call(LIST_MODELS, request, md, expect, serialize)
 
 
 @fuzzed(100)
@@ -265,7 +265,7 @@ def test_health_check(fuzz: Fuzzer, service: str, md: Metadata) -> None:
         request,
         md,
         Expect(frozenset({OK, Code.NOT_FOUND, Code.RESOURCE_EXHAUSTED})),
-        _serialize,
+        serialize,
     )
 
 
@@ -342,17 +342,17 @@ def _own_fuzz(fuzz: Fuzzer) -> None:
     @given(request=classify_requests(), md=metadata)
     def classify(request: classification_pb2.ClassifyRequest, md: Metadata) -> None:
         fuzz.call(
-            CLASSIFY, request, md, fuzz.expect_capability("classification", request), _serialize
+            CLASSIFY, request, md, fuzz.expect_capability("classification", request), serialize
         )
 
     raw()
     classify()
     known = tasks_pb2.GetTaskRequest(task_id=fuzz.known_tasks[0])
-    fuzz.call(GET, known, (), Expect(frozenset({OK})), _serialize)
+    fuzz.call(GET, known, (), Expect(frozenset({OK})), serialize)
     unknown = tasks_pb2.GetTaskRequest(task_id=f"no-such-task-{uuid.uuid4().hex}")
-    fuzz.call(GET, unknown, (), Expect(frozenset({Code.NOT_FOUND})), _serialize)
+    fuzz.call(GET, unknown, (), Expect(frozenset({Code.NOT_FOUND})), serialize)
     empty = classification_pb2.ClassifyRequest(text="")
-    fuzz.call(CLASSIFY, empty, (), Expect(frozenset({Code.INVALID_ARGUMENT})), _serialize)
+    fuzz.call(CLASSIFY, empty, (), Expect(frozenset({Code.INVALID_ARGUMENT})), serialize)
     oversized = b"\x0a" + b"\xff" * (MAX_MESSAGE_BYTES + 16)  # call() expects RESOURCE_EXHAUSTED
     fuzz.call(CLASSIFY, oversized, (), Expect(), None)
 

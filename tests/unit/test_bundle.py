@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from nlp.v1 import classification_pb2
-from shared.contracts.envelope import make_envelope
+from nlp.v1 import tasks_pb2
 from shared.contracts.names import (
     CELERY_HEADER_TRACE,
     CELERY_KWARG_ENVELOPES,
@@ -21,15 +20,11 @@ from shared.transport.bundle import (
     decode_delivered,
     encode_bundle,
 )
+from tests.factories import classification_envelope
 
 
-def _envelopes(count: int) -> list[Any]:
-    out = []
-    for i in range(count):
-        request = classification_pb2.ClassifyRequest(text=f"text {i}")
-        request.labels.add(name="a")
-        out.append(make_envelope("classification", request, deadline_s=60))
-    return out
+def _envelopes(count: int) -> list[tasks_pb2.TaskEnvelope]:
+    return [classification_envelope(f"text {i}", ("a",)) for i in range(count)]
 
 
 def test_a_bundle_round_trips_through_the_celery_message() -> None:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from opentelemetry import trace
 
-from nlp.v1 import classification_pb2, tasks_pb2
-from shared.contracts.envelope import decode_b64, make_envelope
+from nlp.v1 import tasks_pb2
+from shared.contracts.envelope import decode_b64
 from shared.contracts.names import CELERY_HEADER_TRACE, CELERY_KWARG_ENVELOPES, Names
 from shared.contracts.settings import WorkerSettings
+from tests.factories import classification_envelope
 from tests.unit.fakes import FakeCelery, FakeIntakeStore, make_intake
 
 
@@ -18,13 +19,11 @@ def handed(count: int, limit: int) -> tuple[list[str], FakeCelery, FakeIntakeSto
     intake = make_intake(WorkerSettings(handoff_max_tasks=limit), celery=celery, store=store)
     tasks: list[tuple[tasks_pb2.TaskEnvelope, trace.Span]] = []
     for i in range(count):
-        request = classification_pb2.ClassifyRequest(text=f"text {i}")
-        request.labels.add(name="a")
         # Each task's intake span (as the intake's process span would be).
         span = trace.NonRecordingSpan(
             trace.SpanContext(i + 1, i + 2, is_remote=False, trace_flags=trace.TraceFlags(1))
         )
-        tasks.append((make_envelope("classification", request, deadline_s=60), span))
+        tasks.append((classification_envelope(f"text {i}", ("a",)), span))
     intake.hand_off(tasks)
     return [envelope.task_id for envelope, _ in tasks], celery, store
 
