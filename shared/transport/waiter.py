@@ -129,6 +129,9 @@ class ResultWaiter:
     def _notified(self, data: bytes | str) -> None:
         """A done-channel message (see :func:`parse_done_notice`)."""
         notice = parse_done_notice(data)
+        # Every task's notice reaches every gateway: decode the result only for ours.
+        if notice.task_id not in self._waiters:
+            return
         # No result along (a large one), or an unreadable one: the waiter reads the store.
         self._wake(notice.task_id, notice.result())
 
