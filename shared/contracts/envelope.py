@@ -24,7 +24,14 @@ from nlp.v1 import (
     tasks_pb2,
 )
 from shared.contracts.errors import Code, InvalidRequestError
-from shared.contracts.names import KIND_NAMES, TENANT_RE, kind_name, kind_value
+from shared.contracts.names import (
+    KIND_NAMES,
+    LANE_NAMES,
+    LANES_BY_NAME,
+    TENANT_RE,
+    kind_name,
+    kind_value,
+)
 from shared.contracts.settings import Limits
 
 TERMINAL_STATUSES = frozenset(
@@ -75,6 +82,12 @@ def request_of(envelope: tasks_pb2.TaskEnvelope) -> AnyRequest | None:
     return None if field is None else getattr(envelope, field)
 
 
+def envelope_lane(envelope: tasks_pb2.TaskEnvelope) -> str:
+    """The name of the lane ``envelope`` travels in; standard for one without a lane (the
+    intake fills every lane in, so only an envelope stored before lanes existed)."""
+    return LANE_NAMES.get(envelope.lane, "standard")
+
+
 def make_envelope(
     kind: str,
     request: AnyRequest,
@@ -82,7 +95,7 @@ def make_envelope(
     deadline_s: float,
     task_id: str | None = None,
     tenant: str = "",
-    priority: int = 0,
+    lane: int = common_pb2.LANE_UNSPECIFIED,
     reply: tasks_pb2.ReplyOptions | None = None,
     batch_id: str = "",
     now: float | None = None,
@@ -95,7 +108,7 @@ def make_envelope(
         tenant=tenant,
         created_at=timestamp(created),
         deadline=timestamp(created + deadline_s),
-        priority=priority,
+        lane=lane,  # type: ignore[arg-type]  # a Lane value
         model=request.model,
         batch_id=batch_id,
     )
@@ -235,8 +248,14 @@ def validate_request(kind: str, request: AnyRequest, limits: Limits) -> None:
         raise InvalidRequestError(problems)
 
 
-def validate_envelope(envelope: tasks_pb2.TaskEnvelope, expected_kind: str, limits: Limits) -> None:
-    """Raise InvalidRequestError unless ``envelope`` is a well-formed task of ``expected_kind``."""
+def validate_envelope(
+    envelope: tasks_pb2.TaskEnvelope,
+    expected_kind: str,
+    limits: Limits,
+    expected_lane: str | None = None,
+) -> None:
+    """Raise InvalidRequestError unless ``envelope`` is a well-formed task of ``expected_kind``
+    (and, when given, of ``expected_lane``: that of its topic, or no lane)."""
     problems: list[str] = []
     if not valid_task_id(envelope.task_id):
         problems.append(f"task_id {envelope.task_id[:64]!r} is missing or malformed")
@@ -248,8 +267,14 @@ def validate_envelope(envelope: tasks_pb2.TaskEnvelope, expected_kind: str, limi
         problems.append("created_at and deadline are required")
     elif seconds(envelope.deadline) < seconds(envelope.created_at):
         problems.append("deadline is before created_at")
-    if not 0 <= envelope.priority <= 9:
-        problems.append("priority must be in [0, 9]")
+    if envelope.lane not in LANE_NAMES and envelope.lane != common_pb2.LANE_UNSPECIFIED:
+        problems.append(f"lane {envelope.lane} is not a known lane")
+    elif expected_lane is not None and envelope.lane not in (
+        common_pb2.LANE_UNSPECIFIED,
+        LANES_BY_NAME[expected_lane],
+    ):
+        # The topic is the lane: a producer cannot jump the queue by labelling its tasks.
+        problems.append(f"lane {LANE_NAMES[envelope.lane]!r} on the {expected_lane!r} topic")
     if envelope.batch_id and not valid_batch_id(envelope.batch_id):
         problems.append(f"batch_id {envelope.batch_id[:64]!r} is malformed")
     if envelope.tenant and not TENANT_RE.match(envelope.tenant):

@@ -21,6 +21,16 @@ KINDS_BY_NAME: dict[str, common_pb2.Kind] = {
 KIND_NAMES: dict[int, str] = {int(kind): name for name, kind in KINDS_BY_NAME.items()}
 ALL_KINDS: tuple[str, ...] = tuple(KIND_NAMES.values())
 
+# Lane names as they appear in topics, queues, metrics labels and CLI arguments, highest
+# first: every hop that orders work serves them in this order (docs/lanes.md).
+LANES_BY_NAME: dict[str, common_pb2.Lane] = {
+    "interactive": common_pb2.LANE_INTERACTIVE,
+    "standard": common_pb2.LANE_STANDARD,
+    "batch": common_pb2.LANE_BATCH,
+}
+LANE_NAMES: dict[int, str] = {int(lane): name for name, lane in LANES_BY_NAME.items()}
+ALL_LANES: tuple[str, ...] = tuple(LANE_NAMES.values())
+
 # Kafka message headers.
 HEADER_TRACEPARENT = "traceparent"
 HEADER_TRACESTATE = "tracestate"
@@ -61,6 +71,27 @@ def kind_value(name: str) -> common_pb2.Kind:
         raise ValueError(f"unknown kind {name!r}; expected one of {', '.join(ALL_KINDS)}") from None
 
 
+def lane_name(lane: int) -> str:
+    """Name of a Lane enum value; ValueError for UNSPECIFIED or unknown values."""
+    try:
+        return LANE_NAMES[lane]
+    except KeyError:
+        raise ValueError(f"unknown lane {lane}") from None
+
+
+def lane_value(name: str) -> common_pb2.Lane:
+    """Lane enum value for a lane name; ValueError listing the valid names otherwise."""
+    try:
+        return LANES_BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown lane {name!r}; expected one of {', '.join(ALL_LANES)}") from None
+
+
+def lane_rank(lane: str) -> int:
+    """0 for the highest lane (interactive), then 1, 2: the order work is served in."""
+    return ALL_LANES.index(lane)
+
+
 @dataclass(frozen=True)
 class Names:
     """All externally visible names of one deployment (one namespace)."""
@@ -79,8 +110,15 @@ class Names:
     def _redis(self, name: str) -> str:
         return f"{self.namespace}:{name}" if self.namespace else name
 
-    def task_topic(self, kind: str) -> str:
-        return self._kafka(f"nlp.tasks.{kind}")
+    def task_topic(self, kind: str, lane: str) -> str:
+        """The topic of ``kind``'s tasks in ``lane`` (direct producers: the batch lane)."""
+        if lane not in LANES_BY_NAME:
+            raise ValueError(f"unknown lane {lane!r}")
+        return self._kafka(f"nlp.tasks.{kind}.{lane}")
+
+    def task_topics(self, kind: str) -> dict[str, str]:
+        """Every lane's task topic of ``kind``, by lane, highest lane first."""
+        return {lane: self.task_topic(kind, lane) for lane in ALL_LANES}
 
     @property
     def dead_letter_topic(self) -> str:
@@ -97,8 +135,15 @@ class Names:
     def consumer_group(self, kind: str) -> str:
         return self._kafka(f"nlp.{kind}")
 
-    def celery_queue(self, kind: str) -> str:
-        return self._kafka(kind)
+    def celery_queue(self, kind: str, lane: str) -> str:
+        """The Celery (Redis list) queue of ``kind``'s tasks in ``lane``."""
+        if lane not in LANES_BY_NAME:
+            raise ValueError(f"unknown lane {lane!r}")
+        return self._kafka(f"{kind}.{lane}")
+
+    def celery_queues(self, kind: str) -> dict[str, str]:
+        """Every lane's Celery queue of ``kind``, by lane, highest lane first."""
+        return {lane: self.celery_queue(kind, lane) for lane in ALL_LANES}
 
     @staticmethod
     def celery_task(kind: str) -> str:
@@ -157,6 +202,3 @@ class Names:
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""
         return self._redis("nlp:done")
-
-    def all_task_topics(self) -> list[str]:
-        return [self.task_topic(kind) for kind in ALL_KINDS]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.contracts.names import Names
+from shared.contracts.names import ALL_LANES, Names
 
 
 class Limits(BaseModel):
@@ -28,6 +28,44 @@ class Limits(BaseModel):
     max_stop_sequences: int = Field(16, gt=0)
     max_new_tokens: int = Field(4096, gt=0)
     max_model_name_chars: int = Field(128, gt=0)
+
+
+class PerLane(BaseModel):
+    """One value per lane (``NLP_<SETTING>__BATCH=8`` sets the batch lane's and leaves the
+    others at their defaults, which each setting's subclass gives)."""
+
+    model_config = {"frozen": True}
+
+    interactive: int = Field(ge=0)
+    standard: int = Field(ge=0)
+    batch: int = Field(ge=0)
+
+    def of(self, lane: str) -> int:
+        value: int = getattr(self, lane)
+        return value
+
+
+# Per lane: a lower lane's backlog waits in Kafka, not in Redis, where it would be in a
+# failover's way and could not be re-ordered. Batch: 16 messages of up to
+# handoff_max_tasks each keep a worker's batch slots fed between two polls.
+class HighWater(PerLane):
+    interactive: int = Field(200, ge=1)
+    standard: int = Field(64, ge=1)
+    batch: int = Field(16, ge=1)
+
+
+class LowWater(PerLane):
+    interactive: int = Field(50, ge=0)
+    standard: int = Field(16, ge=0)
+    batch: int = Field(4, ge=0)
+
+
+# Smooth weighted round robin between lanes that all have work waiting, at the Celery
+# fetch and at each micro-batch's first place: a lower lane always moves.
+class LaneWeights(PerLane):
+    interactive: int = Field(16, ge=1)
+    standard: int = Field(4, ge=1)
+    batch: int = Field(1, ge=1)
 
 
 class ModelSpec(BaseModel):
@@ -153,11 +191,13 @@ class WorkerSettings(ServiceSettings):
     # Intake
     poll_timeout_ms: int = Field(500, gt=0)
     poll_max_records: int = Field(100, gt=0)
-    queue_high_water: int = Field(
-        200, gt=0, description="pause Kafka above this Celery queue depth (in messages)"
+    queue_high_water: HighWater = Field(
+        default_factory=HighWater,
+        description="pause a lane's topic above this depth of its Celery queue (in messages)",
     )
-    queue_low_water: int = Field(
-        50, ge=0, description="resume Kafka below this Celery queue depth (in messages)"
+    queue_low_water: LowWater = Field(
+        default_factory=LowWater,
+        description="resume a lane's topic below this depth of its Celery queue (in messages)",
     )
     # Each commit cost the broker ~1 ms of CPU (an append to __consumer_offsets): at one
     # per poll, ~0.1 ms per task at saturation. A crash re-reads at most this much, and a
@@ -184,6 +224,18 @@ class WorkerSettings(ServiceSettings):
     concurrency: int = Field(
         64, gt=0, description="Celery messages (task bundles) one worker process runs at once"
     )
+    # Capacity kept for higher lanes: a worker full of bulk bundles still takes the next
+    # interactive message at once (shared/transport/lanes.py).
+    reserved_interactive_slots: int = Field(
+        16, ge=0, description="slots of concurrency that standard and batch messages never take"
+    )
+    reserved_standard_slots: int = Field(
+        8, ge=0, description="further slots that batch messages never take (kept for standard)"
+    )
+    lane_weights: LaneWeights = Field(
+        default_factory=LaneWeights,
+        description="relative share of each lane when every lane has work waiting",
+    )
     # 32 and 0 ms: the best of 16/32 and 0/5/20 ms measured by `make bench` on 2 cores
     # (under load the backlog fills batches anyway; a wait only adds latency).
     batch_max_size: int = Field(32, gt=0, description="most tasks in one micro-batch")
@@ -192,6 +244,12 @@ class WorkerSettings(ServiceSettings):
     )
     batch_runners: int = Field(
         2, gt=0, description="batches of one model running at once (a long one blocks no other)"
+    )
+    interactive_runners: int = Field(
+        1,
+        ge=0,
+        description="further batch runners per model that take interactive tasks only "
+        "(an interactive task never waits for a running bulk batch)",
     )
     visibility_timeout_s: int = Field(
         3600,
@@ -211,10 +269,24 @@ class WorkerSettings(ServiceSettings):
         False, description="produce every result to the results topic, not only when asked"
     )
 
+    def lane_slots(self, lane: str) -> int:
+        """The most Celery messages of ``lane`` one worker runs (or holds) at once."""
+        if lane == "interactive":
+            return self.concurrency
+        if lane == "standard":
+            return self.concurrency - self.reserved_interactive_slots
+        return self.concurrency - self.reserved_interactive_slots - self.reserved_standard_slots
+
     @model_validator(mode="after")
     def _consistent(self) -> WorkerSettings:
-        if self.queue_low_water >= self.queue_high_water:
-            raise ValueError("queue_low_water must be below queue_high_water")
+        for lane in ALL_LANES:
+            if self.queue_low_water.of(lane) >= self.queue_high_water.of(lane):
+                raise ValueError(f"queue_low_water.{lane} must be below queue_high_water.{lane}")
+        if self.reserved_interactive_slots + self.reserved_standard_slots >= self.concurrency:
+            raise ValueError(
+                "reserved_interactive_slots + reserved_standard_slots must leave batch work "
+                "at least one slot of concurrency"
+            )
         if self.concurrency * self.handoff_max_tasks < self.batch_max_size:
             raise ValueError(
                 "concurrency * handoff_max_tasks must be at least batch_max_size to fill a batch"

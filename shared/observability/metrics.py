@@ -29,6 +29,7 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
+from shared.contracts.names import ALL_LANES
 from shared.contracts.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,8 @@ class IntakeMetrics:
         r = self.registry
         self.records = Counter(
             "nlp_intake_records",
-            "Kafka records the intake processed, by outcome",
-            ["kind", "outcome"],
+            "Kafka records the intake processed, by lane and outcome",
+            ["kind", "lane", "outcome"],
             registry=r,
         )
         self.dead_letters = Counter(
@@ -139,45 +140,50 @@ class IntakeMetrics:
         self.consumer_lag = Gauge(
             "nlp_kafka_consumer_lag",
             "Records of an assigned partition not yet consumed by the kind's group",
-            ["kind", "partition"],
+            ["kind", "lane", "partition"],
             registry=r,
         )
         self.queue_depth = Gauge(
             "nlp_celery_queue_depth",
-            "Messages (task bundles) waiting in the kind's Celery queue",
-            ["kind"],
+            "Messages (task bundles) waiting in a lane's Celery queue of the kind",
+            ["kind", "lane"],
             registry=r,
         )
         self.paused = Gauge(
             "nlp_intake_paused",
-            "1 while the intake holds Kafka back because the Celery queue is full",
-            ["kind"],
+            "1 while the intake holds a lane's topic back because its Celery queue is full",
+            ["kind", "lane"],
             registry=r,
         )
         self.handoff_size = Histogram(
             "nlp_handoff_bundle_size",
             "Tasks per Celery message",
-            ["kind"],
+            ["kind", "lane"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self.queue_depth.labels(self.kind)
-        self.paused.labels(self.kind)
-        self._lag_partitions: set[int] = set()
+        for lane in ALL_LANES:
+            self.queue_depth.labels(self.kind, lane)
+            self.paused.labels(self.kind, lane)
+        self._lag_series: set[tuple[str, str]] = set()
 
-    def outcome(self, outcome: str, count: int = 1) -> None:
-        self.records.labels(self.kind, outcome).inc(count)
+    def outcome(self, outcome: str, count: int = 1, lane: str = "") -> None:
+        """Records that ended in ``outcome``; ``lane`` empty for records of no lane (not
+        decodable)."""
+        self.records.labels(self.kind, lane, outcome).inc(count)
 
     def dead_lettered(self, stage: str) -> None:
         self.dead_letters.labels(self.kind, stage).inc()
 
-    def lag(self, lags: dict[int, int]) -> None:
-        """Lag of each assigned partition; partitions no longer assigned are dropped."""
-        for partition, value in lags.items():
-            self.consumer_lag.labels(self.kind, str(partition)).set(value)
-        for partition in self._lag_partitions - lags.keys():
-            self.consumer_lag.remove(self.kind, str(partition))
-        self._lag_partitions = set(lags)
+    def lag(self, lags: dict[tuple[str, int], int]) -> None:
+        """Lag of each assigned partition by (lane, partition); partitions no longer
+        assigned are dropped."""
+        series = {(lane, str(partition)): value for (lane, partition), value in lags.items()}
+        for (lane, partition), value in series.items():
+            self.consumer_lag.labels(self.kind, lane, partition).set(value)
+        for lane, partition in self._lag_series - series.keys():
+            self.consumer_lag.remove(self.kind, lane, partition)
+        self._lag_series = set(series)
 
 
 @dataclass
@@ -193,15 +199,19 @@ class WorkerMetrics:
             "nlp_task_stage_seconds",
             "Time a task spent in each stage: queued (accepted to hand-off: Kafka and intake), "
             "waited (in the Celery queue), batched (waiting for its micro-batch), inference "
-            "(its batch's model run), ran (start of execution to result)",
-            ["kind", "stage"],
+            "(its batch's model run), ran (start of execution to result); by lane",
+            ["kind", "lane", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        for stage in STAGES:  # every series from the start, not from its first task
-            self.stage_seconds.labels(self.kind, stage)
+        for lane in ALL_LANES:  # every series from the start, not from its first task
+            for stage in STAGES:
+                self.stage_seconds.labels(self.kind, lane, stage)
         self.tasks = Counter(
-            "nlp_tasks", "Tasks that reached a terminal status here", ["kind", "status"], registry=r
+            "nlp_tasks",
+            "Tasks that reached a terminal status here",
+            ["kind", "lane", "status"],
+            registry=r,
         )
         self.errors = Counter(
             "nlp_task_errors",
@@ -258,10 +268,12 @@ class WorkerMetrics:
         if tokens_out:
             self.tokens.labels(self.kind, model, "output").inc(tokens_out)
 
-    def finished(self, status: str, code: str | None, stages_ms: dict[str, float]) -> None:
-        """One terminal result: its status, its error code (if any) and its stage times."""
-        self.tasks.labels(self.kind, status).inc()
+    def finished(
+        self, lane: str, status: str, code: str | None, stages_ms: dict[str, float]
+    ) -> None:
+        """One terminal result: its lane, status, error code (if any) and stage times."""
+        self.tasks.labels(self.kind, lane, status).inc()
         if code is not None:
             self.errors.labels(self.kind, code).inc()
         for stage, ms in stages_ms.items():
-            self.stage_seconds.labels(self.kind, stage).observe(ms / 1000)
+            self.stage_seconds.labels(self.kind, lane, stage).observe(ms / 1000)

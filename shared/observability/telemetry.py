@@ -39,6 +39,7 @@ tracer = trace.get_tracer("nlp-platform")
 # Span attribute names of the platform (beside the OpenTelemetry semantic conventions).
 ATTR_TASK_ID = "nlp.task_id"
 ATTR_KIND = "nlp.kind"
+ATTR_LANE = "nlp.lane"
 ATTR_BATCH_ID = "nlp.batch_id"
 ATTR_MODEL_NAME = "nlp.model.name"
 ATTR_MODEL_VERSION = "nlp.model.version"

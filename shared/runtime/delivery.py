@@ -28,6 +28,9 @@ class TaskRequest(Protocol):
     @property
     def retries(self) -> int: ...
 
+    @property
+    def delivery_info(self) -> Mapping[str, object] | None: ...
+
 
 class RetryableTask(Protocol):
     """The bound Celery task a bundle runs under (:meth:`celery.Task.retry` re-sends it)."""

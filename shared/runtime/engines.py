@@ -49,6 +49,9 @@ class Job:
     # Epoch seconds: a run still going then is aborted (DEADLINE_EXCEEDED).
     deadline: float
     span: trace.Span
+    # The task's lane (shared.contracts.names.ALL_LANES): engines that schedule work
+    # inside (vLLM) serve higher lanes first.
+    lane: str = "standard"
 
 
 class TaskAborted(Exception):  # noqa: N818 (an outcome, not an error)

@@ -1,12 +1,17 @@
-"""The intake: Kafka consumer group of one kind → that kind's Celery queue.
+"""The intake: Kafka consumer group of one kind → that kind's Celery queues, lane by lane.
 
 Guarantees (see the architecture): offsets are committed only after every
 record of a poll was handed to Celery, dead-lettered or finished (every
 ``commit_interval_ms``, and before a rebalance or stop takes the partitions); a record that
 cannot be decoded or validated goes to the dead-letter topic with the reason
 and never blocks its partition; expired tasks end as DEADLINE_EXCEEDED without
-running; the partitions are paused while the Celery queue is above the
+running; a lane's partitions are paused while its Celery queue is above that lane's
 high-water mark (polling continues, so the group membership stays alive).
+
+Lanes: the group reads every lane's topic of the kind. Each poll's tasks are handed off
+highest lane first, each lane to its own Celery queue; a lane is held back only by its
+own queue, so a bulk backlog never stops interactive records (which the worker then
+fetches first). The lane is the topic's: an envelope naming another is dead-lettered.
 
 Outages: while Redis is unreachable nothing can be handed off (the Celery broker is
 Redis), so the partitions stay paused; while Kafka is, polls bring nothing and dead
@@ -32,19 +37,21 @@ from nlp.v1 import common_pb2, tasks_pb2
 from shared.contracts.envelope import (
     deadline_exceeded,
     decode_envelope,
+    envelope_lane,
     error_result,
     expired,
     valid_task_id,
     validate_envelope,
 )
 from shared.contracts.errors import Code, InvalidRequestError
-from shared.contracts.names import Names
+from shared.contracts.names import Names, lane_rank, lane_value
 from shared.contracts.settings import WorkerSettings
 from shared.observability.metrics import IntakeMetrics
 from shared.observability.telemetry import (
     ATTR_BATCH_ID,
     ATTR_BUNDLE_SIZE,
     ATTR_KIND,
+    ATTR_LANE,
     ATTR_TASK_ID,
     attached,
     carrier_of,
@@ -62,7 +69,7 @@ from shared.runtime.ports import (
     TaskSender,
     TaskSource,
 )
-from shared.transport.bundle import Bundle, encode_bundle
+from shared.transport.bundle import Bundle, Carrier, encode_bundle
 from shared.transport.kafka import dead_letter_headers, publish_results
 from shared.transport.kafka_consumer import Partition, Record
 from shared.transport.outages import KAFKA, REDIS, Outages, dependency_of
@@ -87,29 +94,36 @@ class Intake:
     metrics: IntakeMetrics
     outages: Outages = field(default_factory=lambda: Outages("intake"))
     stats: Counter[str] = field(default_factory=Counter)
-    paused: bool = False
+    # Lanes whose topics are held back (their Celery queue went above its high water).
+    paused: set[str] = field(default_factory=set)
     clock: Callable[[], float] = time.monotonic
     # Next offset to read per partition, handed off but not yet committed.
     uncommitted: dict[Partition, int] = field(default_factory=dict)
     _commit_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.topics = self.names.task_topics(self.kind)
+        self.lane_of_topic = {topic: lane for lane, topic in self.topics.items()}
+        self.queues = self.names.celery_queues(self.kind)
+
     @property
     def names(self) -> Names:
         return self.settings.names
 
-    def queue_depth(self) -> int:
-        return int(self.redis.llen(self.names.celery_queue(self.kind)))
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each lane's Celery queue."""
+        return {lane: int(self.redis.llen(queue)) for lane, queue in self.queues.items()}
 
     def run(self, stop: threading.Event, on_first_poll: Callable[[], None] | None = None) -> None:
         """Poll until ``stop`` is set."""
-        topic = self.names.task_topic(self.kind)
-        # Join the group only once the topic's partitions are known: a member that joins
+        # Join the group only once the topics' partitions are known: a member that joins
         # without them gets no partitions assigned and may sit idle until some later
         # rebalance (seen right after a broker start).
-        while not self.consumer.partitions_for_topic(topic):
-            if stop.wait(0.2):
-                return
-        self.consumer.subscribe([topic], on_revoke=self.revoked)
+        for topic in self.topics.values():
+            while not self.consumer.partitions_for_topic(topic):
+                if stop.wait(0.2):
+                    return
+        self.consumer.subscribe(list(self.topics.values()), on_revoke=self.revoked)
         try:
             self._poll_until(stop, on_first_poll)
         finally:
@@ -144,13 +158,20 @@ class Intake:
             self.commit_due()
 
     def measure_lag(self) -> None:
-        """Consumer lag of each assigned partition: what KEDA scales on."""
-        self.metrics.lag(self.consumer.lag())
+        """Consumer lag of each assigned partition, by lane: what KEDA scales on."""
+        self.metrics.lag(
+            {
+                (self.lane_of_topic[tp.topic], tp.partition): lag
+                for tp, lag in self.consumer.lag().items()
+            }
+        )
 
     def apply_backpressure(self) -> None:
+        """Pause each lane's partitions while its Celery queue is above its high water;
+        resume them below its low water. Every lane's while Redis is away."""
         assigned = self.consumer.assignment()
         try:
-            depth = self.queue_depth()
+            depths = self.queue_depths()
         except Exception as exc:
             if dependency_of(exc) != REDIS:
                 raise
@@ -158,21 +179,33 @@ class Intake:
             self.outages.lost(REDIS, exc)
             self.consumer.pause(*assigned)
             return
-        if self.outages.back(REDIS) and not self.paused:
-            self.consumer.resume(*assigned)
-        self.metrics.queue_depth.labels(self.kind).set(depth)
-        if not self.paused and depth >= self.settings.queue_high_water:
-            self.paused = True
-            self.stats["paused"] += 1
-            log.info("celery queue above high-water; pausing", extra={"depth": depth})
-        elif self.paused and depth <= self.settings.queue_low_water:
-            self.paused = False
-            self.consumer.resume(*assigned)
-            log.info("celery queue below low-water; resuming", extra={"depth": depth})
-        self.metrics.paused.labels(self.kind).set(int(self.paused))
-        if self.paused and assigned:
-            # Re-applied every loop: partitions assigned by a rebalance start unpaused.
-            self.consumer.pause(*assigned)
+        by_lane: dict[str, list[Partition]] = {lane: [] for lane in self.topics}
+        for tp in assigned:
+            by_lane[self.lane_of_topic[tp.topic]].append(tp)
+        if self.outages.back(REDIS):
+            self.consumer.resume(
+                *[tp for lane, tps in by_lane.items() if lane not in self.paused for tp in tps]
+            )
+        for lane, depth in depths.items():
+            self.metrics.queue_depth.labels(self.kind, lane).set(depth)
+            if lane not in self.paused and depth >= self.settings.queue_high_water.of(lane):
+                self.paused.add(lane)
+                self.stats["paused"] += 1
+                log.info(
+                    "celery queue above high-water; pausing the lane",
+                    extra={"lane": lane, "depth": depth},
+                )
+            elif lane in self.paused and depth <= self.settings.queue_low_water.of(lane):
+                self.paused.discard(lane)
+                self.consumer.resume(*by_lane[lane])
+                log.info(
+                    "celery queue below low-water; resuming the lane",
+                    extra={"lane": lane, "depth": depth},
+                )
+            self.metrics.paused.labels(self.kind, lane).set(int(lane in self.paused))
+            if lane in self.paused and by_lane[lane]:
+                # Re-applied every loop: partitions assigned by a rebalance start unpaused.
+                self.consumer.pause(*by_lane[lane])
 
     def handle_batch(self, batch: dict[Partition, list[Record]]) -> None:
         """Hand off, dead-letter or finish every record, then mark the poll's offsets for
@@ -181,11 +214,17 @@ class Intake:
         The poll is one ``receive`` span linked to every record's producer; each record
         gets a ``process`` span in its own trace, ended once it is handed off.
         """
-        records = [r for rs in batch.values() for r in rs]
+        # Highest lane first: its tasks are marked and handed off before the others.
+        records = sorted(
+            (r for rs in batch.values() for r in rs),
+            key=lambda r: lane_rank(self.lane_of_topic[r.topic]),
+        )
         contexts = [extract_headers(r.headers or ()) for r in records]
-        topic = self.names.task_topic(self.kind)
+        topics = {r.topic for r in records}
+        # One topic: named after it; several (lanes): no single destination to name.
+        topic = topics.pop() if len(topics) == 1 else ""
         with tracer.start_as_current_span(
-            f"receive {topic}",
+            f"receive {topic}" if topic else "receive",
             context=Context(),
             kind=trace.SpanKind.CONSUMER,
             links=[
@@ -194,20 +233,28 @@ class Intake:
                 if (c := trace.get_current_span(ctx).get_span_context()).is_valid
             ],
             attributes={
-                **messaging_attributes("kafka", topic, batch_count=len(records)),
+                **(
+                    messaging_attributes("kafka", topic, batch_count=len(records))
+                    if topic
+                    else {
+                        "messaging.system": "kafka",
+                        "messaging.batch.message_count": len(records),
+                    }
+                ),
                 ATTR_KIND: self.kind,
             },
         ):
             spans = [
                 tracer.start_span(
-                    f"process {topic}",
+                    f"process {r.topic}",
                     context=ctx,
                     kind=trace.SpanKind.CONSUMER,
                     attributes={
                         **messaging_attributes(
-                            "kafka", topic, partition=r.partition, offset=r.offset
+                            "kafka", r.topic, partition=r.partition, offset=r.offset
                         ),
                         ATTR_KIND: self.kind,
+                        ATTR_LANE: self.lane_of_topic[r.topic],
                     },
                 )
                 for r, ctx in zip(records, contexts, strict=True)
@@ -284,15 +331,16 @@ class Intake:
         now = time.time()
         ready: list[Handed] = []
         for envelope, span in valid:
+            lane = envelope_lane(envelope)
             if envelope.task_id in finished:
                 self.stats["skipped"] += 1  # cancelled before it got here, or a replay
-                self.metrics.outcome("skipped")
+                self.metrics.outcome("skipped", lane=lane)
                 span.set_attribute("nlp.intake.outcome", "skipped")
             elif expired(envelope, now):
                 with trace.use_span(span, end_on_exit=False):
                     self.finish(envelope, deadline_exceeded(envelope, "intake"))
                 self.stats["expired"] += 1
-                self.metrics.outcome("expired")
+                self.metrics.outcome("expired", lane=lane)
                 span.set_attribute("nlp.intake.outcome", "expired")
             else:
                 ready.append((envelope, span))
@@ -302,12 +350,13 @@ class Intake:
     def check(self, record: Record, span: trace.Span) -> tasks_pb2.TaskEnvelope | PendingSend:
         """The record's envelope if it is a valid task; else dead-letter it and return
         the pending send."""
+        lane = self.lane_of_topic[record.topic]
         try:
             envelope = decode_envelope(record.value)
         except Exception as exc:
             return self.dead_letter(record, f"undecodable: {type(exc).__name__}: {exc}", span)
         try:
-            validate_envelope(envelope, self.kind, self.settings.limits)
+            validate_envelope(envelope, self.kind, self.settings.limits, expected_lane=lane)
         except InvalidRequestError as exc:
             if valid_task_id(envelope.task_id):
                 # Someone may be waiting on this id: tell them why it will never run.
@@ -322,6 +371,7 @@ class Intake:
                 with trace.use_span(span, end_on_exit=False):
                     self.finish(envelope, result)
             return self.dead_letter(record, f"invalid: {exc}", span)
+        envelope.lane = lane_value(lane)  # a direct producer may leave it unspecified
         return envelope
 
     def redeliver_silent(self) -> None:
@@ -331,7 +381,9 @@ class Intake:
         and keeps its first result.
         """
         silent = self.store.silent_tasks(
-            self.kind, self.settings.redeliver_after_s, queue_empty=self.queue_depth() == 0
+            self.kind,
+            self.settings.redeliver_after_s,
+            queue_empty=not any(self.queue_depths().values()),
         )
         for data, carrier in silent:
             envelope = decode_envelope(data)
@@ -339,12 +391,12 @@ class Intake:
                 self.finish(envelope, deadline_exceeded(envelope, "redelivery"))
                 continue
             self.stats["redelivered"] += 1
-            self.metrics.outcome("redelivered")
+            self.metrics.outcome("redelivered", lane=envelope_lane(envelope))
             # The re-sent task continues its own trace (kept with its QUEUED state), even
             # though the sweep runs outside any.
             with attached(otel_context.Context()):
                 span = tracer.start_span(
-                    f"redeliver {self.names.task_topic(self.kind)}",
+                    f"redeliver {self.topics[envelope_lane(envelope)]}",
                     context=context_of(carrier),
                     attributes={ATTR_TASK_ID: envelope.task_id, ATTR_KIND: self.kind},
                 )
@@ -353,8 +405,9 @@ class Intake:
                     self.hand_off([(envelope, span)])
 
     def hand_off(self, tasks: Sequence[Handed]) -> None:
-        """Record the tasks as QUEUED (in flight), then publish them to Celery in bundles
-        of at most ``handoff_max_tasks`` (per-message costs are paid per bundle).
+        """Record the tasks as QUEUED (in flight), then publish them to their lanes' Celery
+        queues, highest lane first, in bundles of at most ``handoff_max_tasks`` (per-message
+        costs are paid per bundle; a bundle never mixes lanes).
 
         Each task's ``nlp_trace`` entry is its own ``process`` span; the Celery publish
         span goes under the bundle's first task.
@@ -364,49 +417,68 @@ class Intake:
         carriers = [carrier_of(trace.set_span_in_context(span)) for _, span in tasks]
         self.store.mark_queued([envelope for envelope, _ in tasks], carriers)
         handed_at = time.time()
+        by_lane: dict[str, list[tuple[Handed, Carrier]]] = {lane: [] for lane in self.queues}
+        for task, carrier in zip(tasks, carriers, strict=True):
+            by_lane[envelope_lane(task[0])].append((task, carrier))
+        # One broker connection for the whole poll instead of one per message.
+        with self.celery.producer_or_acquire() as producer:
+            for lane, lane_tasks in by_lane.items():
+                if lane_tasks:
+                    self._send_lane(lane, lane_tasks, handed_at, producer)
+        self.stats["handed"] += len(tasks)
+
+    def _send_lane(
+        self,
+        lane: str,
+        tasks: Sequence[tuple[Handed, Carrier]],
+        handed_at: float,
+        producer: object,
+    ) -> None:
+        queue = self.queues[lane]
         # Even bundles: 20 tasks with a limit of 16 go as 10 + 10, not 16 + 4.
         count = -(-len(tasks) // self.settings.handoff_max_tasks)
         size = -(-len(tasks) // count)
-        queue = self.names.celery_queue(self.kind)
-        # One broker connection for the whole poll instead of one per message.
-        with self.celery.producer_or_acquire() as producer:
-            for start in range(0, len(tasks), size):
-                bundle = tasks[start : start + size]
-                for _, span in bundle:
-                    span.set_attribute(ATTR_BUNDLE_SIZE, len(bundle))
-                # A lone task keeps its id in Celery's tools (inspect, revoke).
-                message_id = bundle[0][0].task_id if len(bundle) == 1 else uuid.uuid4().hex
-                # By hand, not by Celery's instrumentation: its publish hooks look the task
-                # up in this process's registry, and the intake only sends it by name.
-                with tracer.start_as_current_span(
-                    f"publish {queue}",
-                    context=trace.set_span_in_context(bundle[0][1]),
-                    kind=trace.SpanKind.PRODUCER,
-                    attributes={
-                        **messaging_attributes(
-                            "celery", queue, message_id=message_id, batch_count=len(bundle)
-                        ),
-                        ATTR_KIND: self.kind,
-                    },
-                ):
-                    kwargs, bundle_headers = encode_bundle(
-                        Bundle.of([e for e, _ in bundle], handed_at, carriers[start : start + size])
+        for start in range(0, len(tasks), size):
+            bundle = [task for task, _ in tasks[start : start + size]]
+            for _, span in bundle:
+                span.set_attribute(ATTR_BUNDLE_SIZE, len(bundle))
+            # A lone task keeps its id in Celery's tools (inspect, revoke).
+            message_id = bundle[0][0].task_id if len(bundle) == 1 else uuid.uuid4().hex
+            # By hand, not by Celery's instrumentation: its publish hooks look the task
+            # up in this process's registry, and the intake only sends it by name.
+            with tracer.start_as_current_span(
+                f"publish {queue}",
+                context=trace.set_span_in_context(bundle[0][1]),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={
+                    **messaging_attributes(
+                        "celery", queue, message_id=message_id, batch_count=len(bundle)
+                    ),
+                    ATTR_KIND: self.kind,
+                    ATTR_LANE: lane,
+                },
+            ):
+                kwargs, bundle_headers = encode_bundle(
+                    Bundle.of(
+                        [e for e, _ in bundle],
+                        handed_at,
+                        [carrier for _, carrier in tasks[start : start + size]],
                     )
-                    # traceparent: the worker's Celery run span continues this publish;
-                    # nlp_trace: each task's own context.
-                    headers = carrier_of() | bundle_headers
-                    self.celery.send_task(
-                        Names.celery_task(self.kind),
-                        kwargs=kwargs,
-                        task_id=message_id,
-                        queue=queue,
-                        headers=headers,
-                        producer=producer,
-                    )
-                self.stats["messages"] += 1
-                self.metrics.handoff_size.labels(self.kind).observe(len(bundle))
-        self.stats["handed"] += len(tasks)
-        self.metrics.outcome("handed", len(tasks))
+                )
+                # traceparent: the worker's Celery run span continues this publish;
+                # nlp_trace: each task's own context.
+                headers = carrier_of() | bundle_headers
+                self.celery.send_task(
+                    Names.celery_task(self.kind),
+                    kwargs=kwargs,
+                    task_id=message_id,
+                    queue=queue,
+                    headers=headers,
+                    producer=producer,
+                )
+            self.stats["messages"] += 1
+            self.metrics.handoff_size.labels(self.kind, lane).observe(len(bundle))
+        self.metrics.outcome("handed", len(tasks), lane=lane)
 
     def finish(self, envelope: tasks_pb2.TaskEnvelope, result: tasks_pb2.TaskResult) -> None:
         """Store a terminal result decided here, published first when the task asks."""
@@ -416,7 +488,7 @@ class Intake:
 
     def dead_letter(self, record: Record, reason: str, span: trace.Span) -> PendingSend:
         self.stats["dead_lettered"] += 1
-        self.metrics.outcome("dead_lettered")
+        self.metrics.outcome("dead_lettered", lane=self.lane_of_topic.get(record.topic, ""))
         self.metrics.dead_lettered("intake")
         span.set_status(trace.StatusCode.ERROR, f"dead-lettered: {reason[:200]}")
         with trace.use_span(span, end_on_exit=False):
@@ -484,7 +556,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     def ready() -> None:
         serving(settings, endpoints)
 
-    log.info("intake starting", extra={"topic": settings.names.task_topic(kind)})
+    log.info("intake starting", extra={"topics": list(intake.topics.values())})
     try:
         intake.run(stop, on_first_poll=ready)
     finally:

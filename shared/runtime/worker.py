@@ -31,6 +31,7 @@ from nlp.v1.common_pb2 import ModelInfo
 from shared.contracts.envelope import (
     AnyRequest,
     deadline_exceeded,
+    envelope_lane,
     error_result,
     expired,
     request_of,
@@ -107,6 +108,8 @@ class WorkerRuntime:
                 name=name,
                 on_batch=self._batch_counter(name),
                 runners=self.settings.batch_runners,
+                interactive_runners=self.settings.interactive_runners,
+                lane_weights=self.settings.lane_weights.model_dump(),
                 span_attributes={
                     ATTR_KIND: self.kind,
                     ATTR_MODEL_NAME: name,
@@ -216,7 +219,9 @@ class WorkerRuntime:
         ``nlp_trace`` entry carries), linked to the Celery message's run span.
         """
         delivery = Delivery(bundle, int(task.request.retries), time.time())
-        self._open(delivery)
+        # The lane queue it came from: where an undecodable envelope's dead letter points.
+        queue = str((task.request.delivery_info or {}).get("routing_key", ""))
+        self._open(delivery, queue)
         try:
             self._finish(delivery, delivery.late)
             live = delivery.live
@@ -265,7 +270,7 @@ class WorkerRuntime:
         kwargs, headers = encode_bundle(delivery.retry_bundle([e for e, _ in failed]))
         return task.retry(kwargs=kwargs, headers=headers, exc=error, countdown=countdown)
 
-    def _open(self, delivery: Delivery) -> None:
+    def _open(self, delivery: Delivery, queue: str = "") -> None:
         """Decode the bundle into ``delivery``: the live tasks, the expired ones (with
         their results), each task's trace context and its started ``run`` span."""
         message_link = links_to([trace.get_current_span()])
@@ -274,7 +279,9 @@ class WorkerRuntime:
                 envelope = Bundle.envelope(raw)
             except Exception as exc:  # the intake validated it: a corrupted Celery message
                 log.error("undecodable envelope in Celery message", extra={"error": str(exc)})
-                self._dead_letter_raw(Bundle.raw(raw), f"undecodable envelope in worker: {exc}")
+                self._dead_letter_raw(
+                    Bundle.raw(raw), f"undecodable envelope in worker: {exc}", queue
+                )
                 delivery.outcome["DEAD_LETTER"] += 1
                 continue
             carrier = delivery.bundle.trace(i)
@@ -320,10 +327,18 @@ class WorkerRuntime:
                 {ATTR_MODEL_NAME: model_name, ATTR_MODEL_VERSION: engine.info.version}
             )
             if isinstance(engine, StreamingEngine):
-                job = Job(envelope.task_id, delivery.attempt, seconds(envelope.deadline), span)
+                job = Job(
+                    envelope.task_id,
+                    delivery.attempt,
+                    seconds(envelope.deadline),
+                    span,
+                    lane=envelope_lane(envelope),
+                )
                 future = engine.start(request, job)
             else:
-                future = self.batchers[model_name].submit(request, span)
+                future = self.batchers[model_name].submit(
+                    request, span, lane=envelope_lane(envelope)
+                )
             running[future] = (envelope, engine.info)
         self._finish(delivery, rejected)
         failed: list[tuple[tasks_pb2.TaskEnvelope, Exception]] = []
@@ -425,7 +440,7 @@ class WorkerRuntime:
             stored = self.store.finish_many([result for _, result in finished])
         for span in store_spans:
             span.end()
-        for (_, result), ok, span in zip(finished, stored, task_spans, strict=True):
+        for (envelope, result), ok, span in zip(finished, stored, task_spans, strict=True):
             status = common_pb2.TaskStatus.Name(result.status).removeprefix("TASK_STATUS_")
             delivery.outcome[status] += 1
             span.set_attribute(ATTR_STATUS, status)
@@ -440,12 +455,11 @@ class WorkerRuntime:
             if t.inference_ms:
                 stages |= {"batched": t.batched_ms, "inference": t.inference_ms}
             code = code_name(result.error.code) if result.HasField("error") else None
-            self.metrics.finished(status, code, stages)
+            self.metrics.finished(envelope_lane(envelope), status, code, stages)
 
     def _dead_letter_envelope(self, envelope: tasks_pb2.TaskEnvelope, reason: str) -> None:
-        headers = dead_letter_headers(
-            reason, "worker", self.settings.names.celery_queue(self.kind), -1, -1
-        )
+        queue = self.settings.names.celery_queue(self.kind, envelope_lane(envelope))
+        headers = dead_letter_headers(reason, "worker", queue, -1, -1)
         headers += task_headers(envelope.task_id, self.kind)
         self.metrics.dead_letters.labels(self.kind, "worker").inc()
         self.producer.send(
@@ -455,14 +469,12 @@ class WorkerRuntime:
             headers=headers,
         ).get(timeout=30)
 
-    def _dead_letter_raw(self, raw: bytes, reason: str) -> None:
+    def _dead_letter_raw(self, raw: bytes, reason: str, queue: str) -> None:
         self.metrics.dead_letters.labels(self.kind, "worker").inc()
         self.producer.send(
             self.settings.names.dead_letter_topic,
             value=raw,
-            headers=dead_letter_headers(
-                reason, "worker", self.settings.names.celery_queue(self.kind), -1, -1
-            ),
+            headers=dead_letter_headers(reason, "worker", queue, -1, -1),
         ).get(timeout=30)
 
 

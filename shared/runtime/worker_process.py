@@ -43,7 +43,7 @@ def serve_worker(
     """Entry point of a kind's Celery worker process.
 
     Loads every configured model once, before the thread pool starts (the threads
-    share them), advertises the served models, then consumes the kind's queue.
+    share them), advertises the served models, then consumes the kind's lane queues.
     """
     from celery.signals import worker_ready, worker_shutdown
 
@@ -99,7 +99,8 @@ def serve_worker(
         [
             "worker",
             "--queues",
-            settings.names.celery_queue(kind),
+            # Every lane's: the channel orders and caps the fetch by lane.
+            ",".join(settings.names.celery_queues(kind).values()),
             "--pool",
             "threads",
             "--concurrency",

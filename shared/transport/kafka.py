@@ -252,9 +252,11 @@ def ensure_topics(
     partitions: int = TASK_TOPIC_PARTITIONS,
     replication: int = 1,
 ) -> list[str]:
-    """Create the task, dead-letter and results topics of the namespace; returns their names."""
+    """Create the task topics (every lane's), the dead-letter and results topics of the
+    namespace; returns their names."""
     n = settings.names
-    wanted = [n.task_topic(kind) for kind in kinds] + [n.dead_letter_topic, n.results_topic]
+    wanted = [topic for kind in kinds for topic in n.task_topics(kind).values()]
+    wanted += [n.dead_letter_topic, n.results_topic]
     create_topics(settings, wanted, partitions, replication)
     return wanted
 

@@ -153,7 +153,7 @@ class TaskConsumer:
         if failed:
             raise confluent_kafka.KafkaException(failed[0].error)
 
-    def lag(self, timeout: float = 5.0) -> dict[int, int]:
+    def lag(self, timeout: float = 5.0) -> dict[Partition, int]:
         """Per assigned partition: the log end minus our position (the next offset this
         member reads: polled, else committed, else the log start). Asked of the broker,
         since paused partitions fetch nothing."""
@@ -173,7 +173,7 @@ class TaskConsumer:
         )
         ends = self._offsets(assigned, latest, timeout)
         return {
-            p.partition: max(0, end - (positions[p] if positions[p] >= 0 else starts[p]))
+            p: max(0, end - (positions[p] if positions[p] >= 0 else starts[p]))
             for p, end in ends.items()
         }
 

@@ -6,9 +6,14 @@ test_compose_observability.py)."""
 from __future__ import annotations
 
 import functools
+import os
 import re
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 from pydantic import BaseModel
@@ -52,17 +57,44 @@ def settings_class(module: str) -> type[BaseSettings]:
     return cls
 
 
+def _nested_model(annotation: object) -> type[BaseModel] | None:
+    """The model of a field typed ``Model`` or ``Model | None``; None for anything else."""
+    if isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) and len(members) == 1:
+        return _nested_model(members[0])
+    return None
+
+
 def env_names(cls: type[BaseSettings]) -> set[str]:
-    """Every environment variable ``cls`` reads (nested models as ``PREFIX_FIELD__SUB``)."""
+    """Every environment variable ``cls`` reads. A nested model is read field by field,
+    ``PREFIX_FIELD__SUB`` (e.g. ``NLP_QUEUE_HIGH_WATER__BATCH``), at any depth; its plain
+    ``PREFIX_FIELD`` (a JSON object) is left out: the deployment files set one value a
+    line, so a scalar left over from before a setting became nested fails here."""
     prefix = str(cls.model_config.get("env_prefix", ""))
     delimiter = str(cls.model_config.get("env_nested_delimiter") or "")
-    names = set()
-    for name, field in cls.model_fields.items():
-        names.add(f"{prefix}{name}".upper())
-        annotation = field.annotation
-        if delimiter and isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= {f"{prefix}{name}{delimiter}{sub}".upper() for sub in annotation.model_fields}
-    return names
+
+    def walk(path: str, model: type[BaseModel]) -> set[str]:
+        names = set()
+        for name, field in model.model_fields.items():
+            nested = _nested_model(field.annotation) if delimiter else None
+            if nested is None:
+                names.add(f"{path}{name}".upper())
+            else:
+                names |= walk(f"{path}{name}{delimiter}", nested)
+        return names
+
+    return walk(prefix, cls)
+
+
+def load_settings(cls: type[BaseSettings], env: Mapping[str, str]) -> BaseSettings:
+    """``cls`` as a process with exactly the ``NLP_*`` variables of ``env`` builds it: the
+    values must parse and pass the settings' validation (e.g. low < high water per lane)."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    settings_env = {k: v for k, v in env.items() if k.upper().startswith(prefix)}
+    with mock.patch.dict(os.environ, settings_env, clear=True):
+        return cls()
 
 
 def module_of(command: list[str] | None) -> str | None:

@@ -1,23 +1,27 @@
 """The deployment artefacts agree with the code: the compose file and every rendered
 Kubernetes overlay are schema-valid, every service folder is deployed, every NLP_*
-variable they set is a setting of the process that reads it, and every probe asks a port
-that process serves. Offline: kustomize and the KEDA and Compose schemas come from the
-Go module proxy once (``python -m deploy.tools fetch``, part of ``make setup``)."""
+variable they set is a setting of the process that reads it (and the values validate),
+every probe asks a port that process serves, and the autoscalers follow every lane's
+topic and queue by the names the code uses. Offline: kustomize and the KEDA and Compose
+schemas come from the Go module proxy once (``python -m deploy.tools fetch``, part of
+``make setup``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from deploy import tools
-from shared.contracts.names import Names
-from shared.contracts.settings import ServiceSettings
+from shared.contracts.names import ALL_KINDS, ALL_LANES, Names
+from shared.contracts.settings import ServiceSettings, WorkerSettings
+from shared.transport import kafka as kafka_transport
 from shared.transport.kafka import TASK_TOPIC_PARTITIONS
 from tests.deploy.deployment import (
     COMPOSE_GPU,
@@ -30,6 +34,7 @@ from tests.deploy.deployment import (
     dockerfile_targets,
     env_names,
     kinds,
+    load_settings,
     load_yaml,
     module_exists,
     module_of,
@@ -51,6 +56,15 @@ def roles() -> list[str]:
 
 def role_module(role: str) -> str:
     return "services.gateway" if role == "gateway" else "services.{}.{}".format(*role.split("-"))
+
+
+def settings_of(where: str, module: str, env: dict[str, str]) -> BaseSettings:
+    """The settings the process started by ``module`` builds from ``env``; a failure names
+    the variables at fault (a scalar left for a nested setting, low >= high water, ...)."""
+    try:
+        return load_settings(settings_class(module), env)
+    except ValidationError as exc:
+        pytest.fail(f"{where}: its settings do not validate: {exc}")
 
 
 # --- compose -------------------------------------------------------------------------------
@@ -83,6 +97,7 @@ def test_compose_service_is_consistent_with_its_code(name: str) -> None:
         "NLP_MODELS_DIR",  # host path, used by docker-compose.yml itself
     }
     assert not unknown, f"{name}: not settings of {module}: {sorted(unknown)}"
+    settings_of(name, module, env)
     for required in ("NLP_KAFKA_BOOTSTRAP", "NLP_REDIS_URL", "OTEL_SERVICE_NAME"):
         assert env.get(required), f"{name}: {required} is not set"
     # Health checks ask what the process serves.
@@ -119,11 +134,13 @@ def test_compose_gpu_override_puts_a_worker_on_a_gpu() -> None:
             "nlp-platform/gpu:"
         )
         env = compose_environment(service)
-        accepted = env_names(settings_class(module_of(service["command"]) or ""))
+        module = module_of(service["command"]) or ""
+        accepted = env_names(settings_class(module))
         assert {k for k in env if k.startswith("NLP_")} <= accepted | {
             "NLP_GATEWAY_PORT",
             "NLP_MODELS_DIR",
         }
+        settings_of(name, module, env)
 
 
 # --- Kubernetes ----------------------------------------------------------------------------
@@ -221,6 +238,7 @@ def test_every_process_is_deployed_with_what_it_needs(overlay: str) -> None:
             for var in container.get("env", []):
                 if var["name"].startswith("NLP_"):
                     assert var["name"] in accepted, f"{where}: {var['name']} is not a setting"
+            settings_of(where, module, env)
             # What no default can know in a cluster.
             for required in ("NLP_KAFKA_BOOTSTRAP", "NLP_REDIS_URL", "OTEL_SERVICE_NAME"):
                 assert env.get(required), f"{where}: {required} is not set"
@@ -259,35 +277,142 @@ def _names(docs: tuple[Doc, ...]) -> Names:
     return Names(namespaces.pop())
 
 
-@pytest.mark.parametrize("overlay", ["production", "gpu"])
-def test_autoscaling_follows_the_kafka_lag_and_the_celery_queue(overlay: str) -> None:
+AUTOSCALED = ["production", "gpu"]
+# What each trigger type reads, and its threshold per replica.
+TRIGGER_NAME = {"kafka": "topic", "redis": "listName"}
+TRIGGER_THRESHOLD = {"kafka": "lagThreshold", "redis": "listLength"}
+
+
+def _autoscaled(overlay: str) -> dict[str, tuple[str, str, Doc]]:
+    """Deployment name → (kind, role, its ScaledObject's spec) of every intake and worker;
+    fails for one that no ScaledObject scales, or a ScaledObject that scales nothing."""
     docs = rendered(overlay)
-    names = _names(docs)
     scaled = {
-        s["spec"]["scaleTargetRef"]["name"]: s for s in of_kind(docs, "ScaledObject").values()
+        s["spec"]["scaleTargetRef"]["name"]: s["spec"]
+        for s in of_kind(docs, "ScaledObject").values()
     }
-    deployments = of_kind(docs, "Deployment")
-    for name, deployment in deployments.items():
+    out = {}
+    for name, deployment in of_kind(docs, "Deployment").items():
         main = deployment["spec"]["template"]["spec"]["containers"][0]
         module = module_of(main.get("command") or main.get("args")) or "services.gateway"
         if module == "services.gateway":
             continue
         kind, role = module.split(".")[1:]
         assert name in scaled, f"{overlay}: {name} is not autoscaled"
-        spec = scaled[name]["spec"]
-        triggers: dict[str, list[dict[str, Any]]] = {}
-        for trigger in spec["triggers"]:
-            triggers.setdefault(trigger["type"], []).append(trigger["metadata"])
-        (kafka,) = triggers["kafka"]
-        assert kafka["topic"] == names.task_topic(kind), name
-        assert kafka["consumerGroup"] == names.consumer_group(kind), name
+        out[name] = (kind, role, scaled[name])
+    assert set(scaled) == set(out), f"{overlay}: ScaledObjects of no intake or worker"
+    return out
+
+
+def _lane_triggers(names: Names, where: str, kind: str, spec: Doc) -> dict[str, dict[str, Doc]]:
+    """type → lane → metadata of a ScaledObject's triggers. Each trigger must name one
+    lane's topic, queue and group of ``kind`` as ``names`` spells them, once."""
+    known = {
+        "kafka": {topic: lane for lane, topic in names.task_topics(kind).items()},
+        "redis": {queue: lane for lane, queue in names.celery_queues(kind).items()},
+    }
+    by_type: dict[str, dict[str, Doc]] = {}
+    for trigger in spec["triggers"]:
+        kind_of_trigger, metadata = trigger["type"], trigger["metadata"]
+        assert kind_of_trigger in known, f"{where}: unexpected trigger type {kind_of_trigger}"
+        named = metadata[TRIGGER_NAME[kind_of_trigger]]
+        lane = known[kind_of_trigger].get(named)
+        assert lane is not None, (
+            f"{where}: {kind_of_trigger} trigger on {named!r}, not one of {kind}'s "
+            f"{sorted(known[kind_of_trigger])}"
+        )
+        if kind_of_trigger == "kafka":
+            assert metadata["consumerGroup"] == names.consumer_group(kind), where
+        lanes = by_type.setdefault(kind_of_trigger, {})
+        assert lane not in lanes, f"{where}: two {kind_of_trigger} triggers for lane {lane}"
+        lanes[lane] = metadata
+    return by_type
+
+
+@pytest.mark.parametrize("overlay", AUTOSCALED)
+def test_autoscaling_follows_every_lane(overlay: str) -> None:
+    """Intakes scale on the Kafka lag of every lane's topic; workers on that and on every
+    lane's Celery queue: a lane without its trigger would back up unseen."""
+    names = _names(rendered(overlay))
+    for name, (kind, role, spec) in _autoscaled(overlay).items():
+        where = f"{overlay}/{name}"
+        triggers = _lane_triggers(names, where, kind, spec)
+        expected = {"kafka"} if role == "intake" else {"kafka", "redis"}
+        assert set(triggers) == expected, f"{where}: triggers {sorted(triggers)}"
+        for trigger_type, lanes in triggers.items():
+            missing = [lane for lane in ALL_LANES if lane not in lanes]
+            assert not missing, f"{where}: no {trigger_type} trigger for lanes {missing}"
         if role == "intake":
-            # More consumers than partitions idle.
-            assert spec["maxReplicaCount"] <= TASK_TOPIC_PARTITIONS, name
+            # More consumers than a topic's partitions idle.
+            assert spec["maxReplicaCount"] <= TASK_TOPIC_PARTITIONS, where
         else:
-            (queue,) = triggers["redis"]
-            assert queue["listName"] == names.celery_queue(kind), name
-        assert spec.get("minReplicaCount", 0) >= 1, f"{name}: scaled to zero loses warm models"
+            # The workers are no consumers: the partition count must not cap them.
+            for metadata in triggers["kafka"].values():
+                assert metadata.get("allowIdleConsumers") == "true", where
+        assert spec.get("minReplicaCount", 0) >= 1, f"{where}: scaled to zero loses warm models"
+
+
+@pytest.mark.parametrize("overlay", AUTOSCALED)
+def test_higher_lanes_scale_out_sooner(overlay: str) -> None:
+    """Per replica, a lane's threshold is at most that of every lane below it, and the
+    interactive one is below the batch one: the same backlog asks for at least as many
+    replicas in a higher lane."""
+    names = _names(rendered(overlay))
+    for name, (kind, _, spec) in _autoscaled(overlay).items():
+        for trigger_type, lanes in _lane_triggers(names, name, kind, spec).items():
+            key = TRIGGER_THRESHOLD[trigger_type]
+            values = [int(lanes[lane][key]) for lane in ALL_LANES if lane in lanes]
+            assert values == sorted(values), f"{overlay}/{name}: {key} by lane {values}"
+            assert values[0] < values[-1], f"{overlay}/{name}: {key} the same for every lane"
+
+
+@pytest.mark.parametrize("overlay", AUTOSCALED)
+def test_queue_triggers_fit_under_the_intakes_high_water(overlay: str) -> None:
+    """A lane's Celery queue never grows past its intake's high water, so a listLength
+    above it could never ask for a second replica."""
+    docs = rendered(overlay)
+    names, configs = _names(docs), _config(docs)
+    high_water: dict[str, WorkerSettings] = {}
+    for name, deployment in of_kind(docs, "Deployment").items():
+        main = deployment["spec"]["template"]["spec"]["containers"][0]
+        module = module_of(main.get("command") or main.get("args")) or ""
+        if module.endswith(".intake"):
+            settings = settings_of(name, module, _env(main, configs))
+            assert isinstance(settings, WorkerSettings)
+            high_water[module.split(".")[1]] = settings
+    for name, (kind, role, spec) in _autoscaled(overlay).items():
+        if role != "worker":
+            continue
+        for lane, metadata in _lane_triggers(names, name, kind, spec)["redis"].items():
+            mark = high_water[kind].queue_high_water.of(lane)
+            assert int(metadata["listLength"]) <= mark, (
+                f"{overlay}/{name}: listLength {metadata['listLength']} of lane {lane} is "
+                f"above the {kind} intake's high water {mark}"
+            )
+
+
+def test_topic_creation_creates_every_lanes_topic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose's one-shot `topics` service and the Kubernetes init containers run
+    shared.tools.topics; what it creates includes every lane's topic of every kind."""
+    runs = [module_of(s.get("command")) for s in compose_project_services().values()]
+    for overlay in OVERLAYS:
+        for deployment in of_kind(rendered(overlay), "Deployment").values():
+            runs += [module_of(c.get("command")) for c in containers(deployment)]
+    assert "shared.tools.topics" in runs
+    created: list[str] = []
+    monkeypatch.setattr(
+        kafka_transport, "create_topics", lambda _s, wanted, *_a, **_k: created.extend(wanted)
+    )
+    settings = ServiceSettings()
+    kafka_transport.ensure_topics(settings)
+    names = settings.names
+    missing = [
+        topic
+        for kind in ALL_KINDS
+        for topic in (names.task_topic(kind, lane) for lane in ALL_LANES)
+        if topic not in created
+    ]
+    assert not missing, f"shared.tools.topics does not create {missing}"
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))

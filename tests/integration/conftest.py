@@ -31,8 +31,9 @@ STACK_ENV = {
     "NLP_HEARTBEAT_S": "1",
     "NLP_REDELIVER_AFTER_S": "4",
     "NLP_SWEEP_INTERVAL_S": "1",
-    "NLP_QUEUE_HIGH_WATER": "20",
-    "NLP_QUEUE_LOW_WATER": "5",
+    # Tasks.Submit's lane (the tests' own lanes tests set theirs).
+    "NLP_QUEUE_HIGH_WATER__STANDARD": "20",
+    "NLP_QUEUE_LOW_WATER__STANDARD": "5",
     "NLP_POLL_MAX_RECORDS": "10",
     "NLP_RETRY_BACKOFF_S": "0.2",
 }

@@ -237,16 +237,16 @@ capability_requests: dict[str, st.SearchStrategy[Any]] = {
     "summarization": summarize_requests(),
     "generation": generate_requests(),
 }
-# Mostly out of [0, 9] (and negative deadlines): most fuzzed tasks are refused, so the
-# workers are not flooded; the valid ones run.
-priorities = st.one_of(ints(32), ints(32), ints(32), st.integers(0, 9))
+# Mostly no lane (and negative deadlines): most fuzzed tasks are refused, so the workers
+# are not flooded; the valid ones run.
+lanes = st.one_of(ints(32), ints(32), ints(32), st.integers(0, 3))
 deadlines_ms = st.one_of(ints(64, (-5, 5)), ints(64, (-5, 5)), st.integers(0, 60_000))
 
 
 @st.composite
 def submit_requests(draw: st.DrawFn) -> tasks_pb2.SubmitRequest:
     request = tasks_pb2.SubmitRequest(
-        priority=draw(priorities),
+        lane=draw(lanes),  # type: ignore[arg-type]  # mostly no Lane value, on purpose
         deadline_ms=draw(deadlines_ms),
         tenant=draw(
             st.one_of(st.just(""), tiny_text, st.builds(_repeat, units, st.integers(1, 200_000)))

@@ -107,7 +107,7 @@ class Fuzzer:
         if (
             kind is None
             or request.deadline_ms < 0
-            or not 0 <= request.priority <= 9
+            or not 0 <= request.lane <= 3
             or not self.capability(kind, getattr(request, kind))
         ):
             return Expect(REJECTED)

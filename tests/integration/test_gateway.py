@@ -145,9 +145,9 @@ def test_task_ids_are_checked(tasks: tasks_pb2_grpc.TasksStub) -> None:
     assert _code(lambda: tasks.Get(malformed, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
     empty = tasks_pb2.SubmitRequest()
     assert _code(lambda: tasks.Submit(empty, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
-    bad_priority = submit_classification("hello")
-    bad_priority.priority = 42
-    assert _code(lambda: tasks.Submit(bad_priority, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    bad_lane = submit_classification("hello")
+    bad_lane.lane = 42  # type: ignore[assignment]  # no Lane value
+    assert _code(lambda: tasks.Submit(bad_lane, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_health_and_reflection(channel: grpc.Channel) -> None:

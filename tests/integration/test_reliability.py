@@ -38,7 +38,7 @@ def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
     tasks: tasks_pb2_grpc.TasksStub,
     tail: Callable[[str], TopicTail],
 ) -> None:
-    topic = settings.names.task_topic(KIND)
+    topic = settings.names.task_topic(KIND, "batch")  # where direct producers write
     dead = tail(settings.names.dead_letter_topic)
 
     wrong_kind = classification_envelope("about politics")
@@ -51,6 +51,8 @@ def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
     no_request.ClearField("request")
     past_created = classification_envelope("x")
     past_created.deadline.seconds = past_created.created_at.seconds - 10
+    jumps_the_queue = classification_envelope("x")
+    jumps_the_queue.lane = common_pb2.LANE_INTERACTIVE
     bad: dict[str, bytes] = {
         "garbage": os.urandom(512),
         "text": b"this is not a protobuf at all \xff\xfe",
@@ -60,6 +62,7 @@ def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
         "no-task-id": no_id.SerializeToString(),
         "no-request": no_request.SerializeToString(),
         "deadline-before-created": past_created.SerializeToString(),
+        "wrong-lane": jumps_the_queue.SerializeToString(),
     }
     good = [classification_envelope(f"The team won the match number {i}.") for i in range(5)]
     # One partition, bad records first: the good ones must still get through.
@@ -84,6 +87,8 @@ def test_garbage_and_invalid_envelopes_are_dead_lettered_and_do_not_block(
         assert header(record.headers, names.HEADER_DLQ_STAGE) == "intake"
     assert "kind" in (header(by_marker["wrong-kind"].headers, names.HEADER_DLQ_REASON) or "")
     assert "empty" in (header(by_marker["empty-text"].headers, names.HEADER_DLQ_REASON) or "")
+    wrong_lane = header(by_marker["wrong-lane"].headers, names.HEADER_DLQ_REASON) or ""
+    assert "lane 'interactive' on the 'batch' topic" in wrong_lane
 
     # An invalid envelope with a usable id also ends its task, so no waiter hangs.
     failed = wait_terminal(tasks, empty_text.task_id)
@@ -95,7 +100,7 @@ def test_expired_task_ends_deadline_exceeded_without_running(
     settings: ServiceSettings, producer: KafkaProducer, tasks: tasks_pb2_grpc.TasksStub
 ) -> None:
     envelope = make_envelope(KIND, classify_request("late"), deadline_s=5, now=time.time() - 60)
-    producer.send(settings.names.task_topic(KIND), value=envelope.SerializeToString())
+    producer.send(settings.names.task_topic(KIND, "batch"), value=envelope.SerializeToString())
     producer.flush(timeout=30)
     result = wait_terminal(tasks, envelope.task_id)
     assert status_name(result.status) == "TASK_STATUS_DEADLINE_EXCEEDED"
@@ -112,7 +117,7 @@ def test_grpc_deadline_becomes_the_envelope_deadline(
 ) -> None:
     import grpc
 
-    topic = tail(settings.names.task_topic(KIND))
+    topic = tail(settings.names.task_topic(KIND, "interactive"))
     request = classify_request("The striker scored twice in the final.")
     with pytest.raises(grpc.RpcError) as info:
         classifier.Classify(request, timeout=1.0)
@@ -171,8 +176,8 @@ def test_intake_pauses_above_the_high_water_mark(
     settings: ServiceSettings,
     paused_worker: Callable[[], None],
 ) -> None:
-    queue = settings.names.celery_queue(KIND)
-    high = int(stack.env["NLP_QUEUE_HIGH_WATER"])
+    queue = settings.names.celery_queue(KIND, "standard")
+    high = int(stack.env["NLP_QUEUE_HIGH_WATER__STANDARD"])
     batch = int(stack.env["NLP_POLL_MAX_RECORDS"])
     ids = [
         tasks.Submit(
@@ -258,7 +263,7 @@ def test_task_lost_by_the_celery_broker_is_sent_again(
     Celery queue; the intake's sweep must notice the silent task and send it again, in
     the task's own trace."""
     submitted = tasks.Submit(submit_classification("The striker scored twice."), timeout=10)
-    queue = settings.names.celery_queue(KIND)
+    queue = settings.names.celery_queue(KIND, "standard")
     deadline = time.monotonic() + 30
     while not redis_client.llen(queue):
         assert time.monotonic() < deadline, "the task never reached the Celery queue"
@@ -276,6 +281,6 @@ def test_task_lost_by_the_celery_broker_is_sent_again(
 
     # The re-sent task ran in the trace its Submit started.
     assert otlp.wait_until(
-        lambda: {"redeliver nlp.tasks.classification", "run classification"} <= traced(),
+        lambda: {"redeliver nlp.tasks.classification.standard", "run classification"} <= traced(),
         timeout=30,
     ), traced()

@@ -57,6 +57,8 @@ TENANTS: dict[str, dict[str, Any]] = {
         "max_in_flight": 3,
         "max_text_bytes": 100,
         "max_batch_items": 5,
+        # Bulk work only: no interactive lane (docs/lanes.md).
+        "highest_lane": "standard",
     },
 }
 
@@ -272,6 +274,25 @@ def test_mutual_tls_needs_a_client_certificate_that_names_the_tenant(
         task_id = tasks.Submit(submit_classification("x"), timeout=30).task_id
         current = tasks.Get(tasks_pb2.GetTaskRequest(task_id=task_id), timeout=10)
         assert current.tenant == "team-a"  # from the certificate's common name
+
+
+def test_a_tenant_limited_to_lower_lanes_cannot_ask_for_a_higher_one(
+    channel_for: Callable[..., grpc.Channel],
+) -> None:
+    tasks = tasks_pb2_grpc.TasksStub(channel_for(KEYS["narrow"]))
+    urgent = submit_classification("A derby win.")
+    urgent.lane = common_pb2.LANE_INTERACTIVE
+    with pytest.raises(grpc.RpcError) as info:
+        tasks.Submit(urgent, timeout=30)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "'standard' lane or below" in str(info.value.details())
+    urgent.lane = common_pb2.LANE_STANDARD
+    assert wait_terminal(tasks, tasks.Submit(urgent, timeout=30).task_id).status == (
+        common_pb2.TASK_STATUS_SUCCEEDED
+    )
+    # Its synchronous calls still work: they run in its highest lane.
+    classifier = classification_pb2_grpc.ClassificationStub(channel_for(KEYS["narrow"]))
+    assert classifier.Classify(classify_request("A derby win."), timeout=60).top_label
 
 
 def test_a_tenant_cannot_see_or_touch_another_tenants_tasks(

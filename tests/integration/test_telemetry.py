@@ -33,6 +33,8 @@ from tests.integration.support import TopicTail, wait_terminal
 
 SPAN_SERVER, SPAN_PRODUCER, SPAN_CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values
 
+# Tasks.Submit's lane: what the traffic of these tests travels in.
+LANE = "standard"
 REQUESTS: dict[str, tasks_pb2.SubmitRequest] = {
     "classification": submit_classification("The striker scored twice in the final."),
     "ner": tasks_pb2.SubmitRequest(ner=ner_request("Angela Merkel visited Paris in 2015.")),
@@ -91,14 +93,15 @@ def test_one_trace_per_task_through_every_process(
     rpc = _one(spans, "/nlp.v1.Tasks/Submit", gateway)
     assert rpc.kind == SPAN_SERVER and not rpc.parent_span_id
     assert rpc.attributes["nlp.task_id"] == task_id
-    topic = f"nlp.tasks.{kind}"
+    topic = f"nlp.tasks.{kind}.standard"  # Tasks.Submit's lane
     publish = _one(spans, f"publish {topic}", gateway)
     assert publish.kind == SPAN_PRODUCER and publish.parent_span_id == rpc.span_id
     # The intake continues the context the Kafka record's headers carried.
     process = _one(spans, f"process {topic}", intake)
     assert process.kind == SPAN_CONSUMER and process.parent_span_id == publish.span_id
     assert process.attributes["nlp.task_id"] == task_id
-    handoff = _one(spans, f"publish {kind}", intake)
+    assert process.attributes["nlp.lane"] == "standard"
+    handoff = _one(spans, f"publish {kind}.standard", intake)
     assert handoff.kind == SPAN_PRODUCER and handoff.parent_span_id == process.span_id
     celery_run = _one(spans, f"run/nlp.{kind}.run", worker)
     assert celery_run.parent_span_id == handoff.span_id
@@ -160,7 +163,7 @@ def test_batch_items_each_get_a_trace_linked_to_the_stream(
     assert len({spans[0].trace_id for spans in traces.values()}) == 3
     links = set()
     for spans in traces.values():
-        publish = _one(spans, "publish nlp.tasks.classification", "nlp-gateway")
+        publish = _one(spans, "publish nlp.tasks.classification.batch", "nlp-gateway")
         assert not publish.parent_span_id  # the root of the task's trace
         links |= set(publish.links)
     # All three link to the one SubmitBatch RPC span.
@@ -186,7 +189,7 @@ def test_a_dead_lettered_record_is_traced_and_logged_with_its_trace_id(
     value = f"\xff not an envelope {trace_id}".encode()
     dead_letters = tail(settings.names.dead_letter_topic)
     producer.send(
-        settings.names.task_topic("classification"),
+        settings.names.task_topic("classification", "batch"),
         value=value,
         headers=[*task_headers("x", "classification"), ("traceparent", traceparent.encode())],
     ).get(timeout=30)
@@ -195,7 +198,7 @@ def test_a_dead_lettered_record_is_traced_and_logged_with_its_trace_id(
     contexts = [v.decode() for k, v in record.headers if k == "traceparent"]
     assert len(contexts) == 1 and contexts[0].split("-")[1] == trace_id
     # The send span ends (and is exported) before the process span around it.
-    process_name = "process nlp.tasks.classification"
+    process_name = "process nlp.tasks.classification.batch"
     assert otlp.wait_until(
         lambda: any(s.name == process_name for s in otlp.trace(trace_id)), timeout=30
     )
@@ -262,14 +265,16 @@ def test_metrics_after_traffic(
             wait_terminal(tasks, tasks.Submit(REQUESTS[kind], timeout=30).task_id)
         worker = metrics(f"{kind}-worker") if kind in REQUESTS else []
         for stage in ("queued", "waited", "ran", "batched", "inference"):
-            assert value(worker, "nlp_task_stage_seconds_count", kind=kind, stage=stage) > 0
-        assert value(worker, "nlp_tasks_total", kind=kind, status="SUCCEEDED") > 0
+            assert (
+                value(worker, "nlp_task_stage_seconds_count", kind=kind, lane=LANE, stage=stage) > 0
+            )
+        assert value(worker, "nlp_tasks_total", kind=kind, lane=LANE, status="SUCCEEDED") > 0
         assert value(worker, "nlp_batch_size_count", kind=kind) > 0
         assert value(worker, "nlp_inference_seconds_count", kind=kind) > 0
         assert value(worker, "nlp_tokens_total", kind=kind, direction="input") > 0
         assert value(worker, "process_cpu_seconds_total") > 0
         intake = metrics(f"{kind}-intake")
-        assert value(intake, "nlp_intake_records_total", kind=kind, outcome="handed") > 0
+        assert value(intake, "nlp_intake_records_total", kind=kind, lane=LANE, outcome="handed") > 0
     gateway = metrics("gateway")
     assert value(gateway, "nlp_rpc_duration_seconds_count", method="/nlp.v1.Tasks/Submit") > 0
     assert value(gateway, "nlp_tasks_submitted_total", kind="classification") > 0
@@ -324,7 +329,7 @@ def backlog(
 ) -> Iterator[tuple[Callable[[], None], list[str]]]:
     """Tasks submitted while the classification worker is frozen: the Celery queue fills to
     its high-water mark, the intake pauses, the rest waits in Kafka."""
-    high = int(stack.env["NLP_QUEUE_HIGH_WATER"])
+    high = int(stack.env["NLP_QUEUE_HIGH_WATER__STANDARD"])
     ids = [
         tasks.Submit(submit_classification(f"Backlog item {i}."), timeout=30).task_id
         for i in range(4 * high)
@@ -340,7 +345,7 @@ def test_lag_and_queue_depth_gauges_follow_a_backlog(
     thaw, ids = backlog
 
     def intake(name: str) -> float:
-        return value(metrics("classification-intake"), name, kind="classification")
+        return value(metrics("classification-intake"), name, kind="classification", lane=LANE)
 
     assert _until(lambda: intake("nlp_celery_queue_depth") > 0), "queue depth never rose"
     assert _until(lambda: intake("nlp_intake_paused") == 1), "intake never paused"

@@ -12,13 +12,18 @@ import confluent_kafka
 import redis
 
 from nlp.v1 import tasks_pb2
+from shared.contracts.names import Names
 from shared.contracts.settings import WorkerSettings
 from shared.observability.metrics import IntakeMetrics
 from shared.runtime.intake import Intake
 from shared.runtime.ports import PubSubClient
 from shared.transport.kafka_consumer import Partition, Record
 
-P0, P1, P2 = Partition("tasks", 0), Partition("tasks", 1), Partition("tasks", 2)
+# The fake intake's kind (classification): partitions of its batch and interactive topics.
+BATCH_TOPIC = Names().task_topic("classification", "batch")
+INTERACTIVE_TOPIC = Names().task_topic("classification", "interactive")
+P0, P1, P2 = (Partition(BATCH_TOPIC, i) for i in range(3))
+I0 = Partition(INTERACTIVE_TOPIC, 0)
 
 
 @dataclass
@@ -61,7 +66,7 @@ class FakeConsumer:
             )
         self.commits.append(dict(offsets))
 
-    def lag(self) -> dict[int, int]:
+    def lag(self) -> dict[Partition, int]:
         return {}
 
 
@@ -122,9 +127,11 @@ class FakeCelery:
 
 @dataclass
 class FakeRedis:
-    """The Celery queue's length, or an outage (``down``) or another Redis ``error``."""
+    """The Celery queues' lengths (``depths`` by queue name, else ``depth``), or an outage
+    (``down``) or another Redis ``error``."""
 
     depth: int = 0
+    depths: dict[str, int] = field(default_factory=dict)
     down: bool = False
     error: Exception | None = None
 
@@ -133,7 +140,7 @@ class FakeRedis:
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
         if self.error is not None:
             raise self.error
-        return self.depth
+        return self.depths.get(name, self.depth)
 
 
 @dataclass

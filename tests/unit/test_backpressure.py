@@ -1,35 +1,65 @@
-"""The intake's pause/resume decisions, against stand-ins for the consumer and Redis."""
+"""The intake's pause/resume decisions per lane, against stand-ins for the consumer and
+Redis."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 
-from shared.contracts.settings import WorkerSettings
+from shared.contracts.names import Names
+from shared.contracts.settings import HighWater, LowWater, WorkerSettings
 from shared.runtime.intake import Intake
-from tests.unit.fakes import P0, P1, P2, FakeConsumer, FakeRedis, make_intake
+from tests.unit.fakes import I0, P0, P1, P2, FakeConsumer, FakeRedis, make_intake
+
+QUEUES = Names().celery_queues("classification")
 
 
 def make() -> tuple[Intake, FakeConsumer, FakeRedis]:
-    consumer, client = FakeConsumer(), FakeRedis()
-    settings = WorkerSettings(queue_high_water=10, queue_low_water=3)
+    consumer, client = FakeConsumer(assigned={P0, P1, I0}), FakeRedis()
+    settings = WorkerSettings(
+        queue_high_water=HighWater(interactive=100, standard=50, batch=10),
+        queue_low_water=LowWater(interactive=20, standard=10, batch=3),
+    )
     return make_intake(settings, consumer=consumer, client=client), consumer, client
 
 
-def test_pauses_at_high_water_and_resumes_at_low_water() -> None:
+def test_a_lane_pauses_at_its_high_water_and_resumes_at_its_low_water() -> None:
     intake, consumer, client = make()
     trace = []
     for depth in [0, 9, 10, 12, 5, 4, 3, 2, 11]:
-        client.depth = depth
+        client.depths[QUEUES["batch"]] = depth
         intake.apply_backpressure()
         trace.append(bool(consumer.paused))
     # Hysteresis: paused from 10 until the depth falls to 3, paused again at 11.
     assert trace == [False, False, True, True, True, True, False, False, True]
 
 
+def test_a_full_batch_queue_holds_back_only_the_batch_topic() -> None:
+    """Interactive records keep flowing while the bulk backlog waits in Kafka."""
+    intake, consumer, client = make()
+    client.depths[QUEUES["batch"]] = 500
+    intake.apply_backpressure()
+    assert consumer.paused == {P0, P1}
+    assert intake.paused == {"batch"}
+    client.depths[QUEUES["interactive"]] = 100
+    intake.apply_backpressure()
+    assert consumer.paused == {P0, P1, I0}
+    client.depths[QUEUES["interactive"]] = 0
+    intake.apply_backpressure()
+    assert consumer.paused == {P0, P1}
+
+
+def test_each_lane_has_its_own_water_marks() -> None:
+    intake, consumer, client = make()
+    client.depth = 60  # every queue: above standard's and batch's high water, not interactive's
+    intake.apply_backpressure()
+    assert intake.paused == {"standard", "batch"}
+    assert I0 not in consumer.paused
+
+
 def test_partitions_assigned_while_paused_are_paused_too() -> None:
     intake, consumer, client = make()
-    client.depth = 50
+    client.depths[QUEUES["batch"]] = 50
     intake.apply_backpressure()
     consumer.assigned.add(P2)  # a rebalance hands us a new partition
     intake.apply_backpressure()
@@ -45,7 +75,7 @@ def test_a_redis_outage_pauses_everything_until_it_is_back() -> None:
     client.down = True
     for _ in range(3):
         intake.apply_backpressure()
-        assert consumer.paused == {P0, P1}
+        assert consumer.paused == {P0, P1, I0}
     assert intake.outages.down("Redis")
     client.down = False
     intake.apply_backpressure()
@@ -54,14 +84,14 @@ def test_a_redis_outage_pauses_everything_until_it_is_back() -> None:
 
 def test_back_from_an_outage_above_high_water_stays_paused() -> None:
     intake, consumer, client = make()
-    client.depth = 50
+    client.depths[QUEUES["batch"]] = 50
     intake.apply_backpressure()
     client.down = True
     intake.apply_backpressure()
     client.down = False
     intake.apply_backpressure()
-    assert consumer.paused == {P0, P1}  # the queue is still full
-    client.depth = 0
+    assert consumer.paused == {P0, P1}  # the batch queue is still full; interactive resumed
+    client.depths[QUEUES["batch"]] = 0
     intake.apply_backpressure()
     assert not consumer.paused
 

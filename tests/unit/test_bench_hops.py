@@ -56,7 +56,7 @@ def span(
 def trace_of(kind: str, first_token: bool = True) -> list[SpanRecord]:
     """A task's spans at known times (ms): rpc 1, publish 2, process 5, Celery publish 7,
     run 10, inference 12 (first token 40, generation) ending 30, first chunk 42."""
-    topic, queue = NAMES.task_topic(kind), NAMES.celery_queue(kind)
+    topic, queue = NAMES.task_topic(kind, "interactive"), NAMES.celery_queue(kind, "interactive")
     events = ((EVENT_FIRST_TOKEN, 40.0),) if first_token else ()
     return [
         span(

@@ -115,10 +115,10 @@ def test_the_prompt_comes_from_a_file_or_stdin(
 
 def test_task_submit_generation_takes_the_same_options() -> None:
     args = build_parser().parse_args(
-        ["task", "submit", "generation", "--priority", "3", "--max-tokens", "8", "hi"]
+        ["task", "submit", "generation", "--lane", "batch", "--max-tokens", "8", "hi"]
     )
     request = KINDS[args.kind].request(args)
-    assert args.kind == "generation" and args.priority == 3
+    assert args.kind == "generation" and args.lane == "batch"
     assert isinstance(request, generation_pb2.GenerateRequest)
     assert request.sampling.max_tokens == 8
     assert request.messages.messages[0].content == "hi"

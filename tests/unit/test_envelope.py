@@ -10,6 +10,7 @@ from shared.contracts.envelope import (
     decode_b64,
     decode_envelope,
     encode_b64,
+    envelope_lane,
     expired,
     make_envelope,
     validate_envelope,
@@ -91,7 +92,11 @@ def test_invalid_requests(kind: str, request_: object, expected: str) -> None:
 
 def test_envelope_round_trip_and_validation() -> None:
     envelope = make_envelope(
-        "classification", classify_request(TEXT, LABELS), deadline_s=30, priority=3, tenant="acme"
+        "classification",
+        classify_request(TEXT, LABELS),
+        deadline_s=30,
+        lane=common_pb2.LANE_BATCH,
+        tenant="acme",
     )
     assert envelope.kind == common_pb2.KIND_CLASSIFICATION
     assert decode_b64(encode_b64(envelope)) == envelope
@@ -99,6 +104,25 @@ def test_envelope_round_trip_and_validation() -> None:
     validate_envelope(envelope, "classification", LIMITS)
     with pytest.raises(InvalidRequestError, match="on the 'ner' topic"):
         validate_envelope(envelope, "ner", LIMITS)
+    validate_envelope(envelope, "classification", LIMITS, expected_lane="batch")
+
+
+def test_an_envelope_is_of_its_topics_lane_or_of_none() -> None:
+    """A producer cannot jump the queue by labelling bulk tasks interactive."""
+    envelope = make_envelope(
+        "classification",
+        classify_request(TEXT, LABELS),
+        deadline_s=30,
+        lane=common_pb2.LANE_INTERACTIVE,
+    )
+    with pytest.raises(InvalidRequestError, match="lane 'interactive' on the 'batch' topic"):
+        validate_envelope(envelope, "classification", LIMITS, expected_lane="batch")
+    envelope.lane = common_pb2.LANE_UNSPECIFIED
+    validate_envelope(envelope, "classification", LIMITS, expected_lane="batch")
+    assert envelope_lane(envelope) == "standard"  # stored before lanes existed
+    envelope.lane = 9  # type: ignore[assignment]
+    with pytest.raises(InvalidRequestError, match="lane 9 is not a known lane"):
+        validate_envelope(envelope, "classification", LIMITS)
 
 
 def test_malformed_envelopes() -> None:

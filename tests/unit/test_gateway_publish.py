@@ -20,8 +20,8 @@ from shared.transport.kafka import Headers
 from tests.factories import classify_request
 
 Message = tuple[str, bytes, bytes | None, Headers]
-GEN = Names().task_topic("generation")
-CLS = Names().task_topic("classification")
+GEN = Names().task_topic("generation", "interactive")
+CLS = Names().task_topic("classification", "interactive")
 
 
 class RecordingProducer:
@@ -59,7 +59,9 @@ def gateway(slow: RecordingProducer, fast: RecordingProducer | None, **settings:
 
 def send(gw: Gateway, kinds: Sequence[str]) -> list[Exception | None]:
     env = envelopes(kinds)
-    messages: list[Message] = [(gw.settings.names.task_topic(k), b"", None, []) for k in kinds]
+    messages: list[Message] = [
+        (gw.settings.names.task_topic(k, "interactive"), b"", None, []) for k in kinds
+    ]
     return asyncio.run(gw.send_tasks(env, messages))
 
 

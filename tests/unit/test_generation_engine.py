@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from opentelemetry import trace
 from pydantic import ValidationError
 
-from nlp.v1 import generation_pb2
+from nlp.v1 import common_pb2, generation_pb2
 from services.generation.engine import (
     VllmGenerator,
     VllmParams,
@@ -21,6 +26,8 @@ from services.generation.engine import (
     warn_thread_shortfall,
 )
 from services.generation.settings import DEFAULT_MODEL, Settings
+from shared.contracts.names import ALL_LANES
+from shared.runtime.engines import Job
 
 
 def test_engine_arguments_come_from_the_params() -> None:
@@ -36,6 +43,7 @@ def test_engine_arguments_come_from_the_params() -> None:
     args = engine_args(Path("/models/llm"), params)
     assert args == {
         "model": "/models/llm",
+        "scheduling_policy": "priority",
         "dtype": "bfloat16",
         "max_num_seqs": 64,
         "tensor_parallel_size": 2,
@@ -45,6 +53,9 @@ def test_engine_arguments_come_from_the_params() -> None:
         "swap_space": 0,
     }  # no max_model_len: the model's own
     assert engine_args(Path("m"), VllmParams())["max_model_len"] == 2048
+    # An operator may still choose vLLM's first-come-first-served scheduling.
+    fcfs = VllmParams(engine_args={"scheduling_policy": "fcfs"})
+    assert engine_args(Path("m"), fcfs)["scheduling_policy"] == "fcfs"
 
 
 def test_unknown_params_are_refused() -> None:
@@ -130,3 +141,51 @@ def test_celery_threads_take_turns_with_the_engine_tokenizer() -> None:
         ids = list(pool.map(generator.prompt_ids, requests))
     assert ids == [[i + 1] for i in range(16)]
     assert tokenizer.most == 1
+
+
+class _FakeLlm:
+    """Records the priority each request is given; streams one token."""
+
+    def __init__(self) -> None:
+        self.priorities: dict[str, int] = {}
+
+    def generate(
+        self, prompt: Any, sampling: Any, *, request_id: str, priority: int = 0
+    ) -> AsyncIterator[Any]:
+        self.priorities[request_id] = priority
+        return self._outputs()
+
+    async def _outputs(self) -> AsyncIterator[Any]:
+        completion = SimpleNamespace(text="x", token_ids=[7], finish_reason="length")
+        yield SimpleNamespace(outputs=[completion])
+
+    def get_num_unfinished_requests(self) -> int:
+        return 1
+
+
+class _NullWriter:
+    async def append(self, task_id: str, entries: Sequence[Any]) -> None:
+        return None
+
+
+def test_a_requests_priority_is_its_lanes_rank() -> None:
+    generator = object.__new__(VllmGenerator)  # no engine: its request path on a fake
+    generator.name = "m"
+    generator._info = common_pb2.ModelInfo(name="m")
+    generator.llm = llm = _FakeLlm()
+    generator.writer = _NullWriter()  # type: ignore[assignment]
+    generator.metrics = None
+    generator._running, generator._aborts = {}, {}
+    generator._known, generator._known_lock = set(), threading.Lock()
+    jobs = [Job(lane, 1, time.time() + 60, trace.INVALID_SPAN, lane=lane) for lane in ALL_LANES]
+    jobs.append(Job("unset", 1, time.time() + 60, trace.INVALID_SPAN))
+
+    async def run() -> None:
+        generator.loop = asyncio.get_running_loop()
+        for job in jobs:
+            done = await generator._generate(job, [1, 2], None)
+            assert done.output.text == "x" and done.output.completion_tokens == 1
+
+    asyncio.run(run())
+    # vLLM schedules lower values first; a Job without a lane is standard.
+    assert llm.priorities == {"interactive:1": 0, "standard:1": 1, "batch:1": 2, "unset:1": 1}

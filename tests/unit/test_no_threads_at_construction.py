@@ -45,7 +45,7 @@ def test_the_worker_runtime_starts_its_threads_in_start() -> None:
     rt.start()
     try:
         names = {t.name for t in _threads() - before}
-        assert names == {"heartbeat", "echo-0", "echo-1"}
+        assert names == {"heartbeat", "echo-0", "echo-1", "echo-interactive-0"}
     finally:
         rt.close()
 

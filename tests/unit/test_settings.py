@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from services.classification.settings import Settings as ClassificationSettings
 from services.gateway.settings import Settings as GatewaySettings
-from shared.contracts.settings import WorkerSettings
+from shared.contracts.settings import LaneWeights, WorkerSettings
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -18,15 +18,37 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert gateway.kafka_bootstrap == "k:9092"
     assert gateway.port == 6000
     assert gateway.limits.max_labels == 7
-    assert gateway.names.task_topic("ner") == "ci.nlp.tasks.ner"
-    assert ClassificationSettings().names.celery_queue("classification") == "ci.classification"
+    assert gateway.names.task_topic("ner", "batch") == "ci.nlp.tasks.ner.batch"
+    assert (
+        ClassificationSettings().names.celery_queue("classification", "interactive")
+        == "ci.classification.interactive"
+    )
 
 
-def test_water_marks_must_be_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NLP_QUEUE_HIGH_WATER", "10")
-    monkeypatch.setenv("NLP_QUEUE_LOW_WATER", "10")
-    with pytest.raises(ValidationError, match="low_water"):
+def test_water_marks_are_per_lane_and_must_be_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NLP_QUEUE_HIGH_WATER__BATCH", "6")
+    monkeypatch.setenv("NLP_QUEUE_LOW_WATER__BATCH", "2")
+    settings = WorkerSettings()
+    assert (settings.queue_high_water.of("batch"), settings.queue_low_water.of("batch")) == (6, 2)
+    assert settings.queue_high_water.of("interactive") == 200  # the other lanes keep theirs
+    monkeypatch.setenv("NLP_QUEUE_LOW_WATER__BATCH", "6")
+    with pytest.raises(ValidationError, match=r"queue_low_water.batch must be below"):
         WorkerSettings()
+
+
+def test_lower_lanes_get_the_slots_the_higher_ones_do_not_reserve() -> None:
+    settings = WorkerSettings(
+        concurrency=64, reserved_interactive_slots=16, reserved_standard_slots=8
+    )
+    assert [settings.lane_slots(lane) for lane in ("interactive", "standard", "batch")] == [
+        64,
+        48,
+        40,
+    ]
+    with pytest.raises(ValidationError, match="at least one slot"):
+        WorkerSettings(concurrency=8, reserved_interactive_slots=6, reserved_standard_slots=2)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        WorkerSettings(lane_weights=LaneWeights(interactive=1, standard=1, batch=0))
 
 
 def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -36,9 +58,21 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bundles_may_fill_a_batch_with_fewer_threads() -> None:
-    WorkerSettings(concurrency=2, handoff_max_tasks=16, batch_max_size=32)
+    WorkerSettings(
+        concurrency=2,
+        handoff_max_tasks=16,
+        batch_max_size=32,
+        reserved_interactive_slots=0,
+        reserved_standard_slots=0,
+    )
     with pytest.raises(ValueError, match="handoff_max_tasks"):
-        WorkerSettings(concurrency=1, handoff_max_tasks=16, batch_max_size=32)
+        WorkerSettings(
+            concurrency=1,
+            handoff_max_tasks=16,
+            batch_max_size=32,
+            reserved_interactive_slots=0,
+            reserved_standard_slots=0,
+        )
 
 
 def test_stack_replicas_parse_and_reject_bad_input() -> None:

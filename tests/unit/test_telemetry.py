@@ -151,20 +151,24 @@ def _samples(text: bytes, name: str) -> dict[str, float]:
 
 def test_lag_of_partitions_no_longer_assigned_is_dropped() -> None:
     metrics = IntakeMetrics("ner")
-    metrics.lag({0: 5, 1: 7})
-    metrics.lag({1: 2})
+    metrics.lag({("batch", 0): 5, ("batch", 1): 7, ("interactive", 0): 1})
+    metrics.lag({("batch", 1): 2})
     lag = _samples(generate_latest(metrics.registry), "nlp_kafka_consumer_lag{")
-    assert lag == {'nlp_kafka_consumer_lag{kind="ner",partition="1"}': 2.0}
+    assert lag == {'nlp_kafka_consumer_lag{kind="ner",lane="batch",partition="1"}': 2.0}
 
 
 def test_worker_metrics_record_stages_codes_and_tokens() -> None:
     metrics = WorkerMetrics("ner")
-    metrics.finished("SUCCEEDED", None, {"queued": 12.0, "ran": 30.0})
-    metrics.finished("FAILED", "INVALID_ARGUMENT", {"queued": 1.0, "ran": 2.0})
+    metrics.finished("interactive", "SUCCEEDED", None, {"queued": 12.0, "ran": 30.0})
+    metrics.finished("interactive", "FAILED", "INVALID_ARGUMENT", {"queued": 1.0, "ran": 2.0})
+    metrics.finished("batch", "SUCCEEDED", None, {"queued": 900.0, "ran": 30.0})
     metrics.batch("spacy-sm", 4, 0.02, 100, 0)
     text = generate_latest(metrics.registry)
     counts = _samples(text, "nlp_task_stage_seconds_count")
-    assert counts['nlp_task_stage_seconds_count{kind="ner",stage="queued"}'] == 2.0
+    assert (
+        counts['nlp_task_stage_seconds_count{kind="ner",lane="interactive",stage="queued"}'] == 2.0
+    )
+    assert counts['nlp_task_stage_seconds_count{kind="ner",lane="batch",stage="queued"}'] == 1.0
     errors = _samples(text, "nlp_task_errors_total")
     assert errors == {'nlp_task_errors_total{code="INVALID_ARGUMENT",kind="ner"}': 1.0}
     tokens = _samples(text, "nlp_tokens_total")

@@ -42,6 +42,7 @@ class FlakyEngine:
 @dataclass
 class FakeRequest:
     retries: int = 0
+    delivery_info: dict[str, Any] | None = None
 
 
 @dataclass

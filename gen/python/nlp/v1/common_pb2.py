@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nlp/v1/common.proto\x12\x06nlp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"*\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x9a\x01\n\x07Timings\x12\x11\n\tqueued_ms\x18\x01 \x01(\x01\x12\x11\n\twaited_ms\x18\x02 \x01(\x01\x12\x0e\n\x06ran_ms\x18\x03 \x01(\x01\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nbatched_ms\x18\x05 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x06 \x01(\x01*p\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_GENERATION\x10\x01\x12\x17\n\x13KIND_CLASSIFICATION\x10\x02\x12\x0c\n\x08KIND_NER\x10\x03\x12\x16\n\x12KIND_SUMMARIZATION\x10\x04*\xe4\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x02\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x03\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06\x12!\n\x1dTASK_STATUS_DEADLINE_EXCEEDED\x10\x07\x42\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nlp/v1/common.proto\x12\x06nlp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"*\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x9a\x01\n\x07Timings\x12\x11\n\tqueued_ms\x18\x01 \x01(\x01\x12\x11\n\twaited_ms\x18\x02 \x01(\x01\x12\x0e\n\x06ran_ms\x18\x03 \x01(\x01\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nbatched_ms\x18\x05 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x06 \x01(\x01*p\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fKIND_GENERATION\x10\x01\x12\x17\n\x13KIND_CLASSIFICATION\x10\x02\x12\x0c\n\x08KIND_NER\x10\x03\x12\x16\n\x12KIND_SUMMARIZATION\x10\x04*U\n\x04Lane\x12\x14\n\x10LANE_UNSPECIFIED\x10\x00\x12\x14\n\x10LANE_INTERACTIVE\x10\x01\x12\x11\n\rLANE_STANDARD\x10\x02\x12\x0e\n\nLANE_BATCH\x10\x03*\xe4\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x02\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x03\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06\x12!\n\x1dTASK_STATUS_DEADLINE_EXCEEDED\x10\x07\x42\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\tio.nlp.v1P\001Z\014nlp/v1;nlpv1'
   _globals['_KIND']._serialized_start=324
   _globals['_KIND']._serialized_end=436
-  _globals['_TASKSTATUS']._serialized_start=439
-  _globals['_TASKSTATUS']._serialized_end=667
+  _globals['_LANE']._serialized_start=438
+  _globals['_LANE']._serialized_end=523
+  _globals['_TASKSTATUS']._serialized_start=526
+  _globals['_TASKSTATUS']._serialized_end=754
   _globals['_ERROR']._serialized_start=64
   _globals['_ERROR']._serialized_end=121
   _globals['_MODELINFO']._serialized_start=123

@@ -17,6 +17,13 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     KIND_NER: _ClassVar[Kind]
     KIND_SUMMARIZATION: _ClassVar[Kind]
 
+class Lane(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LANE_UNSPECIFIED: _ClassVar[Lane]
+    LANE_INTERACTIVE: _ClassVar[Lane]
+    LANE_STANDARD: _ClassVar[Lane]
+    LANE_BATCH: _ClassVar[Lane]
+
 class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TASK_STATUS_UNSPECIFIED: _ClassVar[TaskStatus]
@@ -32,6 +39,10 @@ KIND_GENERATION: Kind
 KIND_CLASSIFICATION: Kind
 KIND_NER: Kind
 KIND_SUMMARIZATION: Kind
+LANE_UNSPECIFIED: Lane
+LANE_INTERACTIVE: Lane
+LANE_STANDARD: Lane
+LANE_BATCH: Lane
 TASK_STATUS_UNSPECIFIED: TaskStatus
 TASK_STATUS_PENDING: TaskStatus
 TASK_STATUS_QUEUED: TaskStatus

@@ -23,13 +23,12 @@ class ReplyOptions(_message.Message):
     def __init__(self, publish_result: _Optional[bool] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class TaskEnvelope(_message.Message):
-    __slots__ = ("task_id", "kind", "tenant", "created_at", "deadline", "priority", "model", "generation", "classification", "ner", "summarization", "reply", "batch_id")
+    __slots__ = ("task_id", "kind", "tenant", "created_at", "deadline", "model", "generation", "classification", "ner", "summarization", "reply", "batch_id", "lane")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
-    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
@@ -37,12 +36,12 @@ class TaskEnvelope(_message.Message):
     SUMMARIZATION_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: _common_pb2.Kind
     tenant: str
     created_at: _timestamp_pb2.Timestamp
     deadline: _timestamp_pb2.Timestamp
-    priority: int
     model: str
     generation: _generation_pb2.GenerateRequest
     classification: _classification_pb2.ClassifyRequest
@@ -50,7 +49,8 @@ class TaskEnvelope(_message.Message):
     summarization: _summarization_pb2.SummarizeRequest
     reply: ReplyOptions
     batch_id: str
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., model: _Optional[str] = ..., generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., batch_id: _Optional[str] = ...) -> None: ...
+    lane: _common_pb2.Lane
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., batch_id: _Optional[str] = ..., lane: _Optional[_Union[_common_pb2.Lane, str]] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "kind", "status", "generation", "classification", "ner", "summarization", "error", "model", "timings", "worker", "attempt", "correlation_id", "batch_size", "batch_id", "dead_lettered", "tenant")
@@ -91,12 +91,12 @@ class TaskResult(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., generation: _Optional[_Union[_generation_pb2.GenerateResponse, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyResponse, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerResponse, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., correlation_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_id: _Optional[str] = ..., dead_lettered: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("generation", "classification", "ner", "summarization", "priority", "deadline_ms", "reply", "tenant")
+    __slots__ = ("generation", "classification", "ner", "summarization", "lane", "deadline_ms", "reply", "tenant")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     NER_FIELD_NUMBER: _ClassVar[int]
     SUMMARIZATION_FIELD_NUMBER: _ClassVar[int]
-    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -104,11 +104,11 @@ class SubmitRequest(_message.Message):
     classification: _classification_pb2.ClassifyRequest
     ner: _ner_pb2.NerRequest
     summarization: _summarization_pb2.SummarizeRequest
-    priority: int
+    lane: _common_pb2.Lane
     deadline_ms: int
     reply: ReplyOptions
     tenant: str
-    def __init__(self, generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., priority: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    def __init__(self, generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., lane: _Optional[_Union[_common_pb2.Lane, str]] = ..., deadline_ms: _Optional[int] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("task_id", "kind", "deadline")
