@@ -167,6 +167,11 @@ def _batch_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     results.add_argument("--no-follow", action="store_true", help="stop at what is finished now")
 
 
+def _lane(name: str | None) -> common_pb2.Lane:
+    """The Lane of a ``--lane`` choice; unspecified (the server's default) without one."""
+    return common_pb2.LANE_UNSPECIFIED if name is None else lane_value(name)
+
+
 def _task_template(args: argparse.Namespace) -> tasks_pb2.SubmitRequest:
     """The SubmitRequest every document of a batch gets (the text is filled per document)."""
     if args.kind == "classification" and not args.labels.strip():
@@ -385,8 +390,3 @@ def demo(target: str, kinds: Iterable[str]) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _lane(name: str | None) -> common_pb2.Lane:
-    """The Lane of a ``--lane`` choice; unspecified (the server's default) without one."""
-    return common_pb2.LANE_UNSPECIFIED if name is None else lane_value(name)

@@ -20,7 +20,7 @@ import pytest
 from opentelemetry import trace
 
 from nlp.v1 import common_pb2
-from services.generation.engine import VllmGenerator
+from services.generation.engine import VllmGenerator, VllmParams
 from services.generation.settings import Settings
 from shared.contracts.errors import Code
 from shared.contracts.settings import ModelSpec
@@ -37,6 +37,9 @@ PARAMS = {
     "max_num_seqs": 2,
     "max_model_len": 160,
     "stream_interval": 1,  # one delta per token: the tests count tokens by deltas
+    # No seat kept for interactive requests (the tests of vLLM's own priority queue);
+    # seats_kept gives the generator its gate of one lower-lane seat.
+    "reserved_interactive_seqs": 0,
     "cpu_kvcache_space_gib": 1,
     "engine_args": {"block_size": 32, "num_gpu_blocks_override": 6},
 }
@@ -105,6 +108,15 @@ def preemptions(generator: VllmGenerator) -> Iterator[dict[str, int]]:
     del generator.llm.generate  # the class's method again
 
 
+@pytest.fixture
+def seats_kept(generator: VllmGenerator) -> Iterator[None]:
+    """The lower lanes hold at most one of the two sequence slots."""
+    params = VllmParams.model_validate({**PARAMS, "reserved_interactive_seqs": 1})
+    generator.seats = params.lane_seats()
+    yield
+    generator.seats = None
+
+
 def _job(task_id: str, lane: str, deadline_s: float = 120.0) -> Job:
     return Job(task_id, 1, time.time() + deadline_s, trace.INVALID_SPAN, lane=lane)
 
@@ -165,6 +177,35 @@ def test_in_one_lane_the_engine_serves_in_arrival_order(
 ) -> None:
     # The control: the same requests, the late one in the batch lane too, waits its turn.
     assert _race(generator, recorder, "batch") == ["b0", "b1", "b2", "b3", "late"]
+
+
+@pytest.mark.usefixtures("seats_kept")
+def test_a_kept_slot_starts_an_interactive_generation_while_batch_ones_run_and_wait(
+    generator: VllmGenerator, recorder: Recorder
+) -> None:
+    running = _start(generator, "running", "batch", 40)
+    _until(lambda: bool(recorder.deltas("running")))
+    queued = _start(generator, "queued", "batch", 8)
+    cancelled = _start(generator, "cancelled", "batch", 8)
+    late = _start(generator, "late", "standard", 8, deadline_s=0.5)
+    # The second slot stays free: the others wait in the worker, not in the engine.
+    time.sleep(0.3)
+    assert generator.llm.get_num_unfinished_requests() == 1
+    assert generator.seats is not None and generator.seats.waiting == 3
+    assert generator.abort(
+        "cancelled", TaskAborted(common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, "cancelled")
+    )
+    assert _aborted(cancelled, common_pb2.TASK_STATUS_CANCELLED).text == ""
+    assert _aborted(late, common_pb2.TASK_STATUS_DEADLINE_EXCEEDED).completion_tokens == 0
+    interactive = _start(generator, "interactive", "interactive", 8)
+    assert interactive.result(timeout=120).output.completion_tokens == 8
+    # It ran beside the batch generation, which had not ended when it did.
+    assert len(recorder.deltas("running")) < 40
+    assert queued.result(timeout=120).output.completion_tokens == 8
+    assert running.result(timeout=120).output.completion_tokens == 40
+    assert recorder.first_tokens() == ["running", "interactive", "queued"]
+    _idle(generator)
+    assert generator.seats.taken == 0 and generator.seats.waiting == 0
 
 
 def test_queued_requests_are_cancelled_and_time_out_inside_the_engine(

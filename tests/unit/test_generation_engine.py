@@ -63,6 +63,16 @@ def test_unknown_params_are_refused() -> None:
         VllmParams.model_validate({"max_tokenz": 10})
 
 
+def test_the_lower_lanes_leave_the_reserved_sequence_slots_free() -> None:
+    seats = VllmParams(max_num_seqs=32, reserved_interactive_seqs=4).lane_seats()
+    assert seats is not None and seats.limit == 28
+    assert VllmParams().lane_seats().limit == 30  # type: ignore[union-attr]
+    # 0: no gate; vLLM's own priority queue orders every request.
+    assert VllmParams(reserved_interactive_seqs=0).lane_seats() is None
+    with pytest.raises(ValidationError, match="leave the lower lanes a seat"):
+        VllmParams(max_num_seqs=4, reserved_interactive_seqs=4)
+
+
 def test_the_environment_is_set_only_where_the_operator_did_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -176,6 +186,7 @@ def test_a_requests_priority_is_its_lanes_rank() -> None:
     generator.writer = _NullWriter()  # type: ignore[assignment]
     generator.metrics = None
     generator._running, generator._aborts = {}, {}
+    generator.seats = VllmParams().lane_seats()
     generator._known, generator._known_lock = set(), threading.Lock()
     jobs = [Job(lane, 1, time.time() + 60, trace.INVALID_SPAN, lane=lane) for lane in ALL_LANES]
     jobs.append(Job("unset", 1, time.time() + 60, trace.INVALID_SPAN))
