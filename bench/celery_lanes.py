@@ -46,7 +46,7 @@ from celery.contrib.testing.worker import start_worker
 from kombu import Queue
 
 from bench.common import note, table
-from deploy.local.redis import RedisServer
+from deploy.local.redis import serving as redis_serving
 from shared.contracts.settings import WorkerSettings
 from shared.transport.celery_app import LANES_OPTION, RedisTransport, make_celery
 
@@ -222,14 +222,8 @@ def measure(config: Config, settings: WorkerSettings, args: argparse.Namespace) 
 
 @contextmanager
 def _redis() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="bench-lanes-") as tmp:
-        server = RedisServer(Path(tmp))
-        server.start()
-        try:
-            server.wait_ready()
-            yield server.url
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-lanes-") as tmp, redis_serving(Path(tmp)) as url:
+        yield url
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,19 @@ class Driven:
     def per_s(self) -> float:
         return self.done / self.seconds if self.seconds else 0.0
 
+    async def attempt(self, job: Callable[[int], Awaitable[None]], i: int) -> None:
+        """Run ``job(i)``, counting it done or its RPC error / failed task."""
+        try:
+            await job(i)
+        except grpc.aio.AioRpcError as exc:
+            self.errors[exc.code().name] += 1
+            self.first_error = self.first_error or f"{exc.code().name}: {exc.details()}"
+        except TaskFailedError as exc:
+            self.errors[str(exc)] += 1
+            self.first_error = self.first_error or f"task ended {exc}"
+        else:
+            self.done += 1
+
 
 async def drive(
     job: Callable[[int], Awaitable[None]], concurrency: int, total: int, budget_s: float
@@ -58,16 +71,7 @@ async def drive(
         for i in indices:
             if time.perf_counter() - started > budget_s:
                 return
-            try:
-                await job(i)
-            except grpc.aio.AioRpcError as exc:
-                out.errors[exc.code().name] += 1
-                out.first_error = out.first_error or f"{exc.code().name}: {exc.details()}"
-            except TaskFailedError as exc:
-                out.errors[str(exc)] += 1
-                out.first_error = out.first_error or f"task ended {exc}"
-            else:
-                out.done += 1
+            await out.attempt(job, i)
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     out.seconds = time.perf_counter() - started

@@ -53,7 +53,6 @@ from bench.common import Bench, Getter, Output, Table, format_errors, note
 from bench.corpora import CORPORA, KINDS, PROMPTS, SEED
 from bench.harness import (
     Driven,
-    TaskFailedError,
     cpu_delta,
     drive,
     environ,
@@ -511,16 +510,7 @@ async def sequential(
         if time.perf_counter() - started > budget_s or (until is not None and until()):
             break
         await asyncio.sleep(pause_s)
-        try:
-            await job(i)
-        except grpc.aio.AioRpcError as exc:
-            out.errors[exc.code().name] += 1
-            out.first_error = out.first_error or f"{exc.code().name}: {exc.details()}"
-        except TaskFailedError as exc:
-            out.errors[str(exc)] += 1
-            out.first_error = out.first_error or f"task ended {exc}"
-        else:
-            out.done += 1
+        await out.attempt(job, i)
     out.seconds = time.perf_counter() - started
     return out
 

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
 from kombu import Consumer, Message
 
-from deploy.local.redis import RedisServer
+from deploy.local.redis import serving as redis_serving
 from shared.contracts.settings import WorkerSettings
 from shared.transport.celery_app import make_celery
 
@@ -35,13 +34,8 @@ BATCH_CAP = CONCURRENCY - RESERVED_INTERACTIVE - RESERVED_STANDARD
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(Path(tmp_path_factory.mktemp("lanes-redis")))
-    server.start()
-    try:
-        server.wait_ready()
-        yield server.url
-    finally:
-        server.stop()
+    with redis_serving(tmp_path_factory.mktemp("lanes-redis")) as url:
+        yield url
 
 
 @pytest.fixture

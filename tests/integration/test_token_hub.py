@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from deploy.local.redis import RedisServer
+from deploy.local.redis import serving as redis_serving
 from nlp.v1 import generation_pb2
 from shared.contracts.names import Names
 from shared.transport.streams import (
@@ -33,13 +33,8 @@ Scenario = Callable[[TokenStreamHub, TokenStreamWriter, aioredis.Redis], Awaitab
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = RedisServer(tmp_path_factory.mktemp("hub-redis"))
-    server.start()
-    try:
-        server.wait_ready()
-        yield server.url
-    finally:
-        server.stop()
+    with redis_serving(tmp_path_factory.mktemp("hub-redis")) as url:
+        yield url
 
 
 @pytest.fixture
