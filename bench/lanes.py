@@ -2,7 +2,8 @@
 batch of the same kind, and what the interactive traffic costs the batch.
 
     python -m bench.lanes [--quick] [--kinds classification,generation] [--docs N]
-                          [--gen-tasks N] [--bulk-lane batch] [--env KEY=VALUE ...]
+                          [--gen-tasks N] [--interval-s S] [--bulk-lane batch]
+                          [--env KEY=VALUE ...]
                           [--out PATH]
 
 Per kind (default: classification, then generation), one ``LocalStack`` with that kind
@@ -10,7 +11,9 @@ alone (gRPC gateway → Kafka → intake → Celery → worker → Redis), its b
 (``bench.harness.warm_broker``), then a warm-up of both paths (concurrent interactive
 calls, a small batch); then, in this order:
 
-1. idle: sequential interactive calls, a short pause between them: the kind's
+1. idle: sequential interactive calls, one started every ``interval_s`` (0.2 s: 5 calls/s;
+   right after the previous when it ran longer), the same offered load in every phase
+   and configuration (a faster call does not make more of them): the kind's
    synchronous RPC (``Classification.Classify``; ``Generation.GenerateStream`` for
    generation, timed to its first text: time to first token).
 2. bulk alone: one batch through ``Tasks.SubmitBatch`` + ``StreamBatchResults`` with
@@ -29,6 +32,7 @@ task stage timings (``Tasks.Get``: queued, waited, ran) show where their time we
 
 ``--env`` reaches every stack service, to compare settings; e.g. the worker's lanes
 effectively off: ``--env NLP_RESERVED_INTERACTIVE_SLOTS=0 --env NLP_INTERACTIVE_RUNNERS=0``
+(which also leaves the bulk runners at normal priority; ``NLP_BULK_RUNNER_NICE=0`` alone)
 (and ``--bulk-lane interactive`` puts the batch in the interactive lane itself, as if
 there were one lane). Prints tables (progress goes to stderr) and writes JSON (default
 ``bench-results/lanes.json``). Every loop is bounded by a count and a time budget;
@@ -102,7 +106,8 @@ class Plan:
     # Seconds of produce/fetch/commit through the fresh broker first (0: cold broker).
     broker_warmup_s: float = 10.0
     # Between sequential interactive calls (lets an idle pipeline go idle in between).
-    pause_s: float = 0.02
+    # Interactive calls start this far apart (or back to back when they take longer).
+    interval_s: float = 0.2
     # After each phase, before the next.
     settle_s: float = 2.0
     # Interactive calls under bulk begin this long after the batch's first acknowledgement.
@@ -116,8 +121,8 @@ class Plan:
     # Analysis kinds (classification): interactive requests are the corpus' documents.
     warmup_requests: int = 64
     warmup_docs: int = 500
-    idle_requests: int = 200
-    idle_budget_s: float = 20.0
+    idle_requests: int = 150
+    idle_budget_s: float = 35.0
     # The bulk batch: ~50 s at the worker's ~120 docs/s on 2 cores.
     docs: int = 6000
     probe_requests: int = 2000
@@ -499,18 +504,20 @@ async def sequential(
     job: Callable[[int], Awaitable[None]],
     total: int,
     budget_s: float,
-    pause_s: float,
+    interval_s: float,
     until: Callable[[], bool] | None = None,
 ) -> Driven:
-    """``job(0)`` … one at a time, a pause before each, until ``total``, ``budget_s``
-    or ``until()``; RPC errors and failed tasks counted as bench.harness.drive does."""
+    """``job(0)`` … one at a time, each started ``interval_s`` after the previous one
+    started (at once when that one took longer), until ``total``, ``budget_s`` or
+    ``until()``; RPC errors and failed tasks counted as bench.harness.drive does."""
     out = Driven()
     started = time.perf_counter()
     for i in range(total):
-        if time.perf_counter() - started > budget_s or (until is not None and until()):
+        began = time.perf_counter()
+        if began - started > budget_s or (until is not None and until()):
             break
-        await asyncio.sleep(pause_s)
         await out.attempt(job, i)
+        await asyncio.sleep(max(0.0, interval_s - (time.perf_counter() - began)))
     out.seconds = time.perf_counter() - started
     return out
 
@@ -727,7 +734,7 @@ class KindRun:
             task_ids.append(task_id)
 
         before = self.cpu()
-        driven = await sequential(job, total, budget_s, self.plan.pause_s, until)
+        driven = await sequential(job, total, budget_s, self.plan.interval_s, until)
         cpu_s = group_cpu(cpu_delta(before, self.cpu()), self.work.kind)
         result = latency(phase, measures, totals, driven, cpu_s)
         timings = await self.timings(channel, task_ids)
@@ -927,6 +934,7 @@ def kind_tables(report: Report, result: KindResult) -> list[Table]:
             {
                 "phase": "phase",
                 "calls": "requests",
+                "calls/s": lambda r: f"{r.requests / r.seconds:.1f}" if r.seconds else "nan",
                 "p50": "p50_ms",
                 "p90": "p90_ms",
                 "p99": "p99_ms",
@@ -1028,6 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.option("docs", "documents in each analysis batch")
     bench.option("idle_requests", "sequential interactive calls on the idle stack (analysis)")
+    bench.option("interval_s", "seconds from one interactive call's start to the next's", 0)
     bench.option("gen_tasks", "generations in each generation batch")
     bench.option("gen_bulk_max_tokens", "max_tokens of each batch generation")
     bench.option("broker_warmup_s", "seconds of Kafka traffic warming each stack's broker", 0)

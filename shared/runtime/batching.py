@@ -18,6 +18,8 @@ to every request's span (the requests usually belong to as many traces).
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -47,6 +49,16 @@ INTERACTIVE = "interactive"
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+def lower_priority(nice: int) -> None:
+    """Set the calling thread's niceness to ``nice`` (Linux: niceness is per thread;
+    a no-op elsewhere). A model call releases the GIL, so the kernel's choice holds."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:  # e.g. a seccomp profile that refuses it
+            log.warning("could not lower a bulk runner's priority", extra={"error": str(exc)})
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,7 @@ class MicroBatcher(Generic[Req, Resp]):
         span_attributes: dict[str, str] | None = None,
         lane_weights: Mapping[str, int] | None = None,
         interactive_runners: int = 0,
+        bulk_nice: int = 0,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -113,6 +126,8 @@ class MicroBatcher(Generic[Req, Resp]):
         self.span_attributes = dict(span_attributes or {})
         self.runners = runners
         self.interactive_runners = interactive_runners
+        # Only beside an interactive runner: otherwise the bulk runners serve every lane.
+        self.bulk_nice = bulk_nice if interactive_runners else 0
         self._policy = WeightedLanes(DEFAULT_LANE_WEIGHTS if lane_weights is None else lane_weights)
         self._lanes: dict[str, deque[_Item[Req, Resp]]] = {lane: deque() for lane in ALL_LANES}
         # One lock, two wait lists: a request of a lower lane wakes no interactive runner.
@@ -218,6 +233,8 @@ class MicroBatcher(Generic[Req, Resp]):
         return batch
 
     def _loop(self, interactive_only: bool = False) -> None:
+        if self.bulk_nice and not interactive_only:
+            lower_priority(self.bulk_nice)
         while (batch := self._next_batch(interactive_only)) is not None:
             self._run(batch)
 

@@ -109,6 +109,7 @@ class WorkerRuntime:
                 on_batch=self._batch_counter(name),
                 runners=self.settings.batch_runners,
                 interactive_runners=self.settings.interactive_runners,
+                bulk_nice=self.settings.bulk_runner_nice,
                 lane_weights=self.settings.lane_weights.model_dump(),
                 span_attributes={
                     ATTR_KIND: self.kind,

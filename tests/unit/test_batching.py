@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -264,3 +266,53 @@ def test_an_unknown_lane_is_refused() -> None:
     batcher = MicroBatcher(Recorder(), max_size=2, max_wait_ms=0)
     with pytest.raises(ValueError, match="lane"):
         batcher.submit("x", lane="urgent")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness")
+@pytest.mark.parametrize("interactive_runners", [1, 0])
+def test_bulk_runners_run_at_the_bulk_niceness_beside_an_interactive_runner(
+    interactive_runners: int,
+) -> None:
+    niceness: dict[str, int] = {}
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def run(items: Sequence[str]) -> list[str]:
+        with lock:
+            niceness[threading.current_thread().name] = os.getpriority(
+                os.PRIO_PROCESS, threading.get_native_id()
+            )
+        if items[0] == "b":
+            release.wait(10)  # both bulk runners busy: "i" goes to the interactive one
+        return list(items)
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    batcher = MicroBatcher(
+        run,
+        max_size=1,
+        max_wait_ms=0,
+        runners=2,
+        interactive_runners=interactive_runners,
+        bulk_nice=base + 5,
+    )
+    batcher.start()
+    try:
+        futures = [batcher.submit("b", lane="batch") for _ in range(2)]
+        deadline = time.monotonic() + 10
+        while len(niceness) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        futures += [batcher.submit("i", lane="interactive") for _ in range(interactive_runners)]
+        if interactive_runners:
+            futures[-1].result(timeout=10)
+        release.set()
+        for future in futures:
+            future.result(timeout=10)
+    finally:
+        batcher.close()
+    # Without an interactive runner the bulk runners serve interactive work: not lowered.
+    bulk = base + 5 if interactive_runners else base
+    expected = {"batcher-0": bulk, "batcher-1": bulk}
+    if interactive_runners:
+        expected["batcher-interactive-0"] = base
+    assert niceness == expected
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the caller's thread is untouched
