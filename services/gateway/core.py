@@ -33,6 +33,7 @@ from shared.contracts.envelope import (
     error_result,
     make_envelope,
     seconds,
+    timestamp,
     validate_request,
 )
 from shared.contracts.errors import Code, InvalidRequestError
@@ -48,6 +49,7 @@ from shared.observability.telemetry import (
     tracer,
 )
 from shared.transport.catalog import ModelCatalog
+from shared.transport.idempotency import IdempotencyKeys, Outcome
 from shared.transport.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.transport.outages import (
     KAFKA,
@@ -67,6 +69,9 @@ _STATUS_CODES = {
 }
 _GRPC_CODES = {int(c.value[0]): c for c in grpc.StatusCode}
 _DEADLINE_SLACK_S = 0.1
+# An unpublished idempotency claim is taken over this long after the publish timeout.
+_CLAIM_LEASE_SLACK_S = 5.0
+_CLAIM_POLL_S = 0.02
 _MAX_ITEM_ID_CHARS = 256
 
 
@@ -144,6 +149,12 @@ class Gateway:
         self.streams = TokenStreamHub(client, settings.names)
         metrics.streams_relayed.set_function(lambda: self.streams.followed)
         self.catalog = ModelCatalog(client, settings.names)
+        self.keys = IdempotencyKeys(
+            client,
+            settings.names,
+            settings.idempotency_window_s,
+            lease_s=settings.publish_timeout_s + _CLAIM_LEASE_SLACK_S,
+        )
         self.client = client
         self._abandoning: set[asyncio.Future[bool]] = set()
 
@@ -181,6 +192,53 @@ class Gateway:
             await self.store.clear_states([envelope.task_id])
             await self.quotas.release(owner, [envelope.task_id])
             await self.publish_failed(context, envelope, exc)
+
+    async def submit_once(
+        self, context: Ctx, owner: Tenant, envelope: tasks_pb2.TaskEnvelope, key: str, fp: str
+    ) -> tasks_pb2.SubmitResponse:
+        """:meth:`submit` under an idempotency key: the key's task if it has one (the same
+        request, ``fp``), ALREADY_EXISTS if it was another request's, else this task."""
+        keys, tenant = self.keys, envelope.tenant  # the owner's, or as given in development
+        waiting_until = time.monotonic() + keys.lease_s + 1
+        while True:
+            claim = await keys.claim(
+                tenant, key, fp, envelope.task_id, envelope.kind, seconds(envelope.deadline)
+            )
+            if claim.outcome is Outcome.CONFLICT:
+                await _abort(
+                    context,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"idempotency_key was used for a different request (task {claim.task_id})",
+                )
+            if claim.outcome in (Outcome.WON, Outcome.TAKEN_OVER):
+                break
+            if claim.outcome is Outcome.EXISTING:
+                return tasks_pb2.SubmitResponse(
+                    task_id=claim.task_id,
+                    kind=claim.kind,  # type: ignore[arg-type]
+                    deadline=timestamp(claim.deadline_s),
+                )
+            # Outcome.PENDING: the first request is publishing it; wait for its outcome.
+            if time.monotonic() > waiting_until:
+                await _abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "an earlier request with this idempotency_key is still being enqueued",
+                )
+            await asyncio.sleep(_CLAIM_POLL_S)
+        if claim.outcome is Outcome.TAKEN_OVER:
+            # Its maker died before Kafka acknowledged it: the same task, published here.
+            envelope.task_id = claim.task_id
+            envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
+        try:
+            await self.submit(context, owner, envelope)
+        except BaseException:
+            await keys.release(tenant, key, envelope.task_id)
+            raise
+        await keys.published(tenant, key, envelope.task_id)
+        return tasks_pb2.SubmitResponse(
+            task_id=envelope.task_id, kind=envelope.kind, deadline=envelope.deadline
+        )
 
     async def build_envelope(
         self,

@@ -34,6 +34,11 @@ class Settings(ServiceSettings):
     wait_default_s: float = Field(30.0, gt=0, description="Tasks.Wait timeout when none given")
     wait_max_s: float = Field(300.0, gt=0)
     publish_timeout_s: float = Field(15.0, gt=0, description="Kafka acknowledgement timeout")
+    idempotency_ttl_s: int | None = Field(
+        None,
+        gt=0,
+        description="how long an idempotency key keeps its task id; unset: result_ttl_s",
+    )
     # Measured by `make bench`: 2 ms of linger keeps produce requests (broker and intake CPU
     # per task) low enough at load; with none, classification lost ~7% of its docs/s at
     # 32-64 clients. A generation's time to first token pays the linger in full instead.
@@ -96,6 +101,11 @@ class Settings(ServiceSettings):
         if unknown:
             raise ValueError(f"unknown kinds {unknown}; expected some of {list(ALL_KINDS)}")
         return kinds
+
+    @property
+    def idempotency_window_s(self) -> int:
+        """How long an idempotency key keeps its task id."""
+        return self.idempotency_ttl_s or self.result_ttl_s
 
     @model_validator(mode="after")
     def _security(self) -> Settings:

@@ -19,6 +19,7 @@ from shared.contracts.envelope import TERMINAL_STATUSES, error_result, valid_tas
 from shared.contracts.errors import Code, InvalidRequestError
 from shared.contracts.names import kind_name
 from shared.observability.telemetry import ATTR_KIND, ATTR_TASK_ID
+from shared.transport.idempotency import fingerprint, key_problems
 
 
 class TasksService(BatchRpcs, tasks_pb2_grpc.TasksServicer):
@@ -34,7 +35,10 @@ class TasksService(BatchRpcs, tasks_pb2_grpc.TasksServicer):
     ) -> tasks_pb2.SubmitResponse:
         """Submit a task of any kind; it runs whether or not the caller waits for it."""
         owner = caller()
+        key = request.idempotency_key
         try:
+            if problems := key_problems(key):
+                raise InvalidRequestError(problems)
             envelope = await self.gateway.submitted_envelope(owner, request)
         except InvalidRequestError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -43,6 +47,12 @@ class TasksService(BatchRpcs, tasks_pb2_grpc.TasksServicer):
         trace.get_current_span().set_attributes(
             {ATTR_TASK_ID: envelope.task_id, ATTR_KIND: kind_name(envelope.kind)}
         )
+        if key:
+            asked = tasks_pb2.SubmitRequest()
+            asked.CopyFrom(request)
+            asked.ClearField("idempotency_key")
+            fp = fingerprint("submit", asked)
+            return await self.gateway.submit_once(context, owner, envelope, key, fp)
         await self.gateway.submit(context, owner, envelope)
         return tasks_pb2.SubmitResponse(
             task_id=envelope.task_id, kind=envelope.kind, deadline=envelope.deadline

@@ -6,6 +6,7 @@ stack and a test run, say) can share one Kafka broker and one Redis.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -188,6 +189,13 @@ class Names:
     def tenant_rate_key(self, tenant: str) -> str:
         """Token bucket of a tenant's request rate (shared by every gateway replica)."""
         return self._redis(f"nlp:tenant:{tenant}:rate")
+
+    def idempotency_key(self, tenant: str, key: str) -> str:
+        """Hash of a tenant's idempotency key: the task it made and that request's
+        fingerprint. Keys are chosen by clients: a digest of tenant and key, so that each
+        tenant has its own space of them."""
+        digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:40]
+        return self._redis(f"nlp:idem:{digest}")
 
     def token_stream_key(self, task_id: str) -> str:
         """Redis Stream of a generation task's token deltas (then one end entry)."""

@@ -3,7 +3,9 @@ requests they send are built by tests/factories.py)."""
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,3 +60,27 @@ class TopicTail:
 
 def status_name(status: int) -> str:
     return str(common_pb2.TaskStatus.Name(status))
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+
+
+def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample at a Prometheus text endpoint."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        samples.append((match.group(1), labels, float(match.group(3))))
+    return samples
+
+
+def value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        v for n, ls, v in samples if n == name and all(ls.get(k) == x for k, x in labels.items())
+    )

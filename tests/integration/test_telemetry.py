@@ -8,7 +8,6 @@ both back after real traffic.
 from __future__ import annotations
 
 import json
-import re
 import time
 import urllib.request
 import uuid
@@ -29,7 +28,7 @@ from nlp.v1 import (
 from shared.contracts.settings import ServiceSettings
 from shared.transport.kafka import task_headers
 from tests.factories import classify_request, greedy_request, ner_request, submit_classification
-from tests.integration.support import TopicTail, wait_terminal
+from tests.integration.support import TopicTail, scrape, value, wait_terminal
 
 SPAN_SERVER, SPAN_PRODUCER, SPAN_CONSUMER = 2, 4, 5  # OTLP Span.SpanKind values
 
@@ -216,29 +215,6 @@ def test_a_dead_lettered_record_is_traced_and_logged_with_its_trace_id(
 
 
 # --- metrics -------------------------------------------------------------------------------
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-
-
-def scrape(url: str) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of every sample at a Prometheus text endpoint."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples = []
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match is None or line.startswith("#"):
-            continue
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-        samples.append((match.group(1), labels, float(match.group(3))))
-    return samples
-
-
-def value(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(
-        v for n, ls, v in samples if n == name and all(ls.get(k) == x for k, x in labels.items())
-    )
 
 
 @pytest.fixture

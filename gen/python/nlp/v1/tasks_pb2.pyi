@@ -91,7 +91,7 @@ class TaskResult(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., generation: _Optional[_Union[_generation_pb2.GenerateResponse, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyResponse, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerResponse, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., correlation_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_id: _Optional[str] = ..., dead_lettered: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("generation", "classification", "ner", "summarization", "lane", "deadline_ms", "reply", "tenant")
+    __slots__ = ("generation", "classification", "ner", "summarization", "lane", "deadline_ms", "reply", "tenant", "idempotency_key")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     NER_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class SubmitRequest(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     generation: _generation_pb2.GenerateRequest
     classification: _classification_pb2.ClassifyRequest
     ner: _ner_pb2.NerRequest
@@ -108,7 +109,8 @@ class SubmitRequest(_message.Message):
     deadline_ms: int
     reply: ReplyOptions
     tenant: str
-    def __init__(self, generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., lane: _Optional[_Union[_common_pb2.Lane, str]] = ..., deadline_ms: _Optional[int] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., lane: _Optional[_Union[_common_pb2.Lane, str]] = ..., deadline_ms: _Optional[int] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., tenant: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("task_id", "kind", "deadline")
