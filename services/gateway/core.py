@@ -37,7 +37,13 @@ from shared.contracts.envelope import (
     validate_request,
 )
 from shared.contracts.errors import Code, InvalidRequestError
-from shared.contracts.names import LANE_NAMES, kind_name, lane_name, lane_value
+from shared.contracts.names import (
+    LANE_NAMES,
+    METADATA_IDEMPOTENCY_KEY,
+    kind_name,
+    lane_name,
+    lane_value,
+)
 from shared.observability.telemetry import (
     ATTR_BATCH_ID,
     ATTR_KIND,
@@ -49,7 +55,7 @@ from shared.observability.telemetry import (
     tracer,
 )
 from shared.transport.catalog import ModelCatalog
-from shared.transport.idempotency import IdempotencyKeys, Outcome
+from shared.transport.idempotency import Claim, IdempotencyKeys, Outcome, fingerprint, key_problems
 from shared.transport.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.transport.outages import (
     KAFKA,
@@ -107,10 +113,13 @@ class SyncTask:
     """A published task whose caller waits for it."""
 
     envelope: tasks_pb2.TaskEnvelope
-    registered: Waiting
+    # None: the task was published before (an idempotency key's); wait() looks it up.
+    registered: Waiting | None
     deadline: float  # time.monotonic()
     # The caller got the task's terminal outcome: nothing is left to stop when it goes.
     settled: bool = False
+    # Made under an idempotency key: it outlives its caller, whose retry takes it up.
+    keyed: bool = False
 
     def remaining(self) -> float:
         """Seconds left until the task's deadline."""
@@ -193,15 +202,16 @@ class Gateway:
             await self.quotas.release(owner, [envelope.task_id])
             await self.publish_failed(context, envelope, exc)
 
-    async def submit_once(
-        self, context: Ctx, owner: Tenant, envelope: tasks_pb2.TaskEnvelope, key: str, fp: str
-    ) -> tasks_pb2.SubmitResponse:
-        """:meth:`submit` under an idempotency key: the key's task if it has one (the same
-        request, ``fp``), ALREADY_EXISTS if it was another request's, else this task."""
-        keys, tenant = self.keys, envelope.tenant  # the owner's, or as given in development
-        waiting_until = time.monotonic() + keys.lease_s + 1
+    async def claimed(
+        self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, key: str, fp: str
+    ) -> Claim:
+        """Claim ``key`` for the envelope's task (WON or TAKEN_OVER: publish it, then
+        mark it published; EXISTING: the key's task is in Kafka); ALREADY_EXISTS for a key
+        of another request (``fp``), UNAVAILABLE when an earlier claim stays unsettled."""
+        tenant = envelope.tenant  # the owner's, or as given in development mode
+        waiting_until = time.monotonic() + self.keys.lease_s + 1
         while True:
-            claim = await keys.claim(
+            claim = await self.keys.claim(
                 tenant, key, fp, envelope.task_id, envelope.kind, seconds(envelope.deadline)
             )
             if claim.outcome is Outcome.CONFLICT:
@@ -210,15 +220,9 @@ class Gateway:
                     grpc.StatusCode.ALREADY_EXISTS,
                     f"idempotency_key was used for a different request (task {claim.task_id})",
                 )
-            if claim.outcome in (Outcome.WON, Outcome.TAKEN_OVER):
+            if claim.outcome is not Outcome.PENDING:
                 break
-            if claim.outcome is Outcome.EXISTING:
-                return tasks_pb2.SubmitResponse(
-                    task_id=claim.task_id,
-                    kind=claim.kind,  # type: ignore[arg-type]
-                    deadline=timestamp(claim.deadline_s),
-                )
-            # Outcome.PENDING: the first request is publishing it; wait for its outcome.
+            # The first request is publishing it: wait for its outcome.
             if time.monotonic() > waiting_until:
                 await _abort(
                     context,
@@ -230,12 +234,26 @@ class Gateway:
             # Its maker died before Kafka acknowledged it: the same task, published here.
             envelope.task_id = claim.task_id
             envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
+        return claim
+
+    async def submit_once(
+        self, context: Ctx, owner: Tenant, envelope: tasks_pb2.TaskEnvelope, key: str, fp: str
+    ) -> tasks_pb2.SubmitResponse:
+        """:meth:`submit` under an idempotency key: the key's task if it has one (the same
+        request, ``fp``), ALREADY_EXISTS if it was another request's, else this task."""
+        claim = await self.claimed(context, envelope, key, fp)
+        if claim.outcome is Outcome.EXISTING:
+            return tasks_pb2.SubmitResponse(
+                task_id=claim.task_id,
+                kind=claim.kind,  # type: ignore[arg-type]
+                deadline=timestamp(claim.deadline_s),
+            )
         try:
             await self.submit(context, owner, envelope)
         except BaseException:
-            await keys.release(tenant, key, envelope.task_id)
+            await self.keys.release(envelope.tenant, key, envelope.task_id)
             raise
-        await keys.published(tenant, key, envelope.task_id)
+        await self.keys.published(envelope.tenant, key, envelope.task_id)
         return tasks_pb2.SubmitResponse(
             task_id=envelope.task_id, kind=envelope.kind, deadline=envelope.deadline
         )
@@ -495,17 +513,34 @@ class Gateway:
             self.settings.max_deadline_s,
         )
         started = time.monotonic()
+        key = metadata_value(context, METADATA_IDEMPOTENCY_KEY)
+        if problems := key_problems(key):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
         envelope = await self.envelope(context, owner, kind, request, deadline_s)
+        claim = (
+            await self.claimed(context, envelope, key, fingerprint(kind, request)) if key else None
+        )
         trace.get_current_span().set_attributes({ATTR_TASK_ID: envelope.task_id, ATTR_KIND: kind})
-        await self.admit(context, owner, envelope)
-        registered = self.waiter.register(envelope.task_id)
+        if claim is not None and claim.outcome is Outcome.EXISTING:
+            envelope.task_id = claim.task_id
+            envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
+            return SyncTask(envelope, None, started + deadline_s, keyed=True)
         try:
-            await self.publish(envelope)
-        except Exception as exc:
-            self.waiter.unregister(envelope.task_id, registered)
-            await self.quotas.release(owner, [envelope.task_id])
-            await self.publish_failed(context, envelope, exc)
-        return SyncTask(envelope, registered, started + deadline_s)
+            await self.admit(context, owner, envelope)
+            registered = self.waiter.register(envelope.task_id)
+            try:
+                await self.publish(envelope)
+            except Exception as exc:
+                self.waiter.unregister(envelope.task_id, registered)
+                await self.quotas.release(owner, [envelope.task_id])
+                await self.publish_failed(context, envelope, exc)
+        except BaseException:
+            if claim is not None:
+                await self.keys.release(envelope.tenant, key, envelope.task_id)
+            raise
+        if claim is not None:
+            await self.keys.published(envelope.tenant, key, envelope.task_id)
+        return SyncTask(envelope, registered, started + deadline_s, keyed=claim is not None)
 
     async def run_sync(self, context: Ctx, owner: Tenant, kind: str, request: AnyRequest) -> Any:
         """Publish a task, wait for it and return its typed output (or the matching error).
@@ -540,6 +575,8 @@ class Gateway:
         it keeps its result (the first terminal result wins).
         """
         envelope = task.envelope
+        if task.keyed:
+            return
 
         def ended(_: Ctx) -> None:
             if task.settled:
@@ -569,6 +606,14 @@ class Gateway:
             result.error.code, grpc.StatusCode.INTERNAL
         )
         await _abort(context, code, f"{result.error.message} (task {result.task_id})")
+
+
+def metadata_value(context: Ctx, name: str) -> str:
+    """A request metadata entry's value ("" when absent)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
 
 
 def lane_of(owner: Tenant, requested: int, default: int) -> int:

@@ -44,6 +44,10 @@ HEADER_DLQ_SOURCE_TOPIC = "nlp-dlq-source-topic"
 HEADER_DLQ_SOURCE_PARTITION = "nlp-dlq-source-partition"
 HEADER_DLQ_SOURCE_OFFSET = "nlp-dlq-source-offset"
 
+# gRPC metadata a client may send: the idempotency key of a synchronous RPC (Tasks.Submit
+# has its field).
+METADATA_IDEMPOTENCY_KEY = "idempotency-key"
+
 # Celery task keyword arguments and headers set by the intake. One Celery message
 # carries a bundle of envelopes (base64 strings) and, in a header, each one's trace
 # context (a list aligned with the envelopes).

@@ -235,7 +235,8 @@ class TokenStreamHub:
         self.count = count
         self.wake_key = names.token_hub_wake_key(uuid.uuid4().hex)
         self._followers: dict[str, set[TokenStreamFollower]] = {}
-        self._reading: set[str] | None = None  # the keys of the read in flight
+        # The read in flight: each stream key and the id it reads after.
+        self._reading: dict[str, str] | None = None
         self._wake_sent = False
         self._wake_seen = "0-0"
         self._changed = asyncio.Event()
@@ -283,8 +284,12 @@ class TokenStreamHub:
 
     async def _include(self, key: str) -> None:
         self._changed.set()
-        if self._reading is None or key in self._reading or self._wake_sent:
-            return  # the next read includes it
+        reading = self._reading
+        # A new follower starts at the stream's first entry: a read in flight that asks
+        # for this stream after a later entry (for another follower) would skip the
+        # entries before it, so it is ended too.
+        if reading is None or reading.get(key) == "0-0" or self._wake_sent:
+            return  # the next read includes it from its start
         self._wake_sent = True
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(self.wake_key, {"w": "1"}, maxlen=1)
@@ -322,7 +327,7 @@ class TokenStreamHub:
             for key, followers in self._followers.items()
         }
         streams[self.wake_key] = self._wake_seen
-        self._reading = set(streams)
+        self._reading = dict(streams)
         self._wake_sent = False
         try:
             reply: Any = await self._reader.xread(

@@ -16,11 +16,19 @@ import pytest
 import redis
 
 from deploy.local.stack import LocalStack
-from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from nlp.v1 import (
+    classification_pb2_grpc,
+    common_pb2,
+    generation_pb2,
+    generation_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
 from shared.contracts.envelope import new_task_id
+from shared.contracts.names import METADATA_IDEMPOTENCY_KEY
 from shared.contracts.settings import ServiceSettings
 from shared.transport.idempotency import fingerprint
-from tests.factories import submit_classification
+from tests.factories import classify_request, greedy_request, submit_classification
 from tests.integration.support import scrape, value, wait_terminal
 
 KIND = "classification"
@@ -240,3 +248,61 @@ def test_clients_retrying_across_a_gateway_sigkill_end_with_one_task_per_key(
     assert [r.task_id for r in again] == ids
     time.sleep(1)
     assert succeeded(stack) - runs == len(keys)
+
+
+# --- synchronous RPCs: the idempotency-key metadata entry ------------------------------
+
+
+def _key_metadata(key: str) -> tuple[tuple[str, str], ...]:
+    return ((METADATA_IDEMPOTENCY_KEY, key),)
+
+
+def test_a_keyed_sync_call_repeated_answers_from_the_first_calls_task(
+    stack: LocalStack, classifier: classification_pb2_grpc.ClassificationStub
+) -> None:
+    key = uuid.uuid4().hex
+    request = classify_request("The striker scored twice in the final.")
+    before = published(stack)
+    first = classifier.Classify(request, metadata=_key_metadata(key), timeout=30)
+    again = classifier.Classify(request, metadata=_key_metadata(key), timeout=30)
+    assert again == first and first.task_id
+    assert published(stack) - before == 1
+    with pytest.raises(grpc.RpcError) as info:
+        classifier.Classify(
+            classify_request("Parliament passed the budget."),
+            metadata=_key_metadata(key),
+            timeout=30,
+        )
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as info:
+        classifier.Classify(request, metadata=_key_metadata("k" * 257), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _chunks(stream: Iterator[generation_pb2.GenerateChunk]) -> tuple[str, str]:
+    """The task id and the whole text of a stream."""
+    chunks = list(stream)
+    return chunks[0].task_id, "".join(c.delta for c in chunks)
+
+
+def test_a_keyed_stream_outlives_its_caller_and_a_repeat_streams_it_whole(
+    channel: grpc.Channel, tasks: tasks_pb2_grpc.TasksStub
+) -> None:
+    generation = generation_pb2_grpc.GenerationStub(channel)
+    request = greedy_request("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=48)
+    key = uuid.uuid4().hex
+    stream = generation.GenerateStream(request, metadata=_key_metadata(key), timeout=120)
+    task_id = next(stream).task_id
+    stream.cancel()  # the caller goes away after its first chunk
+    repeated_id, text = _chunks(
+        generation.GenerateStream(request, metadata=_key_metadata(key), timeout=120)
+    )
+    assert repeated_id == task_id
+    result = wait_terminal(tasks, task_id)
+    assert result.status == common_pb2.TASK_STATUS_SUCCEEDED  # not cancelled
+    assert text == result.generation.text and text
+    # Without a key, going away cancels the task (the control).
+    plain = generation.GenerateStream(greedy_request("1, 2, 3, 4, 5, 6, 7,", 256), timeout=120)
+    plain_id = next(plain).task_id
+    plain.cancel()
+    assert wait_terminal(tasks, plain_id).status == common_pb2.TASK_STATUS_CANCELLED

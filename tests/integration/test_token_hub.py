@@ -120,6 +120,26 @@ def test_a_stream_followed_during_a_blocked_read_is_read_at_once(
     run_with_hub(scenario, block_ms=120_000)
 
 
+def test_a_second_follower_of_a_stream_being_read_gets_it_from_its_start(
+    run_with_hub: Callable[..., None],
+) -> None:
+    async def scenario(
+        hub: TokenStreamHub, writer: TokenStreamWriter, client: aioredis.Redis
+    ) -> None:
+        script = _script(3, 4)
+        async with hub.follow("shared") as first:
+            await writer.append("shared", script[:2])
+            assert await first.read(5000) == script[:2]
+            await asyncio.sleep(0.3)  # the hub now blocks reading "shared" after entry 2
+            # A repeat of the call follows the same task (an idempotency key's).
+            async with hub.follow("shared") as second:
+                await writer.append("shared", script[2:])
+                assert await _read_to_end(second, limit_s=60.0) == script
+            assert await _read_to_end(first) == script[2:]
+
+    run_with_hub(scenario, block_ms=120_000)
+
+
 def test_a_late_follower_gets_the_whole_stream_beyond_one_read(
     run_with_hub: Callable[..., None],
 ) -> None:

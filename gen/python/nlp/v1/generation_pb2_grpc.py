@@ -63,7 +63,8 @@ class GenerationServicer:
     def GenerateStream(self, request, context):
         """Tokens as the worker produces them (the first at once, then a chunk every few
         tokens), then a last chunk with the finish reason and token counts. Cancelling the
-        call cancels the task.
+        call cancels the task, unless it was made under an `idempotency-key` metadata
+        entry: then it runs on, and a repeat with that key streams it from its first token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -35,7 +35,8 @@ class GenerationStub:
     GenerateStream: _grpc.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateChunk]
     """Tokens as the worker produces them (the first at once, then a chunk every few
     tokens), then a last chunk with the finish reason and token counts. Cancelling the
-    call cancels the task.
+    call cancels the task, unless it was made under an `idempotency-key` metadata
+    entry: then it runs on, and a repeat with that key streams it from its first token.
     """
     StreamTask: _grpc.UnaryStreamMultiCallable[_generation_pb2.StreamTaskRequest, _generation_pb2.GenerateChunk]
     """The token stream of a generation task submitted with Tasks.Submit, from its first
@@ -50,7 +51,8 @@ class GenerationAsyncStub(GenerationStub):
     GenerateStream: _aio.UnaryStreamMultiCallable[_generation_pb2.GenerateRequest, _generation_pb2.GenerateChunk]  # type: ignore[assignment]
     """Tokens as the worker produces them (the first at once, then a chunk every few
     tokens), then a last chunk with the finish reason and token counts. Cancelling the
-    call cancels the task.
+    call cancels the task, unless it was made under an `idempotency-key` metadata
+    entry: then it runs on, and a repeat with that key streams it from its first token.
     """
     StreamTask: _aio.UnaryStreamMultiCallable[_generation_pb2.StreamTaskRequest, _generation_pb2.GenerateChunk]  # type: ignore[assignment]
     """The token stream of a generation task submitted with Tasks.Submit, from its first
@@ -74,7 +76,8 @@ class GenerationServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_generation_pb2.GenerateChunk], _abc.AsyncIterator[_generation_pb2.GenerateChunk]]:
         """Tokens as the worker produces them (the first at once, then a chunk every few
         tokens), then a last chunk with the finish reason and token counts. Cancelling the
-        call cancels the task.
+        call cancels the task, unless it was made under an `idempotency-key` metadata
+        entry: then it runs on, and a repeat with that key streams it from its first token.
         """
 
     @_abc_1.abstractmethod
