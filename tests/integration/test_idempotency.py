@@ -64,13 +64,20 @@ def quiet(redis_client: redis.Redis, settings: ServiceSettings) -> None:
 
 
 def test_the_same_key_twice_gives_one_task_that_runs_once(
-    stack: LocalStack, tasks: tasks_pb2_grpc.TasksStub, quiet: None
+    stack: LocalStack,
+    tasks: tasks_pb2_grpc.TasksStub,
+    redis_client: redis.Redis,
+    settings: ServiceSettings,
+    quiet: None,
 ) -> None:
     request = keyed("The keeper saved a penalty in the last minute.", uuid.uuid4().hex)
     before, runs = published(stack), succeeded(stack)
     first = tasks.Submit(request, timeout=30)
     again = tasks.Submit(request, timeout=30)
     assert again == first  # task id, kind and deadline
+    # Kept as long as results are (NLP_IDEMPOTENCY_TTL_S unset).
+    ttl = redis_client.ttl(settings.names.idempotency_key("", request.idempotency_key))
+    assert settings.result_ttl_s - 60 < int(ttl) <= settings.result_ttl_s
     result = wait_terminal(tasks, first.task_id)
     assert result.status == common_pb2.TASK_STATUS_SUCCEEDED
     # After it ran too: still that task, nothing new.
