@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--deadline", type=float, default=0, help="seconds it may wait to start")
         p.add_argument("--publish", action="store_true", help="also publish to the results topic")
         p.add_argument("--correlation-id", default="")
+        p.add_argument(
+            "--idempotency-key",
+            default="",
+            help="repeating the command with this key names the same task (docs/api.md)",
+        )
     for name in ("get", "wait", "cancel", "stream"):
         p = task.add_parser(name, parents=[common])
         p.add_argument("task_id")
@@ -267,6 +272,7 @@ def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> int:
             reply=tasks_pb2.ReplyOptions(
                 publish_result=args.publish, correlation_id=args.correlation_id
             ),
+            idempotency_key=args.idempotency_key,
         )
         getattr(request, args.kind).CopyFrom(KINDS[args.kind].request(args))
         print_message(tasks.Submit(request, timeout=timeout), args.json, lambda s: s.task_id)

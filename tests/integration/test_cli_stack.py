@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from itertools import cycle
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,14 @@ def test_task_submit_takes_a_long_argument(stack: LocalStack, kind: str) -> None
     result = json.loads(_ok(_nlp(stack, "--json", "task", "wait", task_id, "--wait", "180")))
     assert result["status"] == "TASK_STATUS_SUCCEEDED", result
     assert kind in result, result  # the output, filled from the long text
+
+
+def test_task_submit_with_an_idempotency_key_names_one_task(stack: LocalStack) -> None:
+    submit = ("task", "submit", "ner", "--idempotency-key", f"cli-{uuid.uuid4().hex}")
+    first = _ok(_nlp(stack, *submit, "Angela Merkel visited Paris.")).strip()
+    assert _ok(_nlp(stack, *submit, "Angela Merkel visited Paris.")).strip() == first
+    other = _nlp(stack, *submit, "Barack Obama visited Rome.")
+    assert other.returncode == 1 and "ALREADY_EXISTS" in other.stderr, other.stderr
 
 
 def test_json_keeps_an_entity_at_offset_zero(stack: LocalStack) -> None:
