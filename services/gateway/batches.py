@@ -78,8 +78,10 @@ class BatchRpcs:
         """Read the client's stream, start each message's submission in order."""
         batch_id = ""
         index = 0
+        chosen = False  # the client named the batch: its item ids make re-runs idempotent
         async for request in requests:
             if not batch_id:
+                chosen = bool(request.batch_id)
                 batch_id = request.batch_id or new_task_id()
                 if not valid_batch_id(batch_id):
                     raise InvalidRequestError(
@@ -99,7 +101,7 @@ class BatchRpcs:
             chunks.put_nowait(
                 asyncio.create_task(
                     self.gateway.submit_batch_items(
-                        owner, batch_id, request.items, index, request.publish_results
+                        owner, batch_id, request.items, index, request.publish_results, chosen
                     )
                 )
             )

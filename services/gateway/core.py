@@ -55,7 +55,14 @@ from shared.observability.telemetry import (
     tracer,
 )
 from shared.transport.catalog import ModelCatalog
-from shared.transport.idempotency import Claim, IdempotencyKeys, Outcome, fingerprint, key_problems
+from shared.transport.idempotency import (
+    Ask,
+    Claim,
+    IdempotencyKeys,
+    Outcome,
+    fingerprint,
+    key_problems,
+)
 from shared.transport.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.transport.outages import (
     KAFKA,
@@ -424,10 +431,15 @@ class Gateway:
         items: Sequence[tasks_pb2.BatchItem],
         first_index: int,
         publish_results: bool,
+        keyed: bool = False,
     ) -> tasks_pb2.SubmitBatchResponse:
-        """Validate, record and publish one message's items; one ack per item."""
+        """Validate, record and publish one message's items; one ack per item. ``keyed``
+        (a batch id the client chose): an item with an item id is claimed under them, so
+        that a re-run of the batch acks the tasks it made and submits nothing twice."""
         response = tasks_pb2.SubmitBatchResponse(batch_id=batch_id)
         accepted: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]] = []
+        keys: dict[str, str] = {}  # task id → its item's idempotency key
+        prints: dict[str, str] = {}  # task id → its item's fingerprint
         for index, item in enumerate(items, first_index):
             ack = response.acks.add(item_id=item.item_id, index=index)
             try:
@@ -445,6 +457,11 @@ class Gateway:
                 ack.error.message = str(exc)
                 continue
             accepted.append((ack, envelope))
+            if keyed and item.item_id:
+                # A control character: no client's own key can be one of these.
+                keys[envelope.task_id] = f"\0batch\0{batch_id}\0{item.item_id}"
+                prints[envelope.task_id] = fingerprint("batch-item", item.task)
+        accepted, known = await self._claim_items(accepted, keys, prints)
         try:
             await self.quotas.admit(owner, [envelope for _, envelope in accepted])
         except QuotaExceededError as exc:
@@ -452,13 +469,15 @@ class Gateway:
                 ack.error.code = int(Code.RESOURCE_EXHAUSTED)
                 ack.error.message = f"{exc}; retry after {exc.retry_after_ms} ms"
                 ack.error.retryable = True
-            await self.store.count_batch(batch_id, 0, len(items), owner.name)
+            await self.store.count_batch(batch_id, 0, len(items) - known, owner.name)
+            await self._settle_items(accepted, keys)  # none has a task id: all released
             return response
         # Counted as submitted with their PENDING state (one round trip); the rare
-        # items Kafka then refuses are moved to rejected.
+        # items Kafka then refuses are moved to rejected. Items a re-run found made
+        # already count as neither.
         await self.store.record_pending(
             [envelope for _, envelope in accepted],
-            batch=(batch_id, len(items) - len(accepted)),
+            batch=(batch_id, len(items) - len(accepted) - known),
             tenant=owner.name,
         )
         outcomes = await self.publish_many([e for _, e in accepted], own_traces=True)
@@ -480,7 +499,75 @@ class Gateway:
             await self.store.clear_states(lost)
             await self.quotas.release(owner, lost)
             await self.store.count_batch(batch_id, -len(lost), len(lost), owner.name)
+        await self._settle_items(accepted, keys)
         return response
+
+    async def _claim_items(
+        self,
+        accepted: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]],
+        keys: dict[str, str],
+        prints: dict[str, str],
+    ) -> tuple[list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]], int]:
+        """Claim the keyed items' keys: those to submit, and how many were made before
+        (acked with their task ids). A key of another request fails its item
+        (ALREADY_EXISTS); one still being enqueued elsewhere is retryable UNAVAILABLE."""
+        if not keys:
+            return accepted, 0
+        keyed = [(a, e) for a, e in accepted if e.task_id in keys]
+        claims = await self.keys.claim_many(
+            [
+                Ask(
+                    e.tenant,
+                    keys[e.task_id],
+                    prints[e.task_id],
+                    e.task_id,
+                    e.kind,
+                    seconds(e.deadline),
+                )
+                for _, e in keyed
+            ]
+        )
+        outcome = {e.task_id: c for (_, e), c in zip(keyed, claims, strict=True)}
+        kept: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]] = []
+        known = 0
+        for ack, envelope in accepted:
+            claim = outcome.get(envelope.task_id)
+            if claim is None or claim.outcome is Outcome.WON:
+                kept.append((ack, envelope))
+            elif claim.outcome is Outcome.TAKEN_OVER:
+                key = keys.pop(envelope.task_id)
+                envelope.task_id = claim.task_id
+                envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
+                keys[envelope.task_id] = key
+                kept.append((ack, envelope))
+            elif claim.outcome is Outcome.EXISTING:
+                ack.task_id = claim.task_id
+                known += 1
+            elif claim.outcome is Outcome.CONFLICT:
+                ack.error.code = int(Code.ALREADY_EXISTS)
+                ack.error.message = (
+                    f"item_id was used in this batch for a different task (task {claim.task_id})"
+                )
+            else:
+                ack.error.code = int(Code.UNAVAILABLE)
+                ack.error.message = "this item is still being enqueued by an earlier run"
+                ack.error.retryable = True
+        return kept, known
+
+    async def _settle_items(
+        self,
+        accepted: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]],
+        keys: dict[str, str],
+    ) -> None:
+        """Mark the keyed items' claims published (acked with a task id) or release them."""
+        settled = [
+            (a, Ask(e.tenant, keys[e.task_id], "", e.task_id))
+            for a, e in accepted
+            if e.task_id in keys
+        ]
+        await self.keys.settle_many(
+            [ask for a, ask in settled if a.task_id], [ask for a, ask in settled if not a.task_id]
+        )
 
     async def publish_failed(
         self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, exc: Exception

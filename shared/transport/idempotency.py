@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -93,6 +94,18 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True)
+class Ask:
+    """A claim to make: ``key`` of ``tenant`` for ``task_id``, by a request ``fp``."""
+
+    tenant: str
+    key: str
+    fp: str
+    task_id: str
+    kind: int = 0
+    deadline_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class Claim:
     """The answer to :meth:`IdempotencyKeys.claim`."""
 
@@ -124,32 +137,93 @@ class IdempotencyKeys:
         self, tenant: str, key: str, fp: str, task_id: str, kind: int, deadline_s: float
     ) -> Claim:
         """Claim ``key`` for ``task_id``, or say what holds it."""
+        (claim,) = await self.claim_many([Ask(tenant, key, fp, task_id, kind, deadline_s)])
+        return claim
+
+    async def claim_many(self, asks: Sequence[Ask]) -> list[Claim]:
+        """:meth:`claim` for many keys (a batch message's items) in two round trips."""
         now = time.time()
-        redis_key = self._key(tenant, key)
-        reply = await self._claim(
-            [redis_key], [task_id, fp, kind, repr(deadline_s), repr(now), self.ttl_s]
-        )
-        if int(reply[0]) == 1:
-            return Claim(Outcome.WON, task_id, kind, deadline_s)
-        held_task, held_fp, held_kind, held_deadline, _, published = (_text(v) for v in reply[1:])
-        if not held_task:  # expired between the two calls: rare; claim again
-            return await self.claim(tenant, key, fp, task_id, kind, deadline_s)
-        held = Claim(Outcome.EXISTING, held_task, int(held_kind or 0), float(held_deadline or 0))
-        if held_fp != fp:
-            return Claim(Outcome.CONFLICT, held_task)
-        if published == "1":
-            return held
-        if int(await self._take_over([redis_key], [repr(now), repr(self.lease_s)])):
-            return Claim(Outcome.TAKEN_OVER, held.task_id, held.kind, held.deadline_s)
-        return Claim(Outcome.PENDING, held.task_id, held.kind, held.deadline_s)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for ask in asks:
+                await self._claim(
+                    keys=[self._key(ask.tenant, ask.key)],
+                    args=[
+                        ask.task_id,
+                        ask.fp,
+                        ask.kind,
+                        repr(ask.deadline_s),
+                        repr(now),
+                        self.ttl_s,
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        claims: list[Claim | None] = []
+        unsettled: list[int] = []  # the same request, not yet published: take it over?
+        again: list[int] = []  # expired between the calls (rare): claim afresh
+        for i, (ask, reply) in enumerate(zip(asks, replies, strict=True)):
+            if int(reply[0]) == 1:
+                claims.append(Claim(Outcome.WON, ask.task_id, ask.kind, ask.deadline_s))
+                continue
+            task, fp, kind, deadline, _, published = (_text(v) for v in reply[1:])
+            held = Claim(Outcome.EXISTING, task, int(kind or 0), float(deadline or 0))
+            if not task:
+                claims.append(None)
+                again.append(i)
+            elif fp != ask.fp:
+                claims.append(Claim(Outcome.CONFLICT, task))
+            elif published == "1":
+                claims.append(held)
+            else:
+                claims.append(Claim(Outcome.PENDING, task, held.kind, held.deadline_s))
+                unsettled.append(i)
+        if unsettled:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i in unsettled:
+                    await self._take_over(
+                        keys=[self._key(asks[i].tenant, asks[i].key)],
+                        args=[repr(now), repr(self.lease_s)],
+                        client=pipe,
+                    )
+                taken = await pipe.execute()
+            for i, took in zip(unsettled, taken, strict=True):
+                held_claim = claims[i]
+                if int(took) and held_claim is not None:
+                    claims[i] = Claim(
+                        Outcome.TAKEN_OVER,
+                        held_claim.task_id,
+                        held_claim.kind,
+                        held_claim.deadline_s,
+                    )
+        if again:
+            for i, claim in zip(
+                again, await self.claim_many([asks[i] for i in again]), strict=True
+            ):
+                claims[i] = claim
+        return [claim for claim in claims if claim is not None]
+
+    async def settle_many(self, published: Sequence[Ask], released: Sequence[Ask]) -> None:
+        """Mark claims published and release others, in one round trip."""
+        if not published and not released:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for ask in published:
+                await self._published(
+                    keys=[self._key(ask.tenant, ask.key)], args=[ask.task_id], client=pipe
+                )
+            for ask in released:
+                await self._release(
+                    keys=[self._key(ask.tenant, ask.key)], args=[ask.task_id], client=pipe
+                )
+            await pipe.execute()
 
     async def published(self, tenant: str, key: str, task_id: str) -> None:
         """The claim's task is in Kafka: repeats may now be answered with it."""
-        await self._published([self._key(tenant, key)], [task_id])
+        await self.settle_many([Ask(tenant, key, "", task_id)], [])
 
     async def release(self, tenant: str, key: str, task_id: str) -> None:
         """The claim's task never reached Kafka: free the key for the next attempt."""
-        await self._release([self._key(tenant, key)], [task_id])
+        await self.settle_many([], [Ask(tenant, key, "", task_id)])
 
 
 def _text(value: bytes | str | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -14,6 +15,7 @@ import pytest
 from deploy.local.stack import LocalStack
 from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 from shared.contracts import names
+from shared.contracts.errors import Code
 from shared.contracts.settings import ServiceSettings
 from shared.transport.kafka import header
 from tests.factories import submit_classification
@@ -230,3 +232,35 @@ def test_cancelled_batch_task_is_counted_and_published(
     assert _results_on_topic(results_topic, batch_id, {a.task_id for a in acks}, 60) == {
         a.task_id for a in acks
     }
+
+
+def test_a_rerun_of_a_named_batch_submits_nothing_twice(
+    tasks: tasks_pb2_grpc.TasksStub,
+) -> None:
+    batch_id = f"rerun-{uuid.uuid4().hex[:12]}"
+    items = [_item(i) for i in range(150)]
+
+    def acks(sent: list[tasks_pb2.BatchItem]) -> dict[str, tasks_pb2.BatchItemAck]:
+        responses = tasks.SubmitBatch(_messages(sent, batch_id=batch_id), timeout=120)
+        return {ack.item_id: ack for response in responses for ack in response.acks}
+
+    # An interrupted first run: only its first 100 items went out.
+    first = acks(items[:100])
+    assert all(ack.task_id for ack in first.values())
+    # The re-run sends every item again: the first 100 name their tasks, 50 are new.
+    second = acks(items)
+    assert all(second[i].task_id == first[i].task_id for i in first)
+    assert len({ack.task_id for ack in second.values()}) == 150
+    status = _status(tasks, batch_id)
+    assert (status.submitted, status.rejected) == (150, 0)
+    # An item id reused for another document fails that item alone.
+    changed = tasks_pb2.BatchItem(item_id="doc-3", task=submit_classification("Another text."))
+    third = acks([changed, _item(150)])
+    assert third["doc-3"].error.code == Code.ALREADY_EXISTS
+    assert first["doc-3"].task_id in third["doc-3"].error.message
+    assert third["doc-150"].task_id
+    deadline = time.monotonic() + 120
+    while (status := _status(tasks, batch_id)).succeeded < 151:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert (status.submitted, status.rejected, status.succeeded) == (151, 1, 151)
