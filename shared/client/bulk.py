@@ -223,8 +223,14 @@ class BatchRun:
         chunk: int = 100,
         publish_results: bool = False,
         progress: Progress | None = None,
+        batch_id: str = "",
     ) -> None:
         self.tasks = tasks
+        # Named by the caller: a re-run under the same name resubmits nothing (the
+        # gateway acks the tasks its items made), and its results stream holds the
+        # earlier runs' results too, which are not this run's to write.
+        self.batch_id = batch_id
+        self._sent: set[str] = set()
         self.make_task = make_task
         self.output = output
         self.window = threading.Semaphore(window)
@@ -272,6 +278,9 @@ class BatchRun:
                 while not self.window.acquire(timeout=0.5):
                     if self._stop.is_set():
                         return
+            if self.batch_id:
+                with self._lock:
+                    self._sent.add(doc.id)
             items.append(tasks_pb2.BatchItem(item_id=doc.id, task=self.make_task(doc.text)))
             if len(items) >= self.chunk:
                 yield self._message(items)
@@ -280,7 +289,9 @@ class BatchRun:
             yield self._message(items)
 
     def _message(self, items: list[tasks_pb2.BatchItem]) -> tasks_pb2.SubmitBatchRequest:
-        return tasks_pb2.SubmitBatchRequest(items=items, publish_results=self.publish_results)
+        return tasks_pb2.SubmitBatchRequest(
+            batch_id=self.batch_id, items=items, publish_results=self.publish_results
+        )
 
     def _collect(self) -> None:
         """Write each result as it finishes (until the batch is complete)."""
@@ -293,6 +304,11 @@ class BatchRun:
             )
             self._calls.append(call)
             for item in call:
+                if self.batch_id:
+                    with self._lock:
+                        ours = item.result.correlation_id in self._sent
+                    if not ours:
+                        continue
                 self._write(result_line(item.result))
                 self.window.release()
         except grpc.RpcError as exc:

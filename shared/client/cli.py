@@ -147,6 +147,11 @@ def _batch_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     run.add_argument("--publish", action="store_true", help="also publish to the results topic")
     run.add_argument("--deadline", type=float, default=0, help="seconds a task may wait to start")
     run.add_argument(
+        "--batch-id",
+        default="",
+        help="name the batch: a re-run with the same name resubmits no document (docs/bulk.md)",
+    )
+    run.add_argument(
         "--lane",
         choices=ALL_LANES,
         default=None,
@@ -224,6 +229,7 @@ def _batch_run(channel: grpc.Channel, args: argparse.Namespace) -> int:
             chunk=args.chunk,
             publish_results=args.publish,
             progress=progress,
+            batch_id=args.batch_id,
         )
         summary = runner.run(docs())
     summary.total, summary.skipped = total, skipped

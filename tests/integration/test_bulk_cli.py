@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from deploy.local.stack import ROOT, LocalStack
+from tests.integration.support import scrape, value
 
 DOCS = 600
 
@@ -30,7 +32,7 @@ def _cli(stack: LocalStack, *args: str) -> list[str]:
     return [sys.executable, "-m", "shared.client.cli", "--target", stack.gateway_target, *args]
 
 
-def _run_command(stack: LocalStack, source: Path, output: Path) -> list[str]:
+def _run_command(stack: LocalStack, source: Path, output: Path, *more: str) -> list[str]:
     return _cli(
         stack,
         "--json",
@@ -49,6 +51,7 @@ def _run_command(stack: LocalStack, source: Path, output: Path) -> list[str]:
         "--chunk",
         "16",
         "--no-progress",
+        *more,
     )
 
 
@@ -123,3 +126,45 @@ def test_bad_input_lines_are_reported_not_fatal(stack: LocalStack, tmp_path: Pat
     assert by_id["line-2"]["status"] == "REJECTED"
     assert by_id["blank"]["status"] == "REJECTED" and by_id["blank"]["error"]["code"] == 3
     assert json.loads(run.stdout)["rejected"] == 2
+
+
+def test_a_named_batch_killed_and_run_again_submits_each_document_once(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "docs.jsonl", tmp_path / "results.jsonl"
+    ids = _write_docs(source)
+    named = ("--batch-id", f"cli-{uuid.uuid4().hex[:12]}")
+    before = _published(stack)
+    first = subprocess.Popen(
+        _run_command(stack, source, output, *named),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    while _lines(output) < 100:
+        assert first.poll() is None
+        assert time.monotonic() < deadline, "the first run made no progress"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    done_before = _lines(output)
+    assert done_before < DOCS, "the run finished before it was killed: nothing tested"
+    second = subprocess.run(
+        _run_command(stack, source, output, *named),
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    assert second.returncode == 0, second.stderr.decode()
+    records = [json.loads(line) for line in output.read_text().splitlines() if line.endswith("}")]
+    assert sorted({r["id"] for r in records}) == ids
+    # The documents in flight when the first run died kept their tasks: none went twice.
+    assert _published(stack) - before == DOCS
+    assert len({r["task_id"] for r in records}) == DOCS
+
+
+def _published(stack: LocalStack) -> float:
+    samples = scrape(stack.metrics_urls["gateway"])
+    return value(samples, "nlp_tasks_submitted_total", kind="classification")
