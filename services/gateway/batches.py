@@ -121,10 +121,14 @@ class BatchRpcs:
             self._batch_items(owner, request_iterator, opened, chunks, window)
         )
         reader.add_done_callback(lambda _: chunks.put_nowait(None))
+        chunk: asyncio.Task[tasks_pb2.SubmitBatchResponse] | None = None
         try:
             try:
                 while (chunk := await chunks.get()) is not None:
-                    response = await chunk
+                    # Shielded: a client that goes away must not cut a submission short
+                    # between its items' idempotency claims and Kafka (a re-run waits on
+                    # those claims).
+                    response = await asyncio.shield(chunk)
                     window.release(len(response.acks))
                     yield response
                 await reader
@@ -141,6 +145,9 @@ class BatchRpcs:
                 await _abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_DETAILS[REDIS])
         finally:
             reader.cancel()
+            if chunk is not None and not chunk.done():
+                with contextlib.suppress(Exception):
+                    await chunk
             while not chunks.empty():
                 pending = chunks.get_nowait()
                 if pending is not None:

@@ -37,6 +37,7 @@ from shared.contracts.envelope import (
     validate_request,
 )
 from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.idempotency import fingerprint, key_problems
 from shared.contracts.names import (
     LANE_NAMES,
     METADATA_IDEMPOTENCY_KEY,
@@ -55,14 +56,7 @@ from shared.observability.telemetry import (
     tracer,
 )
 from shared.transport.catalog import ModelCatalog
-from shared.transport.idempotency import (
-    Ask,
-    Claim,
-    IdempotencyKeys,
-    Outcome,
-    fingerprint,
-    key_problems,
-)
+from shared.transport.idempotency import Ask, Claim, IdempotencyKeys, Outcome
 from shared.transport.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.transport.outages import (
     KAFKA,
@@ -514,19 +508,24 @@ class Gateway:
         if not keys:
             return accepted, 0
         keyed = [(a, e) for a, e in accepted if e.task_id in keys]
-        claims = await self.keys.claim_many(
-            [
-                Ask(
-                    e.tenant,
-                    keys[e.task_id],
-                    prints[e.task_id],
-                    e.task_id,
-                    e.kind,
-                    seconds(e.deadline),
-                )
-                for _, e in keyed
-            ]
-        )
+        asks = [
+            Ask(
+                e.tenant, keys[e.task_id], prints[e.task_id], e.task_id, e.kind, seconds(e.deadline)
+            )
+            for _, e in keyed
+        ]
+        claims = await self.keys.claim_many(asks)
+        # Items an earlier run is still enqueueing (a client killed mid-stream): wait for
+        # their outcome, as Submit does, up to the claims' lease (then they are taken over).
+        waiting_until = time.monotonic() + self.keys.lease_s + 1
+        while time.monotonic() < waiting_until:
+            unsettled = [i for i, c in enumerate(claims) if c.outcome is Outcome.PENDING]
+            if not unsettled:
+                break
+            await asyncio.sleep(_CLAIM_POLL_S * 10)
+            again = await self.keys.claim_many([asks[i] for i in unsettled])
+            for i, settled in zip(unsettled, again, strict=True):
+                claims[i] = settled
         outcome = {e.task_id: c for (_, e), c in zip(keyed, claims, strict=True)}
         kept: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]] = []
         known = 0

@@ -17,9 +17,9 @@ from services.gateway.core import Gateway, _abort
 from services.gateway.interceptors import Ctx
 from shared.contracts.envelope import TERMINAL_STATUSES, error_result, valid_task_id
 from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.idempotency import fingerprint, key_problems
 from shared.contracts.names import kind_name
 from shared.observability.telemetry import ATTR_KIND, ATTR_TASK_ID
-from shared.transport.idempotency import fingerprint, key_problems
 
 
 class TasksService(BatchRpcs, tasks_pb2_grpc.TasksServicer):

@@ -24,6 +24,7 @@ from nlp.v1 import (
     tasks_pb2,
 )
 from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.idempotency import key_problems
 from shared.contracts.names import (
     KIND_NAMES,
     LANE_NAMES,
@@ -279,6 +280,7 @@ def validate_envelope(
         problems.append(f"batch_id {envelope.batch_id[:64]!r} is malformed")
     if envelope.tenant and not TENANT_RE.match(envelope.tenant):
         problems.append(f"tenant {envelope.tenant[:64]!r} is malformed")
+    problems += key_problems(envelope.idempotency_key)
     which = envelope.WhichOneof("request")
     if which is None:
         problems.append("the envelope carries no request")

@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import confluent_kafka
@@ -40,10 +40,12 @@ from shared.contracts.envelope import (
     envelope_lane,
     error_result,
     expired,
+    seconds,
     valid_task_id,
     validate_envelope,
 )
 from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.idempotency import fingerprint
 from shared.contracts.names import Names, lane_rank, lane_value
 from shared.contracts.settings import WorkerSettings
 from shared.observability.metrics import IntakeMetrics
@@ -63,6 +65,7 @@ from shared.observability.telemetry import (
 )
 from shared.runtime.ports import (
     IntakeStore,
+    KeyClaims,
     PendingSend,
     QueueLengths,
     RecordProducer,
@@ -70,6 +73,7 @@ from shared.runtime.ports import (
     TaskSource,
 )
 from shared.transport.bundle import Bundle, Carrier, encode_bundle
+from shared.transport.idempotency import Ask, Outcome
 from shared.transport.kafka import dead_letter_headers, publish_results
 from shared.transport.kafka_consumer import Partition, Record
 from shared.transport.outages import KAFKA, REDIS, Outages, dependency_of
@@ -92,6 +96,8 @@ class Intake:
     store: IntakeStore
     redis: QueueLengths
     metrics: IntakeMetrics
+    # Claims of direct producers' idempotency keys (None: records are not checked).
+    keys: KeyClaims | None = None
     outages: Outages = field(default_factory=lambda: Outages("intake"))
     stats: Counter[str] = field(default_factory=Counter)
     # Lanes whose topics are held back (their Celery queue went above its high water).
@@ -316,6 +322,7 @@ class Intake:
         record); returns the pending dead-letter sends."""
         pending: list[PendingSend] = []
         valid: list[Handed] = []
+        record_of: dict[str, Record] = {}
         for record, span in records:
             checked = self.check(record, span)
             if isinstance(checked, tasks_pb2.TaskEnvelope):
@@ -323,6 +330,7 @@ class Intake:
                     {ATTR_TASK_ID: checked.task_id, ATTR_BATCH_ID: checked.batch_id}
                 )
                 valid.append((checked, span))
+                record_of[checked.task_id] = record
             elif checked is not None:
                 pending.append(checked)
         if not valid:
@@ -344,8 +352,51 @@ class Intake:
                 span.set_attribute("nlp.intake.outcome", "expired")
             else:
                 ready.append((envelope, span))
-        self.hand_off(ready)
+        self.hand_off(self.first_of_keys(ready, record_of, pending))
         return pending
+
+    def first_of_keys(
+        self, ready: list[Handed], record_of: Mapping[str, Record], pending: list[PendingSend]
+    ) -> list[Handed]:
+        """``ready`` without the records an idempotency key already ran: a later record
+        of the key ends CANCELLED (ALREADY_EXISTS, naming the key's task); one whose key
+        was another request's is dead-lettered (its send joins ``pending``)."""
+        keyed = [(e, span) for e, span in ready if e.idempotency_key]
+        if not keyed or self.keys is None:
+            return ready
+        claims = self.keys.claim_many([_ask(e) for e, _ in keyed])
+        dropped: set[str] = set()
+        for (envelope, span), claim in zip(keyed, claims, strict=True):
+            if claim.outcome is Outcome.WON or claim.task_id == envelope.task_id:
+                continue  # the first record of its key, or that record again
+            dropped.add(envelope.task_id)
+            lane = envelope_lane(envelope)
+            if claim.outcome is Outcome.CONFLICT:
+                message = f"idempotency_key was used for a different request (task {claim.task_id})"
+                result = error_result(
+                    envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, message
+                )
+                result.dead_lettered = True
+                with trace.use_span(span, end_on_exit=False):
+                    self.finish(envelope, result)
+                pending.append(
+                    self.dead_letter(record_of[envelope.task_id], f"invalid: {message}", span)
+                )
+                continue
+            with trace.use_span(span, end_on_exit=False):
+                self.finish(
+                    envelope,
+                    error_result(
+                        envelope,
+                        common_pb2.TASK_STATUS_CANCELLED,
+                        Code.ALREADY_EXISTS,
+                        f"a duplicate of task {claim.task_id} (same idempotency_key): not run",
+                    ),
+                )
+            self.stats["duplicate"] += 1
+            self.metrics.outcome("duplicate", lane=lane)
+            span.set_attribute("nlp.intake.outcome", "duplicate")
+        return [(e, span) for e, span in ready if e.task_id not in dropped]
 
     def check(self, record: Record, span: trace.Span) -> tasks_pb2.TaskEnvelope | PendingSend:
         """The record's envelope if it is a valid task; else dead-letter it and return
@@ -512,6 +563,23 @@ class Intake:
             )
 
 
+def _ask(envelope: tasks_pb2.TaskEnvelope) -> Ask:
+    """The claim of a record's key: what it asks for is its request, lane, batch and
+    reply options (not its task id, times or key)."""
+    asked = tasks_pb2.TaskEnvelope()
+    asked.CopyFrom(envelope)
+    for name in ("task_id", "created_at", "deadline", "idempotency_key"):
+        asked.ClearField(name)
+    return Ask(
+        envelope.tenant,
+        envelope.idempotency_key,
+        fingerprint("envelope", asked),
+        envelope.task_id,
+        envelope.kind,
+        seconds(envelope.deadline),
+    )
+
+
 def serve(kind: str, settings: WorkerSettings) -> None:
     """Entry point of a kind's intake process: build the clients, run until SIGTERM/SIGINT."""
     import signal
@@ -521,6 +589,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     from shared.observability.metrics import serve_endpoints
     from shared.observability.readiness import serving
     from shared.transport.celery_app import make_celery
+    from shared.transport.idempotency import RecordKeys
     from shared.transport.kafka import make_producer
     from shared.transport.kafka_consumer import make_consumer
     from shared.transport.outages import redis_client, until_reachable
@@ -549,6 +618,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
         store=ResultStore(client, settings.names, settings.result_ttl_s),
         redis=client,
         metrics=IntakeMetrics(kind),
+        keys=RecordKeys(client, settings.names, settings.result_ttl_s),
         outages=outages,
     )
     endpoints = serve_endpoints(settings, intake.metrics.registry)

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from nlp.v1 import tasks_pb2
+from shared.transport.idempotency import Ask, Claim
 from shared.transport.kafka_consumer import Partition, Record
 
 # --- Kafka -----------------------------------------------------------------------------
@@ -131,3 +132,9 @@ class WorkerStore(Protocol):
     def finish_many(self, results: Sequence[tasks_pb2.TaskResult]) -> list[bool]: ...
 
     def heartbeat(self, kind: str, task_ids: Iterable[str]) -> None: ...
+
+
+class KeyClaims(Protocol):
+    """Idempotency claims as the intake makes them (shared.transport.idempotency)."""
+
+    def claim_many(self, asks: Sequence[Ask]) -> list[Claim]: ...

@@ -15,23 +15,20 @@ first terminal result of it.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from google.protobuf.message import Message
+import redis
 from redis import asyncio as aioredis
 
 from shared.contracts.names import Names
 
-MAX_KEY_CHARS = 256
-
 _CLAIM_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'task', ARGV[1], 'fp', ARGV[2], 'kind', ARGV[3],
-             'deadline', ARGV[4], 'at', ARGV[5], 'published', '0')
+             'deadline', ARGV[4], 'at', ARGV[5], 'published', ARGV[7])
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   return {1}
 end
@@ -65,24 +62,6 @@ if redis.call('HGET', KEYS[1], 'task') == ARGV[1]
 end
 return 0
 """
-
-
-def key_problems(key: str) -> list[str]:
-    """What is wrong with a client's idempotency key (empty: nothing)."""
-    problems = []
-    if len(key) > MAX_KEY_CHARS:
-        problems.append(f"idempotency_key is over {MAX_KEY_CHARS} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        problems.append("idempotency_key has control characters")
-    return problems
-
-
-def fingerprint(kind: str, request: Message) -> str:
-    """A digest of what a request asks for (deterministic protobuf bytes)."""
-    digest = hashlib.sha256(kind.encode())
-    digest.update(b"\0")
-    digest.update(request.SerializeToString(deterministic=True))
-    return digest.hexdigest()
 
 
 class Outcome(Enum):
@@ -154,6 +133,7 @@ class IdempotencyKeys:
                         repr(ask.deadline_s),
                         repr(now),
                         self.ttl_s,
+                        "0",
                     ],
                     client=pipe,
                 )
@@ -224,6 +204,44 @@ class IdempotencyKeys:
     async def release(self, tenant: str, key: str, task_id: str) -> None:
         """The claim's task never reached Kafka: free the key for the next attempt."""
         await self.settle_many([], [Ask(tenant, key, "", task_id)])
+
+
+class RecordKeys:
+    """The intake's claims (synchronous): a direct producer's record is in Kafka
+    already, so its claim is published from the start and nothing is taken over."""
+
+    def __init__(self, client: redis.Redis, names: Names, ttl_s: int) -> None:
+        self.client = client
+        self.names = names
+        self.ttl_s = ttl_s
+        self._claim = client.register_script(_CLAIM_LUA)
+
+    def claim_many(self, asks: Sequence[Ask]) -> list[Claim]:
+        """WON (run it), EXISTING (the key's task: run it only if it is this one) or
+        CONFLICT (the key was another request's), per ask, in one round trip."""
+        now = repr(time.time())
+        pipe = self.client.pipeline(transaction=False)
+        for ask in asks:
+            self._claim(
+                keys=[self.names.idempotency_key(ask.tenant, ask.key)],
+                args=[ask.task_id, ask.fp, ask.kind, repr(ask.deadline_s), now, self.ttl_s, "1"],
+                client=pipe,
+            )
+        claims = []
+        for ask, reply in zip(asks, pipe.execute(), strict=True):
+            if int(reply[0]) == 1:
+                claims.append(Claim(Outcome.WON, ask.task_id, ask.kind, ask.deadline_s))
+                continue
+            task, fp, kind, deadline, _, _ = (_text(v) for v in reply[1:])
+            if task and fp != ask.fp:
+                claims.append(Claim(Outcome.CONFLICT, task))
+            else:  # (expired meanwhile: a task of its own, as if won)
+                claims.append(
+                    Claim(
+                        Outcome.EXISTING, task or ask.task_id, int(kind or 0), float(deadline or 0)
+                    )
+                )
+        return claims
 
 
 def _text(value: bytes | str | None) -> str:

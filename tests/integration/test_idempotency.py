@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 import redis
+from kafka import KafkaProducer
 
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
@@ -24,12 +25,20 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
+from shared.contracts import names
 from shared.contracts.envelope import new_task_id
+from shared.contracts.errors import Code
+from shared.contracts.idempotency import fingerprint
 from shared.contracts.names import METADATA_IDEMPOTENCY_KEY
 from shared.contracts.settings import ServiceSettings
-from shared.transport.idempotency import fingerprint
-from tests.factories import classify_request, greedy_request, submit_classification
-from tests.integration.support import scrape, value, wait_terminal
+from shared.transport.kafka import header
+from tests.factories import (
+    classification_envelope,
+    classify_request,
+    greedy_request,
+    submit_classification,
+)
+from tests.integration.support import TopicTail, scrape, value, wait_terminal
 
 KIND = "classification"
 
@@ -313,3 +322,40 @@ def test_a_keyed_stream_outlives_its_caller_and_a_repeat_streams_it_whole(
     plain_id = next(plain).task_id
     plain.cancel()
     assert wait_terminal(tasks, plain_id).status == common_pb2.TASK_STATUS_CANCELLED
+
+
+# --- direct producers: TaskEnvelope.idempotency_key ------------------------------------
+
+
+def test_records_of_one_key_from_a_direct_producer_run_once(
+    settings: ServiceSettings,
+    producer: KafkaProducer,
+    tasks: tasks_pb2_grpc.TasksStub,
+    tail: Callable[[str], TopicTail],
+) -> None:
+    topic = settings.names.task_topic(KIND, "batch")
+    dead = tail(settings.names.dead_letter_topic)
+    key = uuid.uuid4().hex
+    # A producer that retried: the same request twice, each time a new envelope.
+    first, retry = (classification_envelope("The team won the derby.") for _ in range(2))
+    other = classification_envelope("The council raised the fare.")
+    first_again = tasks_pb2.TaskEnvelope.FromString(first.SerializeToString())  # redelivered
+    for envelope in (first, retry, first_again, other):
+        envelope.idempotency_key = key
+    malformed = classification_envelope("The team won the derby.")
+    malformed.idempotency_key = "bad\nkey"
+    for envelope in (first, retry, first_again, other, malformed):
+        producer.send(topic, value=envelope.SerializeToString(), partition=0)
+    producer.flush(timeout=30)
+
+    assert wait_terminal(tasks, first.task_id).status == common_pb2.TASK_STATUS_SUCCEEDED
+    duplicate = wait_terminal(tasks, retry.task_id)
+    assert duplicate.status == common_pb2.TASK_STATUS_CANCELLED
+    assert duplicate.error.code == Code.ALREADY_EXISTS
+    assert first.task_id in duplicate.error.message
+    # The same key with another request, and a malformed key: dead letters with reasons.
+    refused = wait_terminal(tasks, other.task_id)
+    assert refused.status == common_pb2.TASK_STATUS_FAILED and refused.dead_lettered
+    reasons = [header(r.headers, names.HEADER_DLQ_REASON) or "" for r in dead.read(2, timeout=60)]
+    assert any(f"different request (task {first.task_id})" in r for r in reasons), reasons
+    assert any("idempotency_key has control characters" in r for r in reasons), reasons

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from nlp.v1 import common_pb2, tasks_pb2
 from services.gateway.settings import Settings
+from shared.contracts.idempotency import MAX_KEY_CHARS, fingerprint, key_problems
 from shared.contracts.names import Names
-from shared.transport.idempotency import MAX_KEY_CHARS, fingerprint, key_problems
 from tests.factories import classify_request, submit_classification
 
 
