@@ -209,32 +209,25 @@ class Gateway:
         """Claim ``key`` for the envelope's task (WON or TAKEN_OVER: publish it, then
         mark it published; EXISTING: the key's task is in Kafka); ALREADY_EXISTS for a key
         of another request (``fp``), UNAVAILABLE when an earlier claim stays unsettled."""
-        tenant = envelope.tenant  # the owner's, or as given in development mode
-        waiting_until = time.monotonic() + self.keys.lease_s + 1
-        while True:
-            claim = await self.keys.claim(
-                tenant, key, fp, envelope.task_id, envelope.kind, seconds(envelope.deadline)
+        # The tenant is the owner's, or as given in development mode.
+        ask = Ask(
+            envelope.tenant, key, fp, envelope.task_id, envelope.kind, seconds(envelope.deadline)
+        )
+        (claim,) = await self.keys.claim_settled([ask], _CLAIM_POLL_S)
+        if claim.outcome is Outcome.CONFLICT:
+            await _abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"idempotency_key was used for a different request (task {claim.task_id})",
             )
-            if claim.outcome is Outcome.CONFLICT:
-                await _abort(
-                    context,
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"idempotency_key was used for a different request (task {claim.task_id})",
-                )
-            if claim.outcome is not Outcome.PENDING:
-                break
-            # The first request is publishing it: wait for its outcome.
-            if time.monotonic() > waiting_until:
-                await _abort(
-                    context,
-                    grpc.StatusCode.UNAVAILABLE,
-                    "an earlier request with this idempotency_key is still being enqueued",
-                )
-            await asyncio.sleep(_CLAIM_POLL_S)
+        if claim.outcome is Outcome.PENDING:
+            await _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "an earlier request with this idempotency_key is still being enqueued",
+            )
         if claim.outcome is Outcome.TAKEN_OVER:
-            # Its maker died before Kafka acknowledged it: the same task, published here.
-            envelope.task_id = claim.task_id
-            envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
+            _adopt(envelope, claim)
         return claim
 
     async def submit_once(
@@ -514,18 +507,9 @@ class Gateway:
             )
             for _, e in keyed
         ]
-        claims = await self.keys.claim_many(asks)
-        # Items an earlier run is still enqueueing (a client killed mid-stream): wait for
-        # their outcome, as Submit does, up to the claims' lease (then they are taken over).
-        waiting_until = time.monotonic() + self.keys.lease_s + 1
-        while time.monotonic() < waiting_until:
-            unsettled = [i for i, c in enumerate(claims) if c.outcome is Outcome.PENDING]
-            if not unsettled:
-                break
-            await asyncio.sleep(_CLAIM_POLL_S * 10)
-            again = await self.keys.claim_many([asks[i] for i in unsettled])
-            for i, settled in zip(unsettled, again, strict=True):
-                claims[i] = settled
+        # Items an earlier run is still enqueueing (a client killed mid-stream) are waited
+        # for, as Submit's are.
+        claims = await self.keys.claim_settled(asks, _CLAIM_POLL_S)
         outcome = {e.task_id: c for (_, e), c in zip(keyed, claims, strict=True)}
         kept: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]] = []
         known = 0
@@ -535,8 +519,7 @@ class Gateway:
                 kept.append((ack, envelope))
             elif claim.outcome is Outcome.TAKEN_OVER:
                 key = keys.pop(envelope.task_id)
-                envelope.task_id = claim.task_id
-                envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
+                _adopt(envelope, claim)
                 keys[envelope.task_id] = key
                 kept.append((ack, envelope))
             elif claim.outcome is Outcome.EXISTING:
@@ -692,6 +675,13 @@ class Gateway:
             result.error.code, grpc.StatusCode.INTERNAL
         )
         await _abort(context, code, f"{result.error.message} (task {result.task_id})")
+
+
+def _adopt(envelope: tasks_pb2.TaskEnvelope, claim: Claim) -> None:
+    """Make the envelope the task of a claim taken over: its maker died before Kafka
+    acknowledged it, so it is published here under the claimed id and deadline."""
+    envelope.task_id = claim.task_id
+    envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
 
 
 def metadata_value(context: Ctx, name: str) -> str:

@@ -15,10 +15,12 @@ first terminal result of it.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import redis
 from redis import asyncio as aioredis
@@ -112,51 +114,20 @@ class IdempotencyKeys:
     def _key(self, tenant: str, key: str) -> str:
         return self.names.idempotency_key(tenant, key)
 
-    async def claim(
-        self, tenant: str, key: str, fp: str, task_id: str, kind: int, deadline_s: float
-    ) -> Claim:
-        """Claim ``key`` for ``task_id``, or say what holds it."""
-        (claim,) = await self.claim_many([Ask(tenant, key, fp, task_id, kind, deadline_s)])
-        return claim
-
     async def claim_many(self, asks: Sequence[Ask]) -> list[Claim]:
-        """:meth:`claim` for many keys (a batch message's items) in two round trips."""
+        """Claim each ask's key for its task, or say what holds it, in two round trips."""
         now = time.time()
         async with self.client.pipeline(transaction=False) as pipe:
             for ask in asks:
                 await self._claim(
                     keys=[self._key(ask.tenant, ask.key)],
-                    args=[
-                        ask.task_id,
-                        ask.fp,
-                        ask.kind,
-                        repr(ask.deadline_s),
-                        repr(now),
-                        self.ttl_s,
-                        "0",
-                    ],
+                    args=_claim_args(ask, now, self.ttl_s, published=False),
                     client=pipe,
                 )
             replies = await pipe.execute()
-        claims: list[Claim | None] = []
-        unsettled: list[int] = []  # the same request, not yet published: take it over?
-        again: list[int] = []  # expired between the calls (rare): claim afresh
-        for i, (ask, reply) in enumerate(zip(asks, replies, strict=True)):
-            if int(reply[0]) == 1:
-                claims.append(Claim(Outcome.WON, ask.task_id, ask.kind, ask.deadline_s))
-                continue
-            task, fp, kind, deadline, _, published = (_text(v) for v in reply[1:])
-            held = Claim(Outcome.EXISTING, task, int(kind or 0), float(deadline or 0))
-            if not task:
-                claims.append(None)
-                again.append(i)
-            elif fp != ask.fp:
-                claims.append(Claim(Outcome.CONFLICT, task))
-            elif published == "1":
-                claims.append(held)
-            else:
-                claims.append(Claim(Outcome.PENDING, task, held.kind, held.deadline_s))
-                unsettled.append(i)
+        claims = [_parsed(ask, reply) for ask, reply in zip(asks, replies, strict=True)]
+        # The same request, not yet published: taken over once its lease ran out.
+        unsettled = [i for i, c in enumerate(claims) if c and c.outcome is Outcome.PENDING]
         if unsettled:
             async with self.client.pipeline(transaction=False) as pipe:
                 for i in unsettled:
@@ -167,20 +138,32 @@ class IdempotencyKeys:
                     )
                 taken = await pipe.execute()
             for i, took in zip(unsettled, taken, strict=True):
-                held_claim = claims[i]
-                if int(took) and held_claim is not None:
-                    claims[i] = Claim(
-                        Outcome.TAKEN_OVER,
-                        held_claim.task_id,
-                        held_claim.kind,
-                        held_claim.deadline_s,
-                    )
+                held = claims[i]
+                if int(took) and held is not None:
+                    claims[i] = Claim(Outcome.TAKEN_OVER, held.task_id, held.kind, held.deadline_s)
+        # Expired between the two calls (rare): claim afresh.
+        again = [i for i, c in enumerate(claims) if c is None]
         if again:
-            for i, claim in zip(
-                again, await self.claim_many([asks[i] for i in again]), strict=True
-            ):
+            fresh = await self.claim_many([asks[i] for i in again])
+            for i, claim in zip(again, fresh, strict=True):
                 claims[i] = claim
         return [claim for claim in claims if claim is not None]
+
+    async def claim_settled(self, asks: Sequence[Ask], poll_s: float) -> list[Claim]:
+        """:meth:`claim_many`, asking again every ``poll_s`` for claims another request
+        is still publishing, until they settle or their lease runs out (then they are
+        taken over); a claim still PENDING after that is returned as it is."""
+        claims = await self.claim_many(asks)
+        until = time.monotonic() + self.lease_s + 1
+        while time.monotonic() < until:
+            unsettled = [i for i, c in enumerate(claims) if c.outcome is Outcome.PENDING]
+            if not unsettled:
+                break
+            await asyncio.sleep(poll_s)
+            again = await self.claim_many([asks[i] for i in unsettled])
+            for i, claim in zip(unsettled, again, strict=True):
+                claims[i] = claim
+        return claims
 
     async def settle_many(self, published: Sequence[Ask], released: Sequence[Ask]) -> None:
         """Mark claims published and release others, in one round trip."""
@@ -219,29 +202,50 @@ class RecordKeys:
     def claim_many(self, asks: Sequence[Ask]) -> list[Claim]:
         """WON (run it), EXISTING (the key's task: run it only if it is this one) or
         CONFLICT (the key was another request's), per ask, in one round trip."""
-        now = repr(time.time())
+        now = time.time()
         pipe = self.client.pipeline(transaction=False)
         for ask in asks:
             self._claim(
                 keys=[self.names.idempotency_key(ask.tenant, ask.key)],
-                args=[ask.task_id, ask.fp, ask.kind, repr(ask.deadline_s), now, self.ttl_s, "1"],
+                args=_claim_args(ask, now, self.ttl_s, published=True),
                 client=pipe,
             )
         claims = []
         for ask, reply in zip(asks, pipe.execute(), strict=True):
-            if int(reply[0]) == 1:
-                claims.append(Claim(Outcome.WON, ask.task_id, ask.kind, ask.deadline_s))
-                continue
-            task, fp, kind, deadline, _, _ = (_text(v) for v in reply[1:])
-            if task and fp != ask.fp:
-                claims.append(Claim(Outcome.CONFLICT, task))
-            else:  # (expired meanwhile: a task of its own, as if won)
-                claims.append(
-                    Claim(
-                        Outcome.EXISTING, task or ask.task_id, int(kind or 0), float(deadline or 0)
-                    )
-                )
+            claim = _parsed(ask, reply)
+            if claim is None:  # expired meanwhile: a task of its own, as if won
+                claim = Claim(Outcome.WON, ask.task_id, ask.kind, ask.deadline_s)
+            elif claim.outcome is Outcome.PENDING:  # a gateway's, publishing: the key's task
+                claim = Claim(Outcome.EXISTING, claim.task_id, claim.kind, claim.deadline_s)
+            claims.append(claim)
         return claims
+
+
+def _claim_args(ask: Ask, now: float, ttl_s: int, published: bool) -> list[str | int | float]:
+    """ARGV of _CLAIM_LUA."""
+    return [
+        ask.task_id,
+        ask.fp,
+        ask.kind,
+        repr(ask.deadline_s),
+        repr(now),
+        ttl_s,
+        "1" if published else "0",
+    ]
+
+
+def _parsed(ask: Ask, reply: Sequence[Any]) -> Claim | None:
+    """What _CLAIM_LUA answered: WON, CONFLICT, EXISTING (published) or PENDING; None
+    when the key expired between its two commands."""
+    if int(reply[0]) == 1:
+        return Claim(Outcome.WON, ask.task_id, ask.kind, ask.deadline_s)
+    task, fp, kind, deadline, _, published = (_text(v) for v in reply[1:])
+    if not task:
+        return None
+    if fp != ask.fp:
+        return Claim(Outcome.CONFLICT, task)
+    outcome = Outcome.EXISTING if published == "1" else Outcome.PENDING
+    return Claim(outcome, task, int(kind or 0), float(deadline or 0))
 
 
 def _text(value: bytes | str | None) -> str:
