@@ -23,13 +23,16 @@ async def main(settings: Settings) -> None:
     metrics = GatewayMetrics()
     endpoints = serve_endpoints(settings, metrics.registry)
     outages = Outages("gateway")
-    producer = make_async_producer(settings, settings.publish_linger_ms, outages=outages)
+    producer = make_async_producer(
+        settings, settings.publish_linger_ms, outages=outages, timeout_s=settings.publish_timeout_s
+    )
     interactive = (
         make_async_producer(
             settings,
             settings.interactive_linger_ms,
             f"{settings.service_name}-interactive",
             outages=outages,
+            timeout_s=settings.publish_timeout_s,
         )
         if settings.interactive_kinds
         else None

@@ -37,7 +37,7 @@ from shared.contracts.envelope import (
     validate_request,
 )
 from shared.contracts.errors import Code, InvalidRequestError
-from shared.contracts.idempotency import fingerprint, key_problems
+from shared.contracts.idempotency import batch_item_key, fingerprint, key_problems
 from shared.contracts.names import (
     LANE_NAMES,
     METADATA_IDEMPOTENCY_KEY,
@@ -63,6 +63,7 @@ from shared.transport.outages import (
     UNAVAILABLE_DETAILS,
     KafkaUnavailableError,
     Outages,
+    PublishUnconfirmedError,
 )
 from shared.transport.results import AsyncResultStore
 from shared.transport.streams import TokenStreamHub
@@ -191,17 +192,37 @@ class Gateway:
         except QuotaExceededError as exc:
             await abort_quota(context, exc)
 
-    async def submit(self, context: Ctx, owner: Tenant, envelope: tasks_pb2.TaskEnvelope) -> None:
-        """Record PENDING and publish; the task id is valid once this returns."""
-        await self.admit(context, owner, envelope)
+    async def submit(
+        self,
+        context: Ctx,
+        owner: Tenant,
+        envelope: tasks_pb2.TaskEnvelope,
+        key: str = "",
+        claim: Claim | None = None,
+    ) -> None:
+        """Record PENDING and publish; the task id is valid once this returns. With the
+        ``claim`` of an idempotency ``key`` (WON or TAKEN_OVER): marked published, or
+        released when the task surely never reached Kafka."""
+        try:
+            await self.admit(context, owner, envelope)
+        except BaseException:
+            if claim is not None and claim.outcome is Outcome.WON:
+                await self.keys.release(envelope.tenant, key, envelope.task_id)
+            raise
         # Recorded first so that a Get right after Submit never says NOT_FOUND.
-        await self.store.record_pending([envelope])
+        (recorded,) = await self.store.record_pending([envelope])
         try:
             await self.publish(envelope)
         except Exception as exc:
-            await self.store.clear_states([envelope.task_id])
-            await self.quotas.release(owner, [envelope.task_id])
+            if _unsent(claim, exc):
+                if recorded:
+                    await self.store.clear_states([envelope.task_id])
+                    await self.quotas.release(owner, [envelope.task_id])
+                if claim is not None:
+                    await self.keys.release(envelope.tenant, key, envelope.task_id)
             await self.publish_failed(context, envelope, exc)
+        if claim is not None:
+            await self.keys.published(envelope.tenant, key, envelope.task_id)
 
     async def claimed(
         self, context: Ctx, envelope: tasks_pb2.TaskEnvelope, key: str, fp: str
@@ -242,12 +263,7 @@ class Gateway:
                 kind=claim.kind,  # type: ignore[arg-type]
                 deadline=timestamp(claim.deadline_s),
             )
-        try:
-            await self.submit(context, owner, envelope)
-        except BaseException:
-            await self.keys.release(envelope.tenant, key, envelope.task_id)
-            raise
-        await self.keys.published(envelope.tenant, key, envelope.task_id)
+        await self.submit(context, owner, envelope, key, claim)
         return tasks_pb2.SubmitResponse(
             task_id=envelope.task_id, kind=envelope.kind, deadline=envelope.deadline
         )
@@ -364,7 +380,7 @@ class Gateway:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 outcomes = await self.send_tasks(envelopes, messages)
         except TimeoutError:
-            outcomes = [KafkaUnavailableError("no acknowledgement in time")] * len(envelopes)
+            outcomes = [PublishUnconfirmedError("no acknowledgement in time")] * len(envelopes)
         self.metrics.publish_seconds.observe(time.perf_counter() - began)
         for envelope, span, outcome in zip(envelopes, spans, outcomes, strict=True):
             if outcome is None:
@@ -409,7 +425,7 @@ class Gateway:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 await self.producer.send(self.settings.names.results_topic, value, key, headers)
         except TimeoutError as exc:
-            raise KafkaUnavailableError("no acknowledgement in time") from exc
+            raise PublishUnconfirmedError("no acknowledgement in time") from exc
 
     async def submit_batch_items(
         self,
@@ -445,10 +461,10 @@ class Gateway:
                 continue
             accepted.append((ack, envelope))
             if keyed and item.item_id:
-                # A control character: no client's own key can be one of these.
-                keys[envelope.task_id] = f"\0batch\0{batch_id}\0{item.item_id}"
+                keys[envelope.task_id] = batch_item_key(batch_id, item.item_id)
                 prints[envelope.task_id] = fingerprint("batch-item", item.task)
-        accepted, known = await self._claim_items(accepted, keys, prints)
+        adopted: set[str] = set()  # task ids of claims taken over
+        accepted, known = await self._claim_items(accepted, keys, prints, adopted)
         try:
             await self.quotas.admit(owner, [envelope for _, envelope in accepted])
         except QuotaExceededError as exc:
@@ -456,48 +472,73 @@ class Gateway:
                 ack.error.code = int(Code.RESOURCE_EXHAUSTED)
                 ack.error.message = f"{exc}; retry after {exc.retry_after_ms} ms"
                 ack.error.retryable = True
-            await self.store.count_batch(batch_id, 0, len(items) - known, owner.name)
-            await self._settle_items(accepted, keys)  # none has a task id: all released
+            # Those taken over count when recorded (by this run or the one that died).
+            rejected = len(items) - known - len(adopted)
+            await self.store.count_batch(batch_id, 0, rejected, owner.name)
+            # None has a task id: the claims won are released, those taken over kept.
+            await self._settle_items(accepted, keys, adopted)
             return response
         # Counted as submitted with their PENDING state (one round trip); the rare
         # items Kafka then refuses are moved to rejected. Items a re-run found made
-        # already count as neither.
-        await self.store.record_pending(
+        # already count as neither, nor do those taken over that the gateway which died
+        # had recorded.
+        recorded = await self.store.record_pending(
             [envelope for _, envelope in accepted],
             batch=(batch_id, len(items) - len(accepted) - known),
             tenant=owner.name,
         )
+        kept = await self._publish_items(owner, batch_id, accepted, recorded, keys, adopted)
+        await self._settle_items(accepted, keys, kept)
+        return response
+
+    async def _publish_items(
+        self,
+        owner: Tenant,
+        batch_id: str,
+        accepted: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]],
+        recorded: list[bool],
+        keys: dict[str, str],
+        adopted: set[str],
+    ) -> set[str]:
+        """Publish the recorded items and ack each; those Kafka refused are forgotten and
+        counted rejected. The task ids whose claims stay unpublished (their tasks may be
+        in Kafka) are returned."""
         outcomes = await self.publish_many([e for _, e in accepted], own_traces=True)
         lost: list[str] = []
-        for (ack, envelope), error in zip(accepted, outcomes, strict=True):
+        kept = set(adopted)  # claims not released: their tasks may be in Kafka
+        for (ack, envelope), error, fresh in zip(accepted, outcomes, recorded, strict=True):
             if error is not None:
-                lost.append(envelope.task_id)
                 ack.error.code = int(Code.UNAVAILABLE)
                 ack.error.message = _enqueue_failed(error)
                 ack.error.retryable = True
+                if envelope.task_id in keys and isinstance(error, PublishUnconfirmedError):
+                    kept.add(envelope.task_id)
+                if fresh and envelope.task_id not in kept:
+                    lost.append(envelope.task_id)
             else:
                 ack.task_id = envelope.task_id
-        if lost:
+        if any(error is not None for error in outcomes):
             log.log(
                 logging.DEBUG if self.deps.missing([KAFKA]) else logging.ERROR,
                 "batch items not enqueued",
                 extra={"batch_id": batch_id, "count": len(lost), "error": repr(outcomes[0])},
             )
-            await self.store.clear_states(lost)
+        if lost:
+            await self.store.clear_states(lost, batch_id, owner.name)
             await self.quotas.release(owner, lost)
-            await self.store.count_batch(batch_id, -len(lost), len(lost), owner.name)
-        await self._settle_items(accepted, keys)
-        return response
+        return kept
 
     async def _claim_items(
         self,
         accepted: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]],
         keys: dict[str, str],
         prints: dict[str, str],
+        adopted: set[str],
     ) -> tuple[list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]], int]:
-        """Claim the keyed items' keys: those to submit, and how many were made before
-        (acked with their task ids). A key of another request fails its item
-        (ALREADY_EXISTS); one still being enqueued elsewhere is retryable UNAVAILABLE."""
+        """Claim the keyed items' keys: those to submit (the ids of those taken over
+        added to ``adopted``), and how many were made before (acked with their task
+        ids). A key of another request fails its item (ALREADY_EXISTS); one still being
+        enqueued elsewhere is retryable UNAVAILABLE."""
         if not keys:
             return accepted, 0
         keyed = [(a, e) for a, e in accepted if e.task_id in keys]
@@ -521,6 +562,7 @@ class Gateway:
                 key = keys.pop(envelope.task_id)
                 _adopt(envelope, claim)
                 keys[envelope.task_id] = key
+                adopted.add(envelope.task_id)
                 kept.append((ack, envelope))
             elif claim.outcome is Outcome.EXISTING:
                 ack.task_id = claim.task_id
@@ -540,12 +582,14 @@ class Gateway:
         self,
         accepted: list[tuple[tasks_pb2.BatchItemAck, tasks_pb2.TaskEnvelope]],
         keys: dict[str, str],
+        kept: set[str],
     ) -> None:
-        """Mark the keyed items' claims published (acked with a task id) or release them."""
+        """Mark the keyed items' claims published (acked with a task id) or release them,
+        but those ``kept`` (their tasks may be in Kafka: a repeat takes them over)."""
         settled = [
             (a, Ask(e.tenant, keys[e.task_id], "", e.task_id))
             for a, e in accepted
-            if e.task_id in keys
+            if e.task_id in keys and (a.task_id or e.task_id not in kept)
         ]
         await self.keys.settle_many(
             [ask for a, ask in settled if a.task_id], [ask for a, ask in settled if not a.task_id]
@@ -596,17 +640,20 @@ class Gateway:
             return SyncTask(envelope, None, started + deadline_s, keyed=True)
         try:
             await self.admit(context, owner, envelope)
-            registered = self.waiter.register(envelope.task_id)
-            try:
-                await self.publish(envelope)
-            except Exception as exc:
-                self.waiter.unregister(envelope.task_id, registered)
-                await self.quotas.release(owner, [envelope.task_id])
-                await self.publish_failed(context, envelope, exc)
         except BaseException:
-            if claim is not None:
+            if claim is not None and claim.outcome is Outcome.WON:
                 await self.keys.release(envelope.tenant, key, envelope.task_id)
             raise
+        registered = self.waiter.register(envelope.task_id)
+        try:
+            await self.publish(envelope)
+        except Exception as exc:
+            self.waiter.unregister(envelope.task_id, registered)
+            if _unsent(claim, exc):
+                await self.quotas.release(owner, [envelope.task_id])
+                if claim is not None:
+                    await self.keys.release(envelope.tenant, key, envelope.task_id)
+            await self.publish_failed(context, envelope, exc)
         if claim is not None:
             await self.keys.published(envelope.tenant, key, envelope.task_id)
         return SyncTask(envelope, registered, started + deadline_s, keyed=claim is not None)
@@ -675,6 +722,17 @@ class Gateway:
             result.error.code, grpc.StatusCode.INTERNAL
         )
         await _abort(context, code, f"{result.error.message} (task {result.task_id})")
+
+
+def _unsent(claim: Claim | None, exc: BaseException) -> bool:
+    """Whether a task whose publish failed with ``exc`` can be forgotten (its state,
+    quota and idempotency claim). Not under a claim taken over (the gateway that died
+    may have sent it), nor after a timeout (it may have landed): such a claim stays
+    unpublished, and the next repeat after its lease publishes the task under the same
+    id. Tasks without a key are forgotten as before: their client cannot repeat them."""
+    if claim is None:
+        return True
+    return claim.outcome is Outcome.WON and not isinstance(exc, PublishUnconfirmedError)
 
 
 def _adopt(envelope: tasks_pb2.TaskEnvelope, claim: Claim) -> None:

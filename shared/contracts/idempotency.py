@@ -26,3 +26,9 @@ def fingerprint(kind: str, request: Message) -> str:
     digest.update(b"\0")
     digest.update(request.SerializeToString(deterministic=True))
     return digest.hexdigest()
+
+
+def batch_item_key(batch_id: str, item_id: str) -> str:
+    """The idempotency key of an item of a batch its client named. It has control
+    characters, so that no client's own key can be one of these."""
+    return f"\0batch\0{batch_id}\0{item_id}"

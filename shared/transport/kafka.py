@@ -32,6 +32,8 @@ from shared.transport.outages import (
     KAFKA_RECONNECT_BACKOFF_MAX_MS,
     KafkaUnavailableError,
     Outages,
+    PublishUnconfirmedError,
+    kafka_delivery_unconfirmed,
     kafka_error_is_outage,
 )
 
@@ -176,6 +178,8 @@ class AsyncProducer:
                 if error is None:
                     self._set_available(True)
                     finished(index, None)
+                elif kafka_delivery_unconfirmed(error):
+                    finished(index, PublishUnconfirmedError(str(error)))
                 elif kafka_error_is_outage(error):
                     finished(index, KafkaUnavailableError(str(error)))
                 else:
@@ -221,6 +225,7 @@ def make_async_producer(
     linger_ms: float = 2.0,
     client_id: str = "",
     outages: Outages | None = None,
+    timeout_s: float = 30.0,
 ) -> AsyncProducer:
     """The gateway's producer, started: same guarantees as :func:`make_producer`.
     ``linger_ms`` trades latency at low load for fewer, larger produce requests at high
@@ -233,8 +238,11 @@ def make_async_producer(
             "enable.idempotence": True,
             "linger.ms": linger_ms,
             "message.max.bytes": settings.limits.max_text_bytes * 2 + 64 * 1024,
-            "request.timeout.ms": 15_000,
-            "message.timeout.ms": 30_000,
+            "request.timeout.ms": min(15_000, int(timeout_s * 1000)),
+            # librdkafka gives up on a message when its sender does (``timeout_s``), so
+            # no message lands after its sender reported it unconfirmed for longer than
+            # that: an idempotency claim's lease relies on it.
+            "message.timeout.ms": int(timeout_s * 1000),
             "reconnect.backoff.max.ms": KAFKA_RECONNECT_BACKOFF_MAX_MS,
             "log_level": 4,  # warnings and worse
             # Through logging (JSON, repeats held back), served by the delivery thread.

@@ -72,6 +72,23 @@ class KafkaUnavailableError(Exception):
     """No broker acknowledged a message: Kafka is unreachable (or was, when it was sent)."""
 
 
+class PublishUnconfirmedError(KafkaUnavailableError):
+    """No acknowledgement in time for a message that was sent: it may be in Kafka."""
+
+
+# Delivery errors after which the message may have been written all the same.
+_KAFKA_UNCONFIRMED_CODES = {
+    confluent_kafka.KafkaError._MSG_TIMED_OUT,
+    confluent_kafka.KafkaError._TIMED_OUT,
+    confluent_kafka.KafkaError.REQUEST_TIMED_OUT,
+}
+
+
+def kafka_delivery_unconfirmed(error: confluent_kafka.KafkaError) -> bool:
+    """Whether a failed delivery may still have reached the broker (it timed out)."""
+    return error.code() in _KAFKA_UNCONFIRMED_CODES
+
+
 def redis_options(settings: ServiceSettings) -> dict[str, Any]:
     """redis-py options of every synchronous client: TLS, and failing fast."""
     cap, base = _REDIS_BACKOFF

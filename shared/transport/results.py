@@ -128,6 +128,34 @@ end
 return started
 """
 
+# Record PENDING (KEYS[1]: the batch, then state and result per task; ARGV[1..5] ttl,
+# in-a-batch, rejected, status, now; then kind, tenant, reply, batch id per task) for the
+# tasks with neither a state nor a result yet, and count those as submitted to the batch
+# (and the rejected items), atomically: a task taken over from a gateway that died after
+# recording it counts once. 1/0 per task.
+_PENDING_LUA = """
+local recorded, n = {}, 0
+for i = 0, (#KEYS - 1) / 2 - 1 do
+  local state, a = KEYS[2 + i * 2], 5 + i * 4
+  if redis.call('EXISTS', state) == 0 and redis.call('EXISTS', KEYS[3 + i * 2]) == 0 then
+    redis.call('HSET', state, 'status', ARGV[4], 'kind', ARGV[a + 1], 'tenant', ARGV[a + 2],
+               'attempt', '0', 'updated_at', ARGV[5], 'reply', ARGV[a + 3],
+               'batch_id', ARGV[a + 4])
+    redis.call('EXPIRE', state, ARGV[1])
+    n = n + 1
+    recorded[i + 1] = 1
+  else
+    recorded[i + 1] = 0
+  end
+end
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'submitted', n)
+  redis.call('HINCRBY', KEYS[1], 'rejected', ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return recorded
+"""
+
 # Batch counter fields per terminal status (also the BatchStatus field names).
 _STATUS_FIELDS: dict[int, str] = {
     common_pb2.TASK_STATUS_SUCCEEDED: "succeeded",
@@ -311,36 +339,65 @@ class AsyncResultStore:
         self.names = names
         self.ttl_s = ttl_s
         self._finish = client.register_script(_FINISH_LUA)
+        self._pending = client.register_script(_PENDING_LUA)
 
     async def record_pending(
         self,
         envelopes: Sequence[tasks_pb2.TaskEnvelope],
         batch: tuple[str, int] | None = None,
         tenant: str = "",
-    ) -> None:
+    ) -> list[bool]:
         """PENDING state for many tasks in one round trip, with what a result decided
         before the intake sees the task (a cancel) needs: reply options and batch id.
         Not the envelope: a backlog lives in Kafka, not in Redis. ``batch``: (batch id,
         items rejected) — counts the envelopes as submitted to that batch in the same trip.
-        """
-        async with self.client.pipeline(transaction=False) as pipe:
-            for envelope in envelopes:
-                key = self.names.state_key(envelope.task_id)
-                fields = _state_fields(common_pb2.TASK_STATUS_PENDING, envelope, 0)
-                fields["reply"] = envelope.reply.SerializeToString()
-                fields["batch_id"] = envelope.batch_id
-                pipe.hset(key, mapping=fields)
-                pipe.expire(key, self.ttl_s)
-            if batch is not None:
-                batch_key = self.names.batch_key(batch[0], tenant)
-                pipe.hincrby(batch_key, "submitted", len(envelopes))
-                pipe.hincrby(batch_key, "rejected", batch[1])
-                pipe.expire(batch_key, self.ttl_s)
-            await pipe.execute()
 
-    async def clear_states(self, task_ids: Sequence[str]) -> None:
-        if task_ids:
-            await self.client.delete(*(self.names.state_key(t) for t in task_ids))
+        A task that already has a state or a result (one taken over from a gateway that
+        died after recording it) is left as it is and not counted again. True per task
+        recorded by this call.
+        """
+        if not envelopes:
+            if batch is not None:
+                await self.count_batch(batch[0], 0, batch[1], tenant)
+            return []
+        batch_key = self.names.batch_key(batch[0], tenant) if batch is not None else ""
+        keys = [batch_key or self.names.state_key(envelopes[0].task_id)]
+        args: list[Any] = [
+            self.ttl_s,
+            int(batch is not None),
+            batch[1] if batch is not None else 0,
+            common_pb2.TASK_STATUS_PENDING,
+            f"{time.time():.6f}",
+        ]
+        for envelope in envelopes:
+            keys += [
+                self.names.state_key(envelope.task_id),
+                self.names.result_key(envelope.task_id),
+            ]
+            args += [
+                envelope.kind,
+                envelope.tenant,
+                envelope.reply.SerializeToString(),
+                envelope.batch_id,
+            ]
+        return [bool(n) for n in await self._pending(keys, args)]
+
+    async def clear_states(
+        self, task_ids: Sequence[str], batch_id: str = "", tenant: str = ""
+    ) -> None:
+        """Forget PENDING tasks that never reached Kafka; in a batch, move them from
+        submitted to rejected in the same transaction (a crash between would count
+        them twice)."""
+        if not task_ids:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(*(self.names.state_key(t) for t in task_ids))
+            if batch_id:
+                key = self.names.batch_key(batch_id, tenant)
+                pipe.hincrby(key, "submitted", -len(task_ids))
+                pipe.hincrby(key, "rejected", len(task_ids))
+                pipe.expire(key, self.ttl_s)
+            await pipe.execute()
 
     async def envelope(self, task_id: str) -> tasks_pb2.TaskEnvelope | None:
         """The envelope kept with a task's non-terminal state (the intake keeps it once

@@ -3,6 +3,7 @@ results topic, including a worker SIGKILLed in the middle of a batch."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -11,13 +12,19 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from kafka import KafkaProducer
 
 from deploy.local.stack import LocalStack
 from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
 from shared.contracts import names
+from shared.contracts.envelope import make_envelope, seconds
 from shared.contracts.errors import Code
+from shared.contracts.idempotency import batch_item_key, fingerprint
 from shared.contracts.settings import ServiceSettings
+from shared.transport.idempotency import Ask, IdempotencyKeys, Outcome
 from shared.transport.kafka import header
+from shared.transport.outages import async_redis_client
+from shared.transport.results import AsyncResultStore
 from tests.factories import submit_classification
 from tests.integration.support import TopicTail
 
@@ -264,3 +271,71 @@ def test_a_rerun_of_a_named_batch_submits_nothing_twice(
         assert time.monotonic() < deadline, status
         time.sleep(0.5)
     assert (status.submitted, status.rejected, status.succeeded) == (151, 1, 151)
+
+
+def test_a_rerun_after_the_gateway_died_mid_message_counts_each_item_once(
+    tasks: tasks_pb2_grpc.TasksStub,
+    settings: ServiceSettings,
+    producer: KafkaProducer,
+) -> None:
+    """A gateway SIGKILLed between recording a message's items and marking their claims
+    published leaves them claimed, PENDING and counted, half of them in Kafka. The
+    re-run takes the claims over under the same task ids and counts no item twice, so
+    the batch completes."""
+    batch_id = f"died-{uuid.uuid4().hex[:12]}"
+    items = [_item(i) for i in range(20)]
+    envelopes = []
+    for item in items:  # as the gateway that died prepared them
+        item.task.reply.correlation_id = item.item_id
+        item.task.reply.publish_result = True
+        envelope = make_envelope(
+            "classification",
+            item.task.classification,
+            deadline_s=300,
+            lane=common_pb2.LANE_BATCH,
+            reply=item.task.reply,
+            batch_id=batch_id,
+        )
+        envelopes.append(envelope)
+
+    async def left_behind() -> None:
+        client = async_redis_client(settings)
+        try:
+            store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
+            keys = IdempotencyKeys(client, settings.names, settings.result_ttl_s, lease_s=0.0)
+            asks = [
+                Ask(
+                    "",
+                    batch_item_key(batch_id, item.item_id),
+                    fingerprint("batch-item", item.task),
+                    e.task_id,
+                    e.kind,
+                    seconds(e.deadline),
+                )
+                for item, e in zip(items, envelopes, strict=True)
+            ]
+            claims = await keys.claim_many(asks)
+            assert {c.outcome for c in claims} == {Outcome.WON}
+            for ask in asks:  # made long enough ago for their lease to have run out
+                await client.hset(
+                    settings.names.idempotency_key("", ask.key), "at", time.time() - 600
+                )
+            await store.open_batch(batch_id)
+            assert all(await store.record_pending(envelopes, batch=(batch_id, 0)))
+        finally:
+            await client.aclose()
+
+    asyncio.run(left_behind())
+    topic = settings.names.task_topic("classification", "batch")
+    for envelope in envelopes[:10]:  # acknowledged by Kafka just before the kill
+        producer.send(topic, value=envelope.SerializeToString())
+    producer.flush(timeout=30)
+
+    responses = tasks.SubmitBatch(_messages(items, batch_id=batch_id), timeout=120)
+    acks = {ack.item_id: ack for response in responses for ack in response.acks}
+    assert [acks[i.item_id].task_id for i in items] == [e.task_id for e in envelopes]
+    deadline = time.monotonic() + 120
+    while not (status := _status(tasks, batch_id)).complete:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert (status.submitted, status.rejected, status.succeeded) == (20, 0, 20)
