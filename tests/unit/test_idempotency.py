@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from confluent_kafka import KafkaError
+
 from nlp.v1 import common_pb2, tasks_pb2
+from services.gateway.core import _unsent
 from services.gateway.settings import Settings
-from shared.contracts.idempotency import MAX_KEY_CHARS, fingerprint, key_problems
+from shared.contracts.idempotency import MAX_KEY_CHARS, batch_item_key, fingerprint, key_problems
 from shared.contracts.names import Names
+from shared.transport.idempotency import Claim, Outcome
+from shared.transport.outages import (
+    KafkaUnavailableError,
+    PublishUnconfirmedError,
+    kafka_delivery_unconfirmed,
+)
 from tests.factories import classify_request, submit_classification
 
 
@@ -52,3 +61,27 @@ def test_keys_are_kept_as_long_as_results_unless_set() -> None:
         Settings(auth_mode="dev", result_ttl_s=7200, idempotency_ttl_s=600).idempotency_window_s
         == 600
     )
+
+
+def test_a_claim_is_released_only_when_its_task_surely_never_reached_kafka() -> None:
+    won = Claim(Outcome.WON, "t")
+    taken_over = Claim(Outcome.TAKEN_OVER, "t")
+    refused = KafkaUnavailableError("all brokers down")
+    timed_out = PublishUnconfirmedError("no acknowledgement in time")
+    assert _unsent(won, refused)
+    assert not _unsent(won, timed_out)  # it may have landed after all
+    assert not _unsent(taken_over, refused)  # the gateway that died may have sent it
+    assert _unsent(None, timed_out)  # no key: the client cannot repeat it anyway
+
+
+def test_a_timed_out_delivery_is_unconfirmed_a_refused_one_is_not() -> None:
+    assert kafka_delivery_unconfirmed(KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert kafka_delivery_unconfirmed(KafkaError(KafkaError.REQUEST_TIMED_OUT))
+    assert not kafka_delivery_unconfirmed(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+    assert not kafka_delivery_unconfirmed(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+
+
+def test_batch_item_keys_cannot_be_a_clients_own() -> None:
+    key = batch_item_key("nightly", "doc-1")
+    assert key_problems(key)  # a client sending it is refused
+    assert key != batch_item_key("nightly", "doc-2") != batch_item_key("daily", "doc-2")
