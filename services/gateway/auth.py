@@ -7,7 +7,8 @@ SHA-256 digests of the keys::
 
     {"tenants": {"team-a": {"rate_per_s": 20, "max_in_flight": 200}, "team-b": {}},
      "keys": [{"id": "team-a-ci", "tenant": "team-a", "sha256": "<hex digest>"},
-              {"id": "team-a-2024", "tenant": "team-a", "sha256": "…", "revoked": true}]}
+              {"id": "team-a-2024", "tenant": "team-a", "sha256": "…", "revoked": true},
+              {"id": "ops", "tenant": "team-a", "sha256": "…", "admin": true}]}
 
     python -m services.gateway.auth new      # a fresh key and the digest to put in the file
     python -m services.gateway.auth hash     # the digest of a key read from stdin
@@ -16,7 +17,8 @@ Every RPC but health checks needs ``authorization: Bearer <key>`` (or, with
 ``NLP_TLS_CLIENT_AUTH=require``, a client certificate whose common name is a tenant; a
 key, when one is sent as well, decides). A
 missing, unknown, revoked or expired key is UNAUTHENTICATED with the same message; keys
-never reach logs or traces. ``NLP_AUTH_MODE=dev`` turns all of it off (local stacks).
+never reach logs or traces. An ``admin`` key may also call the DeadLetters service.
+``NLP_AUTH_MODE=dev`` turns all of it off (local stacks).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class KeyEntry(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     revoked: bool = False
     expires_at: datetime | None = None
+    # Operators' keys: the DeadLetters service (every tenant's dead letters) needs one.
+    admin: bool = False
 
 
 class KeysFile(BaseModel):
@@ -116,6 +120,7 @@ class Tenant:
     limits: TenantLimits
     isolated: bool = True
     key_id: str = ""
+    admin: bool = False
 
     def sees(self, owner: str) -> bool:
         """Whether a task or batch of tenant ``owner`` exists for this caller."""
@@ -131,7 +136,8 @@ class Tenant:
         return limits.model_copy(update=update) if update else limits
 
 
-DEV_TENANT = Tenant("", TenantLimits(), isolated=False)
+# Development mode trusts every caller with everything, the admin RPCs included.
+DEV_TENANT = Tenant("", TenantLimits(), isolated=False, admin=True)
 
 _caller: contextvars.ContextVar[Tenant] = contextvars.ContextVar("nlp_tenant")
 
@@ -208,7 +214,9 @@ class KeyStore:
         if entry.expires_at is not None and entry.expires_at.timestamp() <= time.time():
             return None
         limits = self._tenants.get(entry.tenant)
-        return None if limits is None else Tenant(entry.tenant, limits, key_id=entry.id)
+        if limits is None:
+            return None
+        return Tenant(entry.tenant, limits, key_id=entry.id, admin=entry.admin)
 
 
 class QuotaExceededError(Exception):

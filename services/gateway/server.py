@@ -4,7 +4,8 @@ reflection, and TLS.
 What the services do lives elsewhere: the publishing core in
 :mod:`services.gateway.core`, the synchronous capabilities (Classify, Recognize,
 Summarize, Generate, Models) in :mod:`services.gateway.capabilities`, the Tasks service in
-:mod:`services.gateway.tasks` and its batch RPCs in :mod:`services.gateway.batches`.
+:mod:`services.gateway.tasks` and its batch RPCs in :mod:`services.gateway.batches`, the
+operators' DeadLetters service in :mod:`services.gateway.deadletters`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from nlp.v1 import (
     classification_pb2,
     classification_pb2_grpc,
+    deadletters_pb2,
+    deadletters_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
     models_pb2,
@@ -42,6 +45,7 @@ from services.gateway.capabilities import (
     SummarizationService,
 )
 from services.gateway.core import Gateway
+from services.gateway.deadletters import DeadLettersService
 from services.gateway.interceptors import DecodeGuard
 from services.gateway.metrics import GatewayMetrics, metrics_interceptor
 from services.gateway.settings import Settings
@@ -58,6 +62,7 @@ SERVICE_NAMES = [
     generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name,
     tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name,
     models_pb2.DESCRIPTOR.services_by_name["Models"].full_name,
+    deadletters_pb2.DESCRIPTOR.services_by_name["DeadLetters"].full_name,
 ]
 
 
@@ -108,6 +113,7 @@ async def serve(
     generation_pb2_grpc.add_GenerationServicer_to_server(GenerationService(gateway), server)
     tasks_pb2_grpc.add_TasksServicer_to_server(TasksService(gateway), server)
     models_pb2_grpc.add_ModelsServicer_to_server(ModelsService(gateway), server)
+    deadletters_pb2_grpc.add_DeadLettersServicer_to_server(DeadLettersService(gateway), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

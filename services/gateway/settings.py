@@ -39,6 +39,16 @@ class Settings(ServiceSettings):
         gt=0,
         description="how long an idempotency key keeps its task id; unset: result_ttl_s",
     )
+    dlq_max_replays: int = Field(
+        3,
+        ge=0,
+        description="how often DeadLetters.Replay may send one task back (bounds loops)",
+    )
+    dlq_max_scan: int = Field(
+        100_000,
+        gt=0,
+        description="dead letters one List or filtered Replay reads at most (the newest)",
+    )
     # Measured by `make bench`: 2 ms of linger keeps produce requests (broker and intake CPU
     # per task) low enough at load; with none, classification lost ~7% of its docs/s at
     # 32-64 clients. A generation's time to first token pays the linger in full instead.

@@ -12,6 +12,7 @@
     nlp task stream TASK_ID   (a generation task's text as it is written)
     nlp batch run --kind ner --input docs.jsonl --output results.jsonl
     nlp batch status|results BATCH_ID
+    nlp dlq list [--since 2h] | show ID | replay ID... [--dry-run]   (an admin key)
     nlp health
 
 Text comes from the positional argument (a path to an existing file is read),
@@ -46,7 +47,7 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared.client import bulk
+from shared.client import bulk, deadletters
 from shared.client.commands import (
     BATCH_KINDS,
     BY_COMMAND,
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "wait":
             p.add_argument("--wait", type=float, default=30.0, help="seconds to wait at most")
     _batch_parsers(sub, common)
+    deadletters.add_parsers(sub, common)
     return parser
 
 
@@ -328,6 +330,8 @@ def run(args: argparse.Namespace) -> int:
             print_message(health, args.json, health_text)
         elif args.command == "batch":
             return _batch_command(channel, args)
+        elif args.command == "dlq":
+            return deadletters.run(channel, args)
         else:
             return _task_command(channel, args)
     return 0

@@ -281,6 +281,8 @@ def validate_envelope(
     if envelope.tenant and not TENANT_RE.match(envelope.tenant):
         problems.append(f"tenant {envelope.tenant[:64]!r} is malformed")
     problems += key_problems(envelope.idempotency_key)
+    if envelope.replays < 0:
+        problems.append("replays is negative")
     which = envelope.WhichOneof("request")
     if which is None:
         problems.append("the envelope carries no request")
@@ -318,6 +320,7 @@ def error_result(
         # A malformed id or tenant (from a direct producer) must not name Redis keys.
         batch_id=envelope.batch_id if valid_batch_id(envelope.batch_id) else "",
         tenant=envelope.tenant if TENANT_RE.match(envelope.tenant) else "",
+        replays=envelope.replays,
     )
 
 

@@ -43,6 +43,9 @@ HEADER_DLQ_STAGE = "nlp-dlq-stage"
 HEADER_DLQ_SOURCE_TOPIC = "nlp-dlq-source-topic"
 HEADER_DLQ_SOURCE_PARTITION = "nlp-dlq-source-partition"
 HEADER_DLQ_SOURCE_OFFSET = "nlp-dlq-source-offset"
+# On a record replayed from the dead letters (and on its dead letters): how often its
+# task was replayed. Not an ``nlp-dlq-`` header: a dead letter keeps it.
+HEADER_REPLAY_COUNT = "nlp-replay-count"
 
 # gRPC metadata a client may send: the idempotency key of a synchronous RPC (Tasks.Submit
 # has its field).
@@ -155,6 +158,14 @@ class Names:
         """Celery task name; code names are not namespaced, queues are."""
         return f"nlp.{kind}.run"
 
+    def source_of(self, name: str) -> tuple[str, str] | None:
+        """(kind, lane) of a task topic or Celery queue name; None for any other name."""
+        for kind in ALL_KINDS:
+            for lane in ALL_LANES:
+                if name in (self.task_topic(kind, lane), self.celery_queue(kind, lane)):
+                    return kind, lane
+        return None
+
     def result_key(self, task_id: str) -> str:
         return self._redis(f"nlp:result:{task_id}")
 
@@ -200,6 +211,10 @@ class Names:
         tenant has its own space of them."""
         digest = hashlib.sha256(f"{tenant}\0{key}".encode()).hexdigest()[:40]
         return self._redis(f"nlp:idem:{digest}")
+
+    def replays_key(self, task_id: str) -> str:
+        """How often an operator replayed the task from the dead letters (the bound)."""
+        return self._redis(f"nlp:replays:{task_id}")
 
     def token_stream_key(self, task_id: str) -> str:
         """Redis Stream of a generation task's token deltas (then one end entry)."""

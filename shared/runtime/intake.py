@@ -73,8 +73,9 @@ from shared.runtime.ports import (
     TaskSource,
 )
 from shared.transport.bundle import Bundle, Carrier, encode_bundle
+from shared.transport.deadletters import dead_letter_headers
 from shared.transport.idempotency import Ask, Outcome
-from shared.transport.kafka import dead_letter_headers, publish_results
+from shared.transport.kafka import publish_results
 from shared.transport.kafka_consumer import Partition, Record
 from shared.transport.outages import KAFKA, REDIS, Outages, dependency_of
 

@@ -59,7 +59,8 @@ from shared.runtime.delivery import Delivery, Finished, RetryableTask
 from shared.runtime.engines import Job, ModelRegistry, StreamingEngine, TaskAborted
 from shared.runtime.ports import RecordProducer, WorkerStore
 from shared.transport.bundle import Bundle, encode_bundle
-from shared.transport.kafka import dead_letter_headers, publish_results, task_headers
+from shared.transport.deadletters import dead_letter_headers
+from shared.transport.kafka import publish_results, task_headers
 from shared.transport.outages import REDIS, Outages
 from shared.transport.results import parse_done_notice
 
@@ -318,10 +319,15 @@ class WorkerRuntime:
             try:
                 model_name, engine = self.registry.resolve(request.model)
             except InvalidRequestError as exc:
+                # A model this deployment does not serve (yet): dead-lettered, so that
+                # an operator can replay the task once a worker serves it.
+                reason = f"model not served: {exc}"
                 result = error_result(
-                    envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, str(exc)
+                    envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, reason
                 )
                 result.attempt = delivery.attempt
+                result.dead_lettered = True
+                self._dead_letter_envelope(envelope, reason)
                 rejected.append((envelope, result))
                 continue
             span.set_attributes(
@@ -423,6 +429,7 @@ class WorkerRuntime:
         now = time.time()
         for envelope, result in finished:
             result.worker = self.worker_id
+            result.replays = envelope.replays
             delivery.stamp(result, envelope, now)
         task_spans = [delivery.take_span(r.task_id) for _, r in finished]
         store_spans = [
@@ -460,7 +467,7 @@ class WorkerRuntime:
 
     def _dead_letter_envelope(self, envelope: tasks_pb2.TaskEnvelope, reason: str) -> None:
         queue = self.settings.names.celery_queue(self.kind, envelope_lane(envelope))
-        headers = dead_letter_headers(reason, "worker", queue, -1, -1)
+        headers = dead_letter_headers(reason, "worker", queue, -1, -1, replays=envelope.replays)
         headers += task_headers(envelope.task_id, self.kind)
         self.metrics.dead_letters.labels(self.kind, "worker").inc()
         self.producer.send(

@@ -26,7 +26,6 @@ from nlp.v1 import tasks_pb2
 from shared.contracts import names
 from shared.contracts.names import ALL_KINDS
 from shared.contracts.settings import ServiceSettings
-from shared.observability.telemetry import tracing_enabled
 from shared.transport.outages import (
     KAFKA,
     KAFKA_RECONNECT_BACKOFF_MAX_MS,
@@ -324,37 +323,6 @@ def publish_results(
         sends.append(producer.send(topic, value=value, key=key, headers=headers))
     for send in sends:
         send.get(timeout=30)
-
-
-def dead_letter_headers(
-    reason: str,
-    stage: str,
-    topic: str,
-    partition: int,
-    offset: int,
-    original: Sequence[tuple[str, bytes | None]] = (),
-) -> Headers:
-    """Headers of a dead-lettered message: the original headers plus why and where from.
-
-    With tracing on, the original trace context is dropped: the kafka-python
-    instrumentation adds the dead-letter send's own (a descendant in the same trace),
-    and two ``traceparent`` headers would leave consumers guessing.
-    """
-    traced = tracing_enabled()
-    kept = [
-        (k, v or b"")
-        for k, v in original
-        if not k.startswith("nlp-dlq-")
-        and not (traced and k in (names.HEADER_TRACEPARENT, names.HEADER_TRACESTATE))
-    ]
-    return [
-        *kept,
-        (names.HEADER_DLQ_REASON, reason.encode("utf-8", "replace")[:4096]),
-        (names.HEADER_DLQ_STAGE, stage.encode()),
-        (names.HEADER_DLQ_SOURCE_TOPIC, topic.encode()),
-        (names.HEADER_DLQ_SOURCE_PARTITION, str(partition).encode()),
-        (names.HEADER_DLQ_SOURCE_OFFSET, str(offset).encode()),
-    ]
 
 
 def header(headers: Sequence[tuple[str, bytes | None]] | None, key: str) -> str | None:

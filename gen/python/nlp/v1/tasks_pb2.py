@@ -30,7 +30,7 @@ from nlp.v1 import ner_pb2 as nlp_dot_v1_dot_ner__pb2
 from nlp.v1 import summarization_pb2 as nlp_dot_v1_dot_summarization__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12nlp/v1/tasks.proto\x12\x06nlp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bnlp/v1/classification.proto\x1a\x13nlp/v1/common.proto\x1a\x17nlp/v1/generation.proto\x1a\x10nlp/v1/ner.proto\x1a\x1anlp/v1/summarization.proto\">\n\x0cReplyOptions\x12\x16\n\x0epublish_result\x18\x01 \x01(\x08\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\"\xf7\x03\n\x0cTaskEnvelope\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x07 \x01(\t\x12-\n\ngeneration\x18\n \x01(\x0b\x32\x17.nlp.v1.GenerateRequestH\x00\x12\x31\n\x0e\x63lassification\x18\x0b \x01(\x0b\x32\x17.nlp.v1.ClassifyRequestH\x00\x12!\n\x03ner\x18\x0c \x01(\x0b\x32\x12.nlp.v1.NerRequestH\x00\x12\x31\n\rsummarization\x18\r \x01(\x0b\x32\x18.nlp.v1.SummarizeRequestH\x00\x12#\n\x05reply\x18\x14 \x01(\x0b\x32\x14.nlp.v1.ReplyOptions\x12\x10\n\x08\x62\x61tch_id\x18\x15 \x01(\t\x12\x1a\n\x04lane\x18\x16 \x01(\x0e\x32\x0c.nlp.v1.Lane\x12\x17\n\x0fidempotency_key\x18\x17 \x01(\tB\t\n\x07requestJ\x04\x08\x06\x10\x07R\x08priority\"\x8b\x04\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12\"\n\x06status\x18\x03 \x01(\x0e\x32\x12.nlp.v1.TaskStatus\x12.\n\ngeneration\x18\n \x01(\x0b\x32\x18.nlp.v1.GenerateResponseH\x00\x12\x32\n\x0e\x63lassification\x18\x0b \x01(\x0b\x32\x18.nlp.v1.ClassifyResponseH\x00\x12\"\n\x03ner\x18\x0c \x01(\x0b\x32\x13.nlp.v1.NerResponseH\x00\x12\x32\n\rsummarization\x18\r \x01(\x0b\x32\x19.nlp.v1.SummarizeResponseH\x00\x12\x1c\n\x05\x65rror\x18\x04 \x01(\x0b\x32\r.nlp.v1.Error\x12 \n\x05model\x18\x05 \x01(\x0b\x32\x11.nlp.v1.ModelInfo\x12 \n\x07timings\x18\x06 \x01(\x0b\x32\x0f.nlp.v1.Timings\x12\x0e\n\x06worker\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12\x12\n\nbatch_size\x18\x0e \x01(\x05\x12\x10\n\x08\x62\x61tch_id\x18\x0f \x01(\t\x12\x15\n\rdead_lettered\x18\x10 \x01(\x08\x12\x0e\n\x06tenant\x18\x11 \x01(\tB\x08\n\x06output\"\xe1\x02\n\rSubmitRequest\x12-\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.nlp.v1.GenerateRequestH\x00\x12\x31\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32\x17.nlp.v1.ClassifyRequestH\x00\x12!\n\x03ner\x18\x03 \x01(\x0b\x32\x12.nlp.v1.NerRequestH\x00\x12\x31\n\rsummarization\x18\x04 \x01(\x0b\x32\x18.nlp.v1.SummarizeRequestH\x00\x12\x1a\n\x04lane\x18\t \x01(\x0e\x32\x0c.nlp.v1.Lane\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12#\n\x05reply\x18\x07 \x01(\x0b\x32\x14.nlp.v1.ReplyOptions\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x17\n\x0fidempotency_key\x18\n \x01(\tB\t\n\x07requestJ\x04\x08\x05\x10\x06R\x08priority\"k\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"K\n\x12\x43\x61ncelTaskResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12\"\n\x06result\x18\x02 \x01(\x0b\x32\x12.nlp.v1.TaskResult\"A\n\tBatchItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12#\n\x04task\x18\x02 \x01(\x0b\x32\x15.nlp.v1.SubmitRequest\"a\n\x12SubmitBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12 \n\x05items\x18\x02 \x03(\x0b\x32\x11.nlp.v1.BatchItem\x12\x17\n\x0fpublish_results\x18\x03 \x01(\x08\"]\n\x0c\x42\x61tchItemAck\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x1c\n\x05\x65rror\x18\x03 \x01(\x0b\x32\r.nlp.v1.Error\x12\r\n\x05index\x18\x04 \x01(\x03\"K\n\x13SubmitBatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\"\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x14.nlp.v1.BatchItemAck\"#\n\x0fGetBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\xa0\x02\n\x0b\x42\x61tchStatus\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tsubmitted\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x0f\n\x07pending\x18\x04 \x01(\x03\x12\x0f\n\x07running\x18\x05 \x01(\x03\x12\x11\n\tsucceeded\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x03\x12\x11\n\tcancelled\x18\x08 \x01(\x03\x12\x19\n\x11\x64\x65\x61\x64line_exceeded\x18\t \x01(\x03\x12\x15\n\rdead_lettered\x18\n \x01(\x03\x12\x0e\n\x06sealed\x18\x0b \x01(\x08\x12\x10\n\x08\x63omplete\x18\x0c \x01(\x08\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x19StreamBatchResultsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x11\n\tno_follow\x18\x03 \x01(\x08\"A\n\x0b\x42\x61tchResult\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\"\n\x06result\x18\x02 \x01(\x0b\x32\x12.nlp.v1.TaskResult2\xbf\x03\n\x05Tasks\x12\x37\n\x06Submit\x12\x15.nlp.v1.SubmitRequest\x1a\x16.nlp.v1.SubmitResponse\x12\x31\n\x03Get\x12\x16.nlp.v1.GetTaskRequest\x1a\x12.nlp.v1.TaskResult\x12\x33\n\x04Wait\x12\x17.nlp.v1.WaitTaskRequest\x1a\x12.nlp.v1.TaskResult\x12?\n\x06\x43\x61ncel\x12\x19.nlp.v1.CancelTaskRequest\x1a\x1a.nlp.v1.CancelTaskResponse\x12J\n\x0bSubmitBatch\x12\x1a.nlp.v1.SubmitBatchRequest\x1a\x1b.nlp.v1.SubmitBatchResponse(\x01\x30\x01\x12\x38\n\x08GetBatch\x12\x17.nlp.v1.GetBatchRequest\x1a\x13.nlp.v1.BatchStatus\x12N\n\x12StreamBatchResults\x12!.nlp.v1.StreamBatchResultsRequest\x1a\x13.nlp.v1.BatchResult0\x01\x42\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12nlp/v1/tasks.proto\x12\x06nlp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bnlp/v1/classification.proto\x1a\x13nlp/v1/common.proto\x1a\x17nlp/v1/generation.proto\x1a\x10nlp/v1/ner.proto\x1a\x1anlp/v1/summarization.proto\">\n\x0cReplyOptions\x12\x16\n\x0epublish_result\x18\x01 \x01(\x08\x12\x16\n\x0e\x63orrelation_id\x18\x02 \x01(\t\"\x88\x04\n\x0cTaskEnvelope\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x07 \x01(\t\x12-\n\ngeneration\x18\n \x01(\x0b\x32\x17.nlp.v1.GenerateRequestH\x00\x12\x31\n\x0e\x63lassification\x18\x0b \x01(\x0b\x32\x17.nlp.v1.ClassifyRequestH\x00\x12!\n\x03ner\x18\x0c \x01(\x0b\x32\x12.nlp.v1.NerRequestH\x00\x12\x31\n\rsummarization\x18\r \x01(\x0b\x32\x18.nlp.v1.SummarizeRequestH\x00\x12#\n\x05reply\x18\x14 \x01(\x0b\x32\x14.nlp.v1.ReplyOptions\x12\x10\n\x08\x62\x61tch_id\x18\x15 \x01(\t\x12\x1a\n\x04lane\x18\x16 \x01(\x0e\x32\x0c.nlp.v1.Lane\x12\x17\n\x0fidempotency_key\x18\x17 \x01(\t\x12\x0f\n\x07replays\x18\x18 \x01(\x05\x42\t\n\x07requestJ\x04\x08\x06\x10\x07R\x08priority\"\x9c\x04\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12\"\n\x06status\x18\x03 \x01(\x0e\x32\x12.nlp.v1.TaskStatus\x12.\n\ngeneration\x18\n \x01(\x0b\x32\x18.nlp.v1.GenerateResponseH\x00\x12\x32\n\x0e\x63lassification\x18\x0b \x01(\x0b\x32\x18.nlp.v1.ClassifyResponseH\x00\x12\"\n\x03ner\x18\x0c \x01(\x0b\x32\x13.nlp.v1.NerResponseH\x00\x12\x32\n\rsummarization\x18\r \x01(\x0b\x32\x19.nlp.v1.SummarizeResponseH\x00\x12\x1c\n\x05\x65rror\x18\x04 \x01(\x0b\x32\r.nlp.v1.Error\x12 \n\x05model\x18\x05 \x01(\x0b\x32\x11.nlp.v1.ModelInfo\x12 \n\x07timings\x18\x06 \x01(\x0b\x32\x0f.nlp.v1.Timings\x12\x0e\n\x06worker\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x16\n\x0e\x63orrelation_id\x18\t \x01(\t\x12\x12\n\nbatch_size\x18\x0e \x01(\x05\x12\x10\n\x08\x62\x61tch_id\x18\x0f \x01(\t\x12\x15\n\rdead_lettered\x18\x10 \x01(\x08\x12\x0e\n\x06tenant\x18\x11 \x01(\t\x12\x0f\n\x07replays\x18\x12 \x01(\x05\x42\x08\n\x06output\"\xe1\x02\n\rSubmitRequest\x12-\n\ngeneration\x18\x01 \x01(\x0b\x32\x17.nlp.v1.GenerateRequestH\x00\x12\x31\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32\x17.nlp.v1.ClassifyRequestH\x00\x12!\n\x03ner\x18\x03 \x01(\x0b\x32\x12.nlp.v1.NerRequestH\x00\x12\x31\n\rsummarization\x18\x04 \x01(\x0b\x32\x18.nlp.v1.SummarizeRequestH\x00\x12\x1a\n\x04lane\x18\t \x01(\x0e\x32\x0c.nlp.v1.Lane\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12#\n\x05reply\x18\x07 \x01(\x0b\x32\x14.nlp.v1.ReplyOptions\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x17\n\x0fidempotency_key\x18\n \x01(\tB\t\n\x07requestJ\x04\x08\x05\x10\x06R\x08priority\"k\n\x0eSubmitResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"6\n\x0fWaitTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"K\n\x12\x43\x61ncelTaskResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12\"\n\x06result\x18\x02 \x01(\x0b\x32\x12.nlp.v1.TaskResult\"A\n\tBatchItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12#\n\x04task\x18\x02 \x01(\x0b\x32\x15.nlp.v1.SubmitRequest\"a\n\x12SubmitBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12 \n\x05items\x18\x02 \x03(\x0b\x32\x11.nlp.v1.BatchItem\x12\x17\n\x0fpublish_results\x18\x03 \x01(\x08\"]\n\x0c\x42\x61tchItemAck\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x1c\n\x05\x65rror\x18\x03 \x01(\x0b\x32\r.nlp.v1.Error\x12\r\n\x05index\x18\x04 \x01(\x03\"K\n\x13SubmitBatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\"\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x14.nlp.v1.BatchItemAck\"#\n\x0fGetBatchRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\xa0\x02\n\x0b\x42\x61tchStatus\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x11\n\tsubmitted\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x0f\n\x07pending\x18\x04 \x01(\x03\x12\x0f\n\x07running\x18\x05 \x01(\x03\x12\x11\n\tsucceeded\x18\x06 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x03\x12\x11\n\tcancelled\x18\x08 \x01(\x03\x12\x19\n\x11\x64\x65\x61\x64line_exceeded\x18\t \x01(\x03\x12\x15\n\rdead_lettered\x18\n \x01(\x03\x12\x0e\n\x06sealed\x18\x0b \x01(\x08\x12\x10\n\x08\x63omplete\x18\x0c \x01(\x08\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x19StreamBatchResultsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x11\n\tno_follow\x18\x03 \x01(\x08\"A\n\x0b\x42\x61tchResult\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\"\n\x06result\x18\x02 \x01(\x0b\x32\x12.nlp.v1.TaskResult2\xbf\x03\n\x05Tasks\x12\x37\n\x06Submit\x12\x15.nlp.v1.SubmitRequest\x1a\x16.nlp.v1.SubmitResponse\x12\x31\n\x03Get\x12\x16.nlp.v1.GetTaskRequest\x1a\x12.nlp.v1.TaskResult\x12\x33\n\x04Wait\x12\x17.nlp.v1.WaitTaskRequest\x1a\x12.nlp.v1.TaskResult\x12?\n\x06\x43\x61ncel\x12\x19.nlp.v1.CancelTaskRequest\x1a\x1a.nlp.v1.CancelTaskResponse\x12J\n\x0bSubmitBatch\x12\x1a.nlp.v1.SubmitBatchRequest\x1a\x1b.nlp.v1.SubmitBatchResponse(\x01\x30\x01\x12\x38\n\x08GetBatch\x12\x17.nlp.v1.GetBatchRequest\x1a\x13.nlp.v1.BatchStatus\x12N\n\x12StreamBatchResults\x12!.nlp.v1.StreamBatchResultsRequest\x1a\x13.nlp.v1.BatchResult0\x01\x42\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,37 +41,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLYOPTIONS']._serialized_start=184
   _globals['_REPLYOPTIONS']._serialized_end=246
   _globals['_TASKENVELOPE']._serialized_start=249
-  _globals['_TASKENVELOPE']._serialized_end=752
-  _globals['_TASKRESULT']._serialized_start=755
-  _globals['_TASKRESULT']._serialized_end=1278
-  _globals['_SUBMITREQUEST']._serialized_start=1281
-  _globals['_SUBMITREQUEST']._serialized_end=1634
-  _globals['_SUBMITRESPONSE']._serialized_start=1636
-  _globals['_SUBMITRESPONSE']._serialized_end=1743
-  _globals['_GETTASKREQUEST']._serialized_start=1745
-  _globals['_GETTASKREQUEST']._serialized_end=1778
-  _globals['_WAITTASKREQUEST']._serialized_start=1780
-  _globals['_WAITTASKREQUEST']._serialized_end=1834
-  _globals['_CANCELTASKREQUEST']._serialized_start=1836
-  _globals['_CANCELTASKREQUEST']._serialized_end=1872
-  _globals['_CANCELTASKRESPONSE']._serialized_start=1874
-  _globals['_CANCELTASKRESPONSE']._serialized_end=1949
-  _globals['_BATCHITEM']._serialized_start=1951
-  _globals['_BATCHITEM']._serialized_end=2016
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=2018
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=2115
-  _globals['_BATCHITEMACK']._serialized_start=2117
-  _globals['_BATCHITEMACK']._serialized_end=2210
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=2212
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=2287
-  _globals['_GETBATCHREQUEST']._serialized_start=2289
-  _globals['_GETBATCHREQUEST']._serialized_end=2324
-  _globals['_BATCHSTATUS']._serialized_start=2327
-  _globals['_BATCHSTATUS']._serialized_end=2615
-  _globals['_STREAMBATCHRESULTSREQUEST']._serialized_start=2617
-  _globals['_STREAMBATCHRESULTSREQUEST']._serialized_end=2697
-  _globals['_BATCHRESULT']._serialized_start=2699
-  _globals['_BATCHRESULT']._serialized_end=2764
-  _globals['_TASKS']._serialized_start=2767
-  _globals['_TASKS']._serialized_end=3214
+  _globals['_TASKENVELOPE']._serialized_end=769
+  _globals['_TASKRESULT']._serialized_start=772
+  _globals['_TASKRESULT']._serialized_end=1312
+  _globals['_SUBMITREQUEST']._serialized_start=1315
+  _globals['_SUBMITREQUEST']._serialized_end=1668
+  _globals['_SUBMITRESPONSE']._serialized_start=1670
+  _globals['_SUBMITRESPONSE']._serialized_end=1777
+  _globals['_GETTASKREQUEST']._serialized_start=1779
+  _globals['_GETTASKREQUEST']._serialized_end=1812
+  _globals['_WAITTASKREQUEST']._serialized_start=1814
+  _globals['_WAITTASKREQUEST']._serialized_end=1868
+  _globals['_CANCELTASKREQUEST']._serialized_start=1870
+  _globals['_CANCELTASKREQUEST']._serialized_end=1906
+  _globals['_CANCELTASKRESPONSE']._serialized_start=1908
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1983
+  _globals['_BATCHITEM']._serialized_start=1985
+  _globals['_BATCHITEM']._serialized_end=2050
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=2052
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=2149
+  _globals['_BATCHITEMACK']._serialized_start=2151
+  _globals['_BATCHITEMACK']._serialized_end=2244
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=2246
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=2321
+  _globals['_GETBATCHREQUEST']._serialized_start=2323
+  _globals['_GETBATCHREQUEST']._serialized_end=2358
+  _globals['_BATCHSTATUS']._serialized_start=2361
+  _globals['_BATCHSTATUS']._serialized_end=2649
+  _globals['_STREAMBATCHRESULTSREQUEST']._serialized_start=2651
+  _globals['_STREAMBATCHRESULTSREQUEST']._serialized_end=2731
+  _globals['_BATCHRESULT']._serialized_start=2733
+  _globals['_BATCHRESULT']._serialized_end=2798
+  _globals['_TASKS']._serialized_start=2801
+  _globals['_TASKS']._serialized_end=3248
 # @@protoc_insertion_point(module_scope)

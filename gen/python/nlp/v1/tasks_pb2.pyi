@@ -23,7 +23,7 @@ class ReplyOptions(_message.Message):
     def __init__(self, publish_result: _Optional[bool] = ..., correlation_id: _Optional[str] = ...) -> None: ...
 
 class TaskEnvelope(_message.Message):
-    __slots__ = ("task_id", "kind", "tenant", "created_at", "deadline", "model", "generation", "classification", "ner", "summarization", "reply", "batch_id", "lane", "idempotency_key")
+    __slots__ = ("task_id", "kind", "tenant", "created_at", "deadline", "model", "generation", "classification", "ner", "summarization", "reply", "batch_id", "lane", "idempotency_key", "replays")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class TaskEnvelope(_message.Message):
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     LANE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REPLAYS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: _common_pb2.Kind
     tenant: str
@@ -52,10 +53,11 @@ class TaskEnvelope(_message.Message):
     batch_id: str
     lane: _common_pb2.Lane
     idempotency_key: str
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., batch_id: _Optional[str] = ..., lane: _Optional[_Union[_common_pb2.Lane, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    replays: int
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model: _Optional[str] = ..., generation: _Optional[_Union[_generation_pb2.GenerateRequest, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyRequest, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerRequest, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeRequest, _Mapping]] = ..., reply: _Optional[_Union[ReplyOptions, _Mapping]] = ..., batch_id: _Optional[str] = ..., lane: _Optional[_Union[_common_pb2.Lane, str]] = ..., idempotency_key: _Optional[str] = ..., replays: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "kind", "status", "generation", "classification", "ner", "summarization", "error", "model", "timings", "worker", "attempt", "correlation_id", "batch_size", "batch_id", "dead_lettered", "tenant")
+    __slots__ = ("task_id", "kind", "status", "generation", "classification", "ner", "summarization", "error", "model", "timings", "worker", "attempt", "correlation_id", "batch_size", "batch_id", "dead_lettered", "tenant", "replays")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +75,7 @@ class TaskResult(_message.Message):
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERED_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    REPLAYS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     kind: _common_pb2.Kind
     status: _common_pb2.TaskStatus
@@ -90,7 +93,8 @@ class TaskResult(_message.Message):
     batch_id: str
     dead_lettered: bool
     tenant: str
-    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., generation: _Optional[_Union[_generation_pb2.GenerateResponse, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyResponse, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerResponse, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., correlation_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_id: _Optional[str] = ..., dead_lettered: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
+    replays: int
+    def __init__(self, task_id: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ..., status: _Optional[_Union[_common_pb2.TaskStatus, str]] = ..., generation: _Optional[_Union[_generation_pb2.GenerateResponse, _Mapping]] = ..., classification: _Optional[_Union[_classification_pb2.ClassifyResponse, _Mapping]] = ..., ner: _Optional[_Union[_ner_pb2.NerResponse, _Mapping]] = ..., summarization: _Optional[_Union[_summarization_pb2.SummarizeResponse, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.Error, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., worker: _Optional[str] = ..., attempt: _Optional[int] = ..., correlation_id: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_id: _Optional[str] = ..., dead_lettered: _Optional[bool] = ..., tenant: _Optional[str] = ..., replays: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("generation", "classification", "ner", "summarization", "lane", "deadline_ms", "reply", "tenant", "idempotency_key")
