@@ -313,7 +313,12 @@ async def _filter(message: deadletters_pb2.DeadLetterFilter, context: Ctx) -> Fi
             grpc.StatusCode.INVALID_ARGUMENT,
             f"stage must be one of {', '.join(STAGES)}",
         )
-    since = seconds(message.since) if message.HasField("since") else 0.0
-    if since < 0:
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "since is before 1970")
+    since = 0.0
+    if message.HasField("since"):
+        if not 0 <= message.since.nanos < 1_000_000_000 or message.since.seconds < 0:
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "since must be a time after 1970"
+            )
+        # A time to come matches nothing yet: the scan starts at the topic's end.
+        since = min(seconds(message.since), time.time() + 1)
     return Filter(since, message.kind, message.stage, message.reason[:300])

@@ -17,6 +17,7 @@ from deploy.local.stack import LocalStack
 from nlp.v1 import (
     classification_pb2,
     classification_pb2_grpc,
+    deadletters_pb2,
     generation_pb2,
     models_pb2,
     ner_pb2,
@@ -246,6 +247,9 @@ SUBMIT_BATCH = _method("nlp.v1.Tasks", "SubmitBatch")
 GET_BATCH = _method("nlp.v1.Tasks", "GetBatch")
 STREAM_BATCH = _method("nlp.v1.Tasks", "StreamBatchResults")
 LIST_MODELS = _method("nlp.v1.Models", "List")
+LIST_DEAD_LETTERS = _method("nlp.v1.DeadLetters", "List")
+GET_DEAD_LETTER = _method("nlp.v1.DeadLetters", "Get")
+REPLAY_DEAD_LETTERS = _method("nlp.v1.DeadLetters", "Replay")
 HEALTH = _method("grpc.health.v1.Health", "Check")
 
 # Every RPC with its request type and call style (for raw bytes).
@@ -264,6 +268,9 @@ RPCS: dict[str, tuple[type[Message], str]] = {
     GET_BATCH: (tasks_pb2.GetBatchRequest, "unary"),
     STREAM_BATCH: (tasks_pb2.StreamBatchResultsRequest, "server_stream"),
     LIST_MODELS: (models_pb2.ListModelsRequest, "unary"),
+    # Not Replay: random bytes could name a real filter and resend the session's records.
+    LIST_DEAD_LETTERS: (deadletters_pb2.ListDeadLettersRequest, "unary"),
+    GET_DEAD_LETTER: (deadletters_pb2.GetDeadLetterRequest, "unary"),
     HEALTH: (health_pb2.HealthCheckRequest, "unary"),
 }
 CAPABILITY_RPCS = {

@@ -21,6 +21,7 @@ from deploy.local.stack import ROOT, LocalStack
 from nlp.v1 import common_pb2, deadletters_pb2, deadletters_pb2_grpc, tasks_pb2_grpc
 from services.classification.settings import DEFAULT_MODEL
 from shared.contracts.settings import ServiceSettings
+from shared.transport.deadletters import DeadLetterReader
 from tests.factories import classification_envelope
 from tests.integration.support import wait_terminal
 
@@ -283,3 +284,24 @@ def test_a_task_that_keeps_failing_is_replayed_at_most_the_bound(
         assert "replayed 3 times: the bound (NLP_DLQ_MAX_REPLAYS=3)" in (
             response.outcomes[0].refused
         ), response
+
+
+def test_a_scan_reads_at_most_its_limit_the_newest_of_each_partition(
+    settings: ServiceSettings, producer: KafkaProducer
+) -> None:
+    """What NLP_DLQ_MAX_SCAN bounds: with one record per partition allowed, a partition
+    holding two more (one key) shows only the newer."""
+    key = uuid.uuid4().hex.encode()
+    topic = settings.names.dead_letter_topic
+    for marker in (b"older", b"newer"):
+        producer.send(topic, key=key, value=marker)
+    producer.flush(timeout=30)
+    partitions = len(producer.partitions_for(topic))
+    records, truncated = DeadLetterReader(settings, max_scan=partitions).scan()
+    assert truncated
+    assert len({r.partition for r in records}) == len(records) <= partitions
+    mine = [r for r in records if r.key == key]
+    assert [r.value for r in mine] == [b"newer"]
+    everything, truncated = DeadLetterReader(settings, max_scan=100_000).scan()
+    assert not truncated
+    assert [r.value for r in everything if r.key == key] == [b"older", b"newer"]

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
     classification_pb2,
+    deadletters_pb2,
     generation_pb2,
     models_pb2,
     models_pb2_grpc,
@@ -60,10 +61,13 @@ from tests.integration.fuzzer import (
     GENERATE_STREAM,
     GET,
     GET_BATCH,
+    GET_DEAD_LETTER,
     HEALTH,
+    LIST_DEAD_LETTERS,
     LIST_MODELS,
     OK,
     REJECTED,
+    REPLAY_DEAD_LETTERS,
     RPCS,
     STREAM_BATCH,
     STREAM_TASK,
@@ -254,6 +258,65 @@ def test_list_models(fuzz: Fuzzer, kind: int, md: Metadata) -> None:
     if md:
         expect = Expect(ALLOWED)
     fuzz.call(LIST_MODELS, request, md, expect, serialize)
+
+
+# Dead letter ids: well-formed ones (mostly of no record) and anything else.
+letter_ids = st.one_of(
+    st.builds(lambda p, o: f"{p}:{o}", st.integers(0, 5), st.integers(0, 10**12)), ids
+)
+
+
+@st.composite
+def dead_letter_filters(draw: st.DrawFn) -> tuple[deadletters_pb2.DeadLetterFilter, bool]:
+    """A filter, and whether the gateway must accept it."""
+    message = deadletters_pb2.DeadLetterFilter(
+        stage=draw(st.sampled_from(["", "intake", "worker", "Intake", "gateway"])),
+        reason=draw(st.one_of(st.just(""), ids)),
+    )
+    message.kind = draw(st.one_of(st.integers(0, 5), ints(32)))  # type: ignore[assignment]
+    if draw(st.booleans()):
+        message.since.seconds = draw(ints(64, (0, 2_000_000_000)))
+        message.since.nanos = draw(ints(32, (0, 999_999_999)))
+    since = message.since
+    valid = (
+        (message.kind == 0 or message.kind in KIND_NAMES)
+        and message.stage in ("", "intake", "worker")
+        and since.seconds >= 0
+        and 0 <= since.nanos < 1_000_000_000
+    )
+    return message, valid
+
+
+@fuzzed(60)
+@given(data=st.data(), md=metadata)
+def test_dead_letters(fuzz: Fuzzer, data: st.DataObject, md: Metadata) -> None:
+    """List, Get and Replay: every answer OK, INVALID_ARGUMENT or NOT_FOUND. Replays are
+    dry runs only: the session's real dead letters stay where they are."""
+    draw = data.draw
+    filter_, valid = draw(dead_letter_filters())
+    rpc = draw(st.sampled_from([LIST_DEAD_LETTERS, GET_DEAD_LETTER, REPLAY_DEAD_LETTERS]))
+    rejected = Expect(frozenset({Code.INVALID_ARGUMENT}))
+    request: Message
+    if rpc == LIST_DEAD_LETTERS:
+        newest = draw(st.one_of(st.integers(0, 1000), ints(32)))
+        request = deadletters_pb2.ListDeadLettersRequest(filter=filter_, newest=newest)
+        expect = Expect(frozenset({OK})) if valid and 0 <= newest <= 1000 else rejected
+    elif rpc == GET_DEAD_LETTER:
+        letter_id = draw(letter_ids)
+        request = deadletters_pb2.GetDeadLetterRequest(id=letter_id)
+        well_formed = (
+            letter_id.partition(":")[0].isdigit() and letter_id.partition(":")[2].isdigit()
+        )
+        expect = Expect(frozenset({OK, Code.NOT_FOUND})) if well_formed else rejected
+    else:
+        chosen = draw(st.lists(letter_ids, max_size=3))
+        request = deadletters_pb2.ReplayDeadLettersRequest(ids=chosen, dry_run=True)
+        if draw(st.booleans()):
+            request.filter.CopyFrom(filter_)
+        expect = Expect(frozenset({OK, Code.INVALID_ARGUMENT}))
+    if md:
+        expect = Expect(ALLOWED)
+    fuzz.call(rpc, request, md, expect, serialize)
 
 
 @fuzzed(100)

@@ -24,6 +24,8 @@ from deploy.local.stack import LocalStack
 from nlp.v1 import (
     classification_pb2_grpc,
     common_pb2,
+    deadletters_pb2,
+    deadletters_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
     models_pb2,
@@ -45,6 +47,7 @@ KEYS = {
     "narrow": "nlp_test_key_narrow_0123456789abcdef",
 }
 REVOKED = "nlp_test_key_revoked_0123456789abcdef"
+ADMIN = "nlp_test_key_ops_0123456789abcdef"
 TENANTS: dict[str, dict[str, Any]] = {
     "team-a": {"rate_per_s": 500, "burst": 1000},
     "team-b": {"rate_per_s": 500, "burst": 1000},
@@ -69,6 +72,7 @@ def keys_file(path: Path, revoked: set[str] = frozenset()) -> None:  # type: ign
         for t, k in KEYS.items()
     ]
     keys.append({"id": "old", "tenant": "team-a", "sha256": digest(REVOKED), "revoked": True})
+    keys.append({"id": "ops", "tenant": "team-a", "sha256": digest(ADMIN), "admin": True})
     path.write_text(json.dumps({"tenants": TENANTS, "keys": keys}))
 
 
@@ -173,6 +177,7 @@ RPCS: list[tuple[str, Message, str]] = [
         "stream",
     ),
     ("/nlp.v1.Models/List", models_pb2.ListModelsRequest(), "unary"),
+    ("/nlp.v1.DeadLetters/List", deadletters_pb2.ListDeadLettersRequest(), "unary"),
     (
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         reflection_pb2.ServerReflectionRequest(list_services=""),
@@ -524,3 +529,23 @@ def test_quotas_hold_across_gateway_replicas(secured: LocalStack) -> None:
                 await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_dead_letters_need_an_admin_key(channel_for: Callable[..., grpc.Channel]) -> None:
+    tenant = deadletters_pb2_grpc.DeadLettersStub(channel_for(KEYS["team-a"]))
+    for call_it in (
+        lambda: tenant.List(deadletters_pb2.ListDeadLettersRequest(), timeout=30),
+        lambda: tenant.Get(deadletters_pb2.GetDeadLetterRequest(id="0:0"), timeout=30),
+        lambda: tenant.Replay(
+            deadletters_pb2.ReplayDeadLettersRequest(ids=["0:0"], dry_run=True), timeout=30
+        ),
+    ):
+        error = code_of(call_it)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error.details() == "dead letters need an admin key"
+    admin = deadletters_pb2_grpc.DeadLettersStub(channel_for(ADMIN))
+    assert admin.List(deadletters_pb2.ListDeadLettersRequest(), timeout=60).matched >= 0
+    # An admin key is its tenant's key too.
+    tasks = tasks_pb2_grpc.TasksStub(channel_for(ADMIN))
+    task_id = tasks.Submit(submit_classification("A derby win."), timeout=30).task_id
+    assert wait_terminal(tasks, task_id).tenant == "team-a"

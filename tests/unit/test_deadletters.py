@@ -3,9 +3,14 @@ parsing and tables (pure logic; the real topic is in tests/integration)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from redis import asyncio as aioredis
 
 from nlp.v1 import common_pb2, deadletters_pb2
+from services.gateway.deadletters import DeadLettersService
+from services.gateway.settings import Settings
 from shared.client.commands import UsageError
 from shared.client.deadletters import list_text, parse_since, replay_text, show_text
 from shared.contracts import names
@@ -128,3 +133,11 @@ def test_the_tables_show_counts_records_and_outcomes() -> None:
     response.outcomes.add(id="0:2", refused="still invalid: it does not decode (DecodeError)")
     assert "would replay 1, refused 1" in replay_text(response, dry_run=True)
     assert "refused: still invalid" in replay_text(response, dry_run=False)
+
+
+def test_the_service_reads_and_bounds_as_its_settings_say() -> None:
+    settings = Settings(dlq_max_scan=7, dlq_max_replays=5, auth_mode="dev")
+    gateway = SimpleNamespace(settings=settings, client=aioredis.Redis())
+    service = DeadLettersService(gateway)  # type: ignore[arg-type]
+    assert service.reader.max_scan == 7
+    assert service.ledger.bound == 5
