@@ -185,11 +185,21 @@ class Gateway:
         if error is not None:
             raise error
 
-    async def admit(self, context: Ctx, owner: Tenant, envelope: tasks_pb2.TaskEnvelope) -> None:
-        """Count the task in its tenant's (``owner``'s) in-flight quota, or RESOURCE_EXHAUSTED."""
+    async def admit(
+        self,
+        context: Ctx,
+        owner: Tenant,
+        envelope: tasks_pb2.TaskEnvelope,
+        key: str = "",
+        claim: Claim | None = None,
+    ) -> None:
+        """Count the task in its tenant's (``owner``'s) in-flight quota, or RESOURCE_EXHAUSTED
+        (releasing the idempotency ``key`` the request won: nothing was published)."""
         try:
             await self.quotas.admit(owner, [envelope])
         except QuotaExceededError as exc:
+            if claim is not None and claim.outcome is Outcome.WON:
+                await self.keys.release(envelope.tenant, key, envelope.task_id)
             await abort_quota(context, exc)
 
     async def submit(
@@ -203,12 +213,7 @@ class Gateway:
         """Record PENDING and publish; the task id is valid once this returns. With the
         ``claim`` of an idempotency ``key`` (WON or TAKEN_OVER): marked published, or
         released when the task surely never reached Kafka."""
-        try:
-            await self.admit(context, owner, envelope)
-        except BaseException:
-            if claim is not None and claim.outcome is Outcome.WON:
-                await self.keys.release(envelope.tenant, key, envelope.task_id)
-            raise
+        await self.admit(context, owner, envelope, key, claim)
         # Recorded first so that a Get right after Submit never says NOT_FOUND.
         (recorded,) = await self.store.record_pending([envelope])
         try:
@@ -638,12 +643,7 @@ class Gateway:
             envelope.task_id = claim.task_id
             envelope.deadline.CopyFrom(timestamp(claim.deadline_s))
             return SyncTask(envelope, None, started + deadline_s, keyed=True)
-        try:
-            await self.admit(context, owner, envelope)
-        except BaseException:
-            if claim is not None and claim.outcome is Outcome.WON:
-                await self.keys.release(envelope.tenant, key, envelope.task_id)
-            raise
+        await self.admit(context, owner, envelope, key, claim)
         registered = self.waiter.register(envelope.task_id)
         try:
             await self.publish(envelope)
