@@ -9,6 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN_DIR := .run
 GATEWAY_PORT ?= 50051
+HTTP_PORT ?= 8000
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
         test test-unit test-deploy test-integration run up down bench bench-bulk bench-lanes bench-tracing bench-security bench-generation bench-hops bench-analysis bench-report clean
@@ -71,11 +72,11 @@ test-integration: setup
 # Foreground: the whole stack with the embedded default models, one demo request
 # per available kind, then serve until Ctrl-C.
 run: setup
-	@$(PY) -m deploy.local.stack run --gateway-port $(GATEWAY_PORT) --demo
+	@$(PY) -m deploy.local.stack run --gateway-port $(GATEWAY_PORT) --http-port $(HTTP_PORT) --demo
 
 # Background: same stack, detached; `make down` stops it.
 up: setup
-	@$(PY) -m deploy.local.stack up --gateway-port $(GATEWAY_PORT) --state-dir $(RUN_DIR)
+	@$(PY) -m deploy.local.stack up --gateway-port $(GATEWAY_PORT) --http-port $(HTTP_PORT) --state-dir $(RUN_DIR)
 
 down:
 	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)

@@ -183,6 +183,8 @@ class LocalStack(Started):
     # Worker processes per kind, over DEFAULT_REPLICAS.
     replicas: Mapping[str, int] = field(default_factory=dict)
     gateway_port: int = 0
+    # The OpenAI-compatible HTTP front door, started with the generation kind (0: a free port).
+    http_port: int = 0
     namespace: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout: float = 180.0
@@ -195,6 +197,13 @@ class LocalStack(Started):
     @property
     def gateway_target(self) -> str:
         return f"127.0.0.1:{self.gateway_port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """The HTTP front door's base URL (``…/v1`` for OpenAI clients), when it runs."""
+        if "http-gateway" not in self.services:
+            return None
+        return f"http://127.0.0.1:{self.http_port}/v1"
 
     @property
     def service_env(self) -> dict[str, str]:
@@ -228,6 +237,7 @@ class LocalStack(Started):
             self._own_dir = True
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.gateway_port = self.gateway_port or free_port()
+        self.http_port = self.http_port or free_port()
         ensure_jars()
         self.kafka = KafkaBroker(self.data_dir / "kafka")
         self.redis = RedisServer(self.data_dir / "redis")
@@ -245,6 +255,11 @@ class LocalStack(Started):
                     )
                 self._add(f"{kind}-intake", f"services.{kind}.intake", f"{kind}-intake")
             self._add("gateway", "services.gateway", "gateway")
+            if "generation" in self.kinds:
+                self._add("http-gateway", "services.http_gateway", "http-gateway")
+                self.services["http-gateway"].env.update(
+                    {"NLP_HTTP_HOST": "127.0.0.1", "NLP_HTTP_PORT": str(self.http_port)}
+                )
             for service in self.services.values():
                 service.start()
             for service in self.services.values():
@@ -316,6 +331,7 @@ def _write_state(path: Path, stack: LocalStack, children: Iterable[Child]) -> No
     state = {
         "pid": os.getpid(),
         "gateway": stack.gateway_target,
+        "http": stack.http_url,
         "data_dir": str(stack.data_dir),
         "kinds": list(stack.kinds),
         # Refreshed on every restart: where to find (or kill) each process.
@@ -342,6 +358,7 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         kinds=args.kinds or AVAILABLE_KINDS,
         gateway_port=args.gateway_port,
+        http_port=args.http_port,
         keep_data=args.keep_data,
         replicas=args.replicas,
     )
@@ -353,6 +370,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  Kafka   {stack.kafka.bootstrap if stack.kafka else '?'}")
         print(f"  Redis   {stack.redis.url if stack.redis else '?'}")
         print(f"  gateway {stack.gateway_target} (gRPC; health + reflection on)")
+        if stack.http_url:
+            print(f"  openai  {stack.http_url} (HTTP, OpenAI-compatible: base_url for the SDK)")
         if stack.service_env.get("NLP_AUTH_MODE") == "dev":
             print("  auth    DEVELOPMENT MODE: no API keys, no tenants, no quotas")
         for name, url in stack.metrics_urls.items():
@@ -398,7 +417,7 @@ def _up(args: argparse.Namespace) -> int:
             return 1
         state_file.unlink()
     argv = [sys.executable, "-m", "deploy.local.stack", "run", "--state-file", str(state_file)]
-    argv += ["--gateway-port", str(args.gateway_port)]
+    argv += ["--gateway-port", str(args.gateway_port), "--http-port", str(args.http_port)]
     if args.replicas:
         argv += ["--replicas", args.replicas]
     if args.kinds:
@@ -415,7 +434,8 @@ def _up(args: argparse.Namespace) -> int:
             return 1
         time.sleep(0.2)
     state = json.loads(state_file.read_text())
-    print(f"stack up (pid {state['pid']}); gateway on {state['gateway']}; logs: {log_file}")
+    http = f"; OpenAI API on {state['http']}" if state.get("http") else ""
+    print(f"stack up (pid {state['pid']}); gateway on {state['gateway']}{http}; logs: {log_file}")
     return 0
 
 
@@ -462,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the stack in the foreground until Ctrl-C")
     run.add_argument("--gateway-port", type=int, default=50051)
+    run.add_argument("--http-port", type=int, default=8000, help="the OpenAI-compatible API")
     run.add_argument("--data-dir", help="default: a fresh temporary directory")
     run.add_argument("--keep-data", action="store_true")
     run.add_argument("--demo", action="store_true", help="send one request per kind")
@@ -475,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--state-file", help=argparse.SUPPRESS)
     up = sub.add_parser("up", help="start the stack in the background")
     up.add_argument("--gateway-port", type=int, default=50051)
+    up.add_argument("--http-port", type=int, default=8000, help="the OpenAI-compatible API")
     up.add_argument("--state-dir", default=".run")
     up.add_argument("--timeout", type=float, default=300)
     up.add_argument("--replicas", default="", help="as for run, e.g. ner=2")

@@ -355,7 +355,9 @@ class Authenticator:
                 return self.keys.tenant(names[0].decode("utf-8", "replace"))
         return None
 
-    async def _admit(self, metadata: Sequence[tuple[str, Any]], context: Ctx) -> Tenant:
+    async def admit_call(self, metadata: Sequence[tuple[str, Any]], context: Ctx) -> Tenant:
+        """The caller of a call with this metadata, its rate spent; aborts the call
+        UNAUTHENTICATED, RESOURCE_EXHAUSTED or UNAVAILABLE instead."""
         tenant = self._identify(metadata, context)
         if tenant is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
@@ -372,7 +374,7 @@ class Authenticator:
     @contextlib.asynccontextmanager
     async def admitted(self, method: str, context: Ctx) -> AsyncIterator[None]:
         # Set in the RPC's own task: the handler's caller() sees it.
-        _caller.set(await self._admit(tuple(context.invocation_metadata() or ()), context))
+        _caller.set(await self.admit_call(tuple(context.invocation_metadata() or ()), context))
         yield
 
     def interceptor(self) -> AroundInterceptor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from opentelemetry import trace
 
 from nlp.v1 import (
     classification_pb2,
@@ -27,12 +26,10 @@ from nlp.v1 import (
     summarization_pb2_grpc,
 )
 from services.gateway.auth import caller
-from services.gateway.core import Gateway, SyncTask, _abort
+from services.gateway.core import Gateway, _abort
 from services.gateway.interceptors import Ctx
-from services.gateway.relay import RelayEnded, relay_tokens
-from shared.contracts.envelope import TERMINAL_STATUSES, valid_task_id
+from shared.contracts.envelope import valid_task_id
 from shared.contracts.names import ALL_KINDS, KIND_NAMES, kind_name, kind_value
-from shared.observability.telemetry import EVENT_FIRST_CHUNK
 
 
 class ClassificationService(classification_pb2_grpc.ClassificationServicer):
@@ -107,7 +104,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             context, caller(), "generation", request, self.settings.stream_deadline_s
         )
         self.gateway.stop_when_done(context, task)
-        async for chunk in self._relay(context, task.envelope.task_id, task):
+        async for chunk in self.gateway.relay(context, task.envelope.task_id, task):
             yield chunk
         task.settled = True
 
@@ -129,36 +126,8 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
                 f"task {request.task_id} is a {kind_name(current.kind)} task; only "
                 "generation tasks stream tokens",
             )
-        async for chunk in self._relay(context, request.task_id, None):
+        async for chunk in self.gateway.relay(context, request.task_id, None):
             yield chunk
-
-    async def _relay(
-        self, context: Ctx, task_id: str, task: SyncTask | None
-    ) -> AsyncIterator[generation_pb2.GenerateChunk]:
-        """The task's chunks, then the status of how it ended when not normally."""
-        remaining = context.time_remaining()
-        if task is not None:
-            timeout = task.remaining()
-        else:  # follow the task for as long as the caller does
-            timeout = remaining if remaining is not None else self.settings.max_deadline_s
-        result = self.gateway.waiter.wait(
-            task_id, timeout, task.registered if task is not None else None
-        )
-        span = trace.get_current_span()
-        try:
-            async with self.gateway.streams.follow(task_id) as reader:
-                async for chunk in relay_tokens(
-                    reader, task_id, result, self.settings.stream_poll_ms
-                ):
-                    if chunk.delta and chunk.index == 0:  # deltas are numbered from 0
-                        span.add_event(EVENT_FIRST_CHUNK)
-                    yield chunk
-        except RelayEnded as ended:
-            if ended.result is not None and ended.result.status in TERMINAL_STATUSES:
-                if task is not None:
-                    task.settled = True
-                await self.gateway.output(context, ended.result)
-            await _abort(context, ended.code, f"{ended.message} (task {task_id})")
 
 
 class ModelsService(models_pb2_grpc.ModelsServicer):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -21,11 +21,12 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from nlp.v1 import common_pb2, tasks_pb2
+from nlp.v1 import common_pb2, generation_pb2, tasks_pb2
 from services.gateway.auth import QuotaExceededError, Quotas, Tenant, abort_quota
 from services.gateway.dependencies import Dependencies
 from services.gateway.interceptors import Ctx
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.relay import RelayEnded, relay_tokens
 from services.gateway.settings import Settings
 from shared.contracts.envelope import (
     TERMINAL_STATUSES,
@@ -50,6 +51,7 @@ from shared.observability.telemetry import (
     ATTR_KIND,
     ATTR_LANE,
     ATTR_TASK_ID,
+    EVENT_FIRST_CHUNK,
     inject_headers,
     links_to,
     messaging_attributes,
@@ -711,6 +713,33 @@ class Gateway:
             stop.add_done_callback(self._abandoning.discard)
 
         context.add_done_callback(ended)  # type: ignore[arg-type]  # stubs: a class, not a Protocol
+
+    async def relay(
+        self, context: Ctx, task_id: str, task: SyncTask | None
+    ) -> AsyncIterator[generation_pb2.GenerateChunk]:
+        """A generation task's chunks from its first token (``task``: one this call published
+        and waits for), then the status of how it ended when not normally."""
+        remaining = context.time_remaining()
+        if task is not None:
+            timeout = task.remaining()
+        else:  # follow the task for as long as the caller does
+            timeout = remaining if remaining is not None else self.settings.max_deadline_s
+        result = self.waiter.wait(task_id, timeout, task.registered if task is not None else None)
+        span = trace.get_current_span()
+        try:
+            async with self.streams.follow(task_id) as reader:
+                async for chunk in relay_tokens(
+                    reader, task_id, result, self.settings.stream_poll_ms
+                ):
+                    if chunk.delta and chunk.index == 0:  # deltas are numbered from 0
+                        span.add_event(EVENT_FIRST_CHUNK)
+                    yield chunk
+        except RelayEnded as ended:
+            if ended.result is not None and ended.result.status in TERMINAL_STATUSES:
+                if task is not None:
+                    task.settled = True
+                await self.output(context, ended.result)
+            await _abort(context, ended.code, f"{ended.message} (task {task_id})")
 
     async def output(self, context: Ctx, result: tasks_pb2.TaskResult) -> Any:
         """The typed output of a succeeded result; the matching status otherwise."""

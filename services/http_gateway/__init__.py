@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP front door: ``python -m services.http_gateway``."""

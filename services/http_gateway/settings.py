@@ -1,0 +1,22 @@
+"""Settings of the HTTP front door (environment prefix ``NLP_``).
+
+It publishes and waits like the gRPC gateway, so it reads the gateway's settings (one
+configuration for both front doors: deadlines, publish timeout, API keys, TLS) and adds
+its own listen address.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.gateway.settings import Settings as GatewaySettings
+
+
+class Settings(GatewaySettings):
+    service_name: str = "http-gateway"
+    http_host: str = Field("127.0.0.1", description="the HTTP front door's listen address")
+    http_port: int = Field(8000, ge=1, le=65535, description="the HTTP front door's port")
+    # A chat completion without stream waits for the whole text: the stream's deadline.
+    sync_deadline_s: float = Field(
+        600.0, gt=0, description="deadline of a completion without stream"
+    )
