@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
 from pathlib import Path
@@ -176,6 +177,26 @@ def engine_args(path: Path, params: VllmParams) -> dict[str, Any]:
     if params.max_model_len is not None:  # None: the model's own
         args["max_model_len"] = params.max_model_len
     return {**args, **params.engine_args}
+
+
+def structured_outputs(request: generation_pb2.GenerateRequest) -> Any:
+    """vLLM's ``StructuredOutputsParams`` of the request's structured_output (None: free
+    text). The gateway checked the form already."""
+    if not request.HasField("structured_output"):
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    form = request.structured_output
+    which = form.WhichOneof("form")
+    if which == "json_schema":
+        return StructuredOutputsParams(json=json.loads(form.json_schema))
+    if which == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if which == "regex":
+        return StructuredOutputsParams(regex=form.regex)
+    if which == "choice":
+        return StructuredOutputsParams(choice=list(form.choice.choices))
+    return None
 
 
 def open_async_llm(path: Path, params: VllmParams) -> Any:
@@ -335,6 +356,7 @@ class VllmGenerator:
             top_k=s.top_k if s.HasField("top_k") and s.top_k > 0 else 0,
             stop=list(s.stop) or None,
             seed=s.seed if s.HasField("seed") else None,
+            structured_outputs=structured_outputs(request),
             output_kind=RequestOutputKind.DELTA,
         )
 
@@ -383,6 +405,25 @@ class VllmGenerator:
             ),
         )
 
+    async def _outputs(
+        self, prompt_ids: Sequence[int], sampling: Any, request_id: str, job: Job
+    ) -> AsyncIterator[Any]:
+        """vLLM's outputs of one request. A grammar it cannot compile is the request's
+        fault, not the engine's: refused (InvalidRequestError), not retried."""
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            async for output in self.llm.generate(
+                {"prompt_token_ids": list(prompt_ids)},
+                sampling,
+                request_id=request_id,
+                # Lower first (vLLM's priority policy); ignored under "fcfs".
+                priority=lane_rank(job.lane),
+            ):
+                yield output
+        except VLLMValidationError as exc:
+            raise InvalidRequestError([f"structured_output: {exc}"]) from exc
+
     async def _generate(
         self, job: Job, prompt_ids: Sequence[int], sampling: Any
     ) -> Batched[generation_pb2.GenerateResponse]:
@@ -412,14 +453,7 @@ class VllmGenerator:
                 if job.task_id in self._aborts:  # aborted before it began
                     raise asyncio.CancelledError
                 async with self.seats.seat(job.lane) if self.seats else nullcontext():
-                    outputs = self.llm.generate(
-                        {"prompt_token_ids": list(prompt_ids)},
-                        sampling,
-                        request_id=request_id,
-                        # Lower first (vLLM's priority policy); ignored under "fcfs".
-                        priority=lane_rank(job.lane),
-                    )
-                    async for output in outputs:
+                    async for output in self._outputs(prompt_ids, sampling, request_id, job):
                         # How many sequences share the engine while this one runs (its
                         # continuous batch), at the fullest.
                         sharing = max(sharing, self.llm.get_num_unfinished_requests())

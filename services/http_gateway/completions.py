@@ -3,7 +3,8 @@
 Requests are checked here (OpenAI's shape, parameters this platform can honour) and then
 by the gateway's own validation (limits, ranges). A parameter that would change the
 output but cannot be honoured is refused, not ignored: ``n`` other than 1, ``echo``,
-``logprobs``, tools, penalties other than 0.
+``logprobs``, tools, penalties other than 0. ``response_format`` (``json_object``,
+``json_schema``) becomes the request's structured output.
 """
 
 from __future__ import annotations
@@ -201,17 +202,45 @@ def chat_request(body: Mapping[str, Any]) -> Asked:
         max_tokens = _number(body, "max_tokens", int)
     if max_tokens is not None and max_tokens < 1:
         raise BadRequestError("'max_tokens' must be at least 1", "max_tokens")
-    response_format = body.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise BadRequestError(
-            "only response_format {'type': 'text'} is supported",
-            "response_format",
-            "unsupported_value",
-        )
     request = generation_pb2.GenerateRequest(
         messages=chat, sampling=_sampling(body, max_tokens), model=model
     )
+    form = structured_output(body.get("response_format"))
+    if form is not None:
+        request.structured_output.CopyFrom(form)
     return Asked(model, request, stream, include_usage, chat=True)
+
+
+def structured_output(response_format: Any) -> generation_pb2.StructuredOutput | None:
+    """OpenAI's ``response_format`` as the platform's structured output (None: text).
+    The schema itself is checked by the gateway's validation (a bad one is a 400)."""
+    if response_format is None:
+        return None
+    param = "response_format"
+    if not isinstance(response_format, Mapping):
+        raise BadRequestError("'response_format' must be an object", param)
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return generation_pb2.StructuredOutput(json_object=True)
+    if kind != "json_schema":
+        raise BadRequestError(
+            "'response_format.type' must be text, json_object or json_schema", f"{param}.type"
+        )
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise BadRequestError(
+            "'response_format.json_schema' needs a 'name' and a 'schema'", f"{param}.json_schema"
+        )
+    schema = spec.get("schema")
+    if not isinstance(schema, Mapping):
+        raise BadRequestError(
+            "'response_format.json_schema.schema' must be a JSON Schema object",
+            f"{param}.json_schema.schema",
+        )
+    # strict or not, the output is held to the schema.
+    return generation_pb2.StructuredOutput(json_schema=json.dumps(schema))
 
 
 def completion_request(body: Mapping[str, Any]) -> Asked:

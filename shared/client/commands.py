@@ -164,6 +164,13 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send the text as a plain prompt to continue, without the chat template",
     )
+    form = p.add_mutually_exclusive_group()
+    form.add_argument(
+        "--json-schema", metavar="FILE", help="the text is JSON this JSON Schema (a file) accepts"
+    )
+    form.add_argument("--json-object", action="store_true", help="the text is a JSON object")
+    form.add_argument("--regex", help="the text matches this regular expression")
+    form.add_argument("--choice", help="the text is one of these comma-separated strings")
 
 
 def generate_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest:
@@ -191,6 +198,17 @@ def generate_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest
         sampling.top_k = args.top_k
     if args.seed is not None:
         sampling.seed = args.seed
+    form = request.structured_output
+    if args.json_schema:
+        form.json_schema = Path(args.json_schema).read_text(encoding="utf-8")
+    elif args.json_object:
+        form.json_object = True
+    elif args.regex:
+        form.regex = args.regex
+    elif args.choice:
+        form.choice.choices.extend(c.strip() for c in args.choice.split(","))
+    else:
+        request.ClearField("structured_output")
     return request
 
 

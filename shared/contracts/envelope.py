@@ -7,11 +7,13 @@ Validation here is the single rule book: the gateway applies it to requests
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 import uuid
 from collections.abc import Sequence
 
+import jsonschema
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -229,7 +231,47 @@ def _generation_problems(req: generation_pb2.GenerateRequest, limits: Limits) ->
         problems.append("sampling.top_k must be -1 (off) or positive")
     if len(s.stop) > limits.max_stop_sequences:
         problems.append(f"at most {limits.max_stop_sequences} stop sequences")
+    if req.HasField("structured_output"):
+        problems += _structured_output_problems(req.structured_output, limits)
     return problems
+
+
+def _structured_output_problems(
+    form: generation_pb2.StructuredOutput, limits: Limits
+) -> list[str]:
+    which = form.WhichOneof("form")
+    if which is None:
+        return ["structured_output names no form (json_schema, json_object, regex or choice)"]
+    if which == "json_object":
+        return [] if form.json_object else ["structured_output.json_object must be true"]
+    if which == "choice":
+        choices = list(form.choice.choices)
+        if not 0 < len(choices) <= limits.max_choices:
+            return [f"structured_output.choice needs 1 to {limits.max_choices} choices"]
+        if any(not c for c in choices) or len(set(choices)) != len(choices):
+            return ["structured_output.choice must be distinct, non-empty strings"]
+        return _text_problems("structured_output.choice", "".join(choices), limits)
+    text = form.json_schema if which == "json_schema" else form.regex
+    problems = _text_problems(f"structured_output.{which}", text, limits)
+    if problems:
+        return problems
+    if which == "regex":
+        try:
+            re.compile(text)
+        except re.error as exc:
+            return [f"structured_output.regex does not compile: {exc}"]
+        return []
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        return [f"structured_output.json_schema is not JSON: {exc}"]
+    if not isinstance(schema, (dict, bool)):
+        return ["structured_output.json_schema must be a JSON object"]
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return [f"structured_output.json_schema is not a valid JSON Schema: {exc.message}"]
+    return []
 
 
 def validate_request(kind: str, request: AnyRequest, limits: Limits) -> None:

@@ -26,6 +26,7 @@ class Limits(BaseModel):
     max_ner_labels: int = Field(64, gt=0)
     max_chat_messages: int = Field(256, gt=0)
     max_stop_sequences: int = Field(16, gt=0)
+    max_choices: int = Field(64, gt=0, description="strings a generation's choice picks from")
     max_new_tokens: int = Field(4096, gt=0)
     max_model_name_chars: int = Field(128, gt=0)
 

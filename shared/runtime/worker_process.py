@@ -66,6 +66,9 @@ def serve_worker(
     client = redis_client(settings)
     telemetry.instrument_redis(client)
     metrics = WorkerMetrics(kind)
+    # Bound before the models load (a minute, for an LLM): its port is then taken, and
+    # /readyz says "not yet" meanwhile.
+    endpoints = serve_endpoints(settings, metrics.registry)
     outages = Outages(service)
     registry = ModelRegistry.build(kind, settings.models, settings.default_model, factories)
     # Without Redis at startup, wait for it (nothing could be served before anyway).
@@ -84,7 +87,6 @@ def serve_worker(
     # Current: Celery's instrumentation finds the task of a retry's publish by name there.
     app.set_current()
     register_task(app, runtime)
-    endpoints = serve_endpoints(settings, metrics.registry)
     endpoints.alive = runtime.alive
 
     @worker_ready.connect(weak=False)

@@ -6,12 +6,15 @@ used wherever a result is compared.
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import jsonschema
 import pytest
 import redis
 
@@ -358,3 +361,33 @@ def test_cli_streams_and_prints_json(stack: object, capsys: pytest.CaptureFixtur
     )
     answer = json.loads(capsys.readouterr().out)
     assert answer["text"].strip() and answer["completion_tokens"] > 1
+
+
+def test_structured_outputs_hold_the_text_to_its_form(
+    generation: generation_pb2_grpc.GenerationStub,
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    request = greedy_request("Describe a city as JSON:", 80)
+    request.structured_output.json_schema = json.dumps(schema)
+    text = generation.Generate(request, timeout=120).text
+    jsonschema.validate(json.loads(text), schema)
+    request = greedy_request("Is the sky green? Answer:", 8)
+    request.structured_output.choice.choices.extend(["yes", "no"])
+    assert generation.Generate(request, timeout=120).text in ("yes", "no")
+    request = greedy_request("A phone number:", 16)
+    request.structured_output.regex = r"[0-9]{3}-[0-9]{4}"
+    assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", generation.Generate(request, timeout=120).text)
+    # Streamed, the same text.
+    request = greedy_request("Describe a city as JSON:", 80)
+    request.structured_output.json_schema = json.dumps(schema)
+    chunks = list(generation.GenerateStream(request, timeout=120))
+    assert "".join(c.delta for c in chunks) == text
+    # A schema that is none is refused before it is queued.
+    request.structured_output.json_schema = '{"type": "nonsense"}'
+    assert _code(lambda: generation.Generate(request, timeout=30)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )

@@ -318,3 +318,20 @@ def test_task_submit_generation_sends_the_request(
     assert request.WhichOneof("request") == "generation"
     assert request.generation.sampling.seed == 7
     assert len(request.generation.messages.messages) == 2
+
+
+def test_structured_output_flags(tmp_path: Path) -> None:
+    schema = tmp_path / "person.json"
+    schema.write_text('{"type": "object"}')
+    assert _request("--json-schema", str(schema), "hi").structured_output.json_schema == (
+        '{"type": "object"}'
+    )
+    assert _request("--json-object", "hi").structured_output.json_object
+    assert _request("--regex", "[0-9]+", "hi").structured_output.regex == "[0-9]+"
+    assert list(_request("--choice", "yes, no", "hi").structured_output.choice.choices) == [
+        "yes",
+        "no",
+    ]
+    assert not _request("hi").HasField("structured_output")
+    with pytest.raises(SystemExit):  # one form at a time
+        build_parser().parse_args(["generate", "--json-object", "--regex", "x", "hi"])

@@ -145,3 +145,35 @@ def test_expiry() -> None:
     )
     assert not expired(envelope, now + 9.9)
     assert expired(envelope, now + 10.1)
+
+
+def _formed(**form: object) -> generation_pb2.GenerateRequest:
+    request = generation_pb2.GenerateRequest(prompt="A person as JSON:")
+    request.structured_output.CopyFrom(generation_pb2.StructuredOutput(**form))  # type: ignore[arg-type]
+    return request
+
+
+def test_structured_outputs_are_checked_before_they_are_queued() -> None:
+    limits = Limits(max_choices=3)
+    for ok in (
+        _formed(json_schema='{"type": "object", "properties": {"age": {"type": "integer"}}}'),
+        _formed(json_object=True),
+        _formed(regex=r"[0-9]{3}-[0-9]{4}"),
+        _formed(choice=generation_pb2.Choices(choices=["yes", "no"])),
+    ):
+        validate_request("generation", ok, limits)
+    bad = {
+        "is not JSON": _formed(json_schema="{type: object}"),
+        "must be a JSON object": _formed(json_schema="[1, 2]"),
+        "is not a valid JSON Schema": _formed(json_schema='{"type": "nonsense"}'),
+        "json_object must be true": _formed(json_object=False),
+        "does not compile": _formed(regex="([0-9]"),
+        "needs 1 to 3 choices": _formed(choice=generation_pb2.Choices(choices=list("abcd"))),
+        "distinct, non-empty": _formed(choice=generation_pb2.Choices(choices=["a", "a"])),
+        "names no form": _formed(),
+    }
+    for expected, request in bad.items():
+        with pytest.raises(InvalidRequestError, match=expected):
+            validate_request("generation", request, limits)
+    with pytest.raises(InvalidRequestError, match="bytes; the limit is 64"):
+        validate_request("generation", _formed(regex="a" * 65), Limits(max_text_bytes=64))

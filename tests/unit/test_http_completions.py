@@ -87,7 +87,7 @@ def test_text_completions_default_to_16_tokens_like_openai() -> None:
         ({**CHAT, "max_tokens": True}, "max_tokens"),
         ({**CHAT, "max_tokens": 0}, "max_tokens"),
         ({**CHAT, "stream_options": {"include_usage": True}}, "stream_options"),
-        ({**CHAT, "response_format": {"type": "json_schema"}}, "response_format"),
+        ({**CHAT, "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
     ],
 )
 def test_what_cannot_be_honoured_is_refused_naming_the_parameter(
@@ -177,3 +177,33 @@ def test_a_call_aborts_with_the_retry_hint_and_runs_its_callbacks_once() -> None
     call.end()
     call.add_done_callback(ran.append)  # after the end: at once
     assert ran == [call, call]
+
+
+def test_response_format_becomes_the_structured_output() -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    asked = chat_request(
+        {
+            **CHAT,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "p", "schema": schema, "strict": True},
+            },
+        }
+    )
+    assert json.loads(asked.request.structured_output.json_schema) == schema
+    assert chat_request(
+        {**CHAT, "response_format": {"type": "json_object"}}
+    ).request.structured_output.json_object
+    assert not chat_request({**CHAT, "response_format": {"type": "text"}}).request.HasField(
+        "structured_output"
+    )
+    for bad in (
+        "json",
+        {"type": "xml"},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": {"schema": schema}},
+        {"type": "json_schema", "json_schema": {"name": "p", "schema": "{}"}},
+    ):
+        with pytest.raises(BadRequestError) as info:
+            chat_request({**CHAT, "response_format": bad})
+        assert str(info.value.param).startswith("response_format")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nlp.v1 import common_pb2 as nlp_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17nlp/v1/generation.proto\x12\x06nlp.v1\x1a\x13nlp/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xb4\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\x8f\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x08messages\x18\x02 \x01(\x0b\x32\x14.nlp.v1.ChatMessagesH\x00\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.nlp.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\tB\x07\n\x05input\"5\n\x0c\x43hatMessages\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.nlp.v1.ChatMessage\"\xb2\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12+\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x14.nlp.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12 \n\x05model\x18\x05 \x01(\x0b\x32\x11.nlp.v1.ModelInfo\x12\x0f\n\x07task_id\x18\x06 \x01(\t\"\x9d\x01\n\rGenerateChunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.nlp.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x05\"$\n\x11StreamTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xd1\x01\n\nGeneration\x12=\n\x08Generate\x12\x17.nlp.v1.GenerateRequest\x1a\x18.nlp.v1.GenerateResponse\x12\x42\n\x0eGenerateStream\x12\x17.nlp.v1.GenerateRequest\x1a\x15.nlp.v1.GenerateChunk0\x01\x12@\n\nStreamTask\x12\x19.nlp.v1.StreamTaskRequest\x1a\x15.nlp.v1.GenerateChunk0\x01\x42\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17nlp/v1/generation.proto\x12\x06nlp.v1\x1a\x13nlp/v1/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xb4\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xc4\x01\n\x0fGenerateRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12(\n\x08messages\x18\x02 \x01(\x0b\x32\x14.nlp.v1.ChatMessagesH\x00\x12(\n\x08sampling\x18\x03 \x01(\x0b\x32\x16.nlp.v1.SamplingParams\x12\r\n\x05model\x18\x04 \x01(\t\x12\x33\n\x11structured_output\x18\x05 \x01(\x0b\x32\x18.nlp.v1.StructuredOutputB\x07\n\x05input\"|\n\x10StructuredOutput\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12!\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x0f.nlp.v1.ChoicesH\x00\x42\x06\n\x04\x66orm\"\x1a\n\x07\x43hoices\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"5\n\x0c\x43hatMessages\x12%\n\x08messages\x18\x01 \x03(\x0b\x32\x13.nlp.v1.ChatMessage\"\xb2\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12+\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x14.nlp.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05\x12 \n\x05model\x18\x05 \x01(\x0b\x32\x11.nlp.v1.ModelInfo\x12\x0f\n\x07task_id\x18\x06 \x01(\t\"\x9d\x01\n\rGenerateChunk\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12+\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x14.nlp.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x05\"$\n\x11StreamTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xd1\x01\n\nGeneration\x12=\n\x08Generate\x12\x17.nlp.v1.GenerateRequest\x1a\x18.nlp.v1.GenerateResponse\x12\x42\n\x0eGenerateStream\x12\x17.nlp.v1.GenerateRequest\x1a\x15.nlp.v1.GenerateChunk0\x01\x12@\n\nStreamTask\x12\x19.nlp.v1.StreamTaskRequest\x1a\x15.nlp.v1.GenerateChunk0\x01\x42\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,26 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nlp.v1.generation_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\tio.nlp.v1P\001Z\014nlp/v1;nlpv1'
-  _globals['_FINISHREASON']._serialized_start=865
-  _globals['_FINISHREASON']._serialized_end=989
+  _globals['_FINISHREASON']._serialized_start=1072
+  _globals['_FINISHREASON']._serialized_end=1196
   _globals['_CHATMESSAGE']._serialized_start=56
   _globals['_CHATMESSAGE']._serialized_end=100
   _globals['_SAMPLINGPARAMS']._serialized_start=103
   _globals['_SAMPLINGPARAMS']._serialized_end=283
   _globals['_GENERATEREQUEST']._serialized_start=286
-  _globals['_GENERATEREQUEST']._serialized_end=429
-  _globals['_CHATMESSAGES']._serialized_start=431
-  _globals['_CHATMESSAGES']._serialized_end=484
-  _globals['_GENERATERESPONSE']._serialized_start=487
-  _globals['_GENERATERESPONSE']._serialized_end=665
-  _globals['_GENERATECHUNK']._serialized_start=668
-  _globals['_GENERATECHUNK']._serialized_end=825
-  _globals['_STREAMTASKREQUEST']._serialized_start=827
-  _globals['_STREAMTASKREQUEST']._serialized_end=863
-  _globals['_GENERATION']._serialized_start=992
-  _globals['_GENERATION']._serialized_end=1201
+  _globals['_GENERATEREQUEST']._serialized_end=482
+  _globals['_STRUCTUREDOUTPUT']._serialized_start=484
+  _globals['_STRUCTUREDOUTPUT']._serialized_end=608
+  _globals['_CHOICES']._serialized_start=610
+  _globals['_CHOICES']._serialized_end=636
+  _globals['_CHATMESSAGES']._serialized_start=638
+  _globals['_CHATMESSAGES']._serialized_end=691
+  _globals['_GENERATERESPONSE']._serialized_start=694
+  _globals['_GENERATERESPONSE']._serialized_end=872
+  _globals['_GENERATECHUNK']._serialized_start=875
+  _globals['_GENERATECHUNK']._serialized_end=1032
+  _globals['_STREAMTASKREQUEST']._serialized_start=1034
+  _globals['_STREAMTASKREQUEST']._serialized_end=1070
+  _globals['_GENERATION']._serialized_start=1199
+  _globals['_GENERATION']._serialized_end=1408
 # @@protoc_insertion_point(module_scope)
