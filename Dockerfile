@@ -45,7 +45,8 @@ WORKDIR /src
 #  2. the project itself, installed as a wheel (non-editable): /src is not needed at runtime.
 # Only the base dependencies and that one extra end up in /app/.venv.
 FROM build-base AS build-gateway
-ARG EXTRA=gateway
+# Both front doors: the gRPC gateway and the OpenAI-compatible HTTP one.
+ARG EXTRA=http
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
@@ -338,11 +339,14 @@ CMD ["python", "-m", "services.generation.worker"]
 # one-shot topic creation: python -m shared.tools.topics
 FROM runtime-base AS gateway
 LABEL org.opencontainers.image.title="nlp-platform/gateway" \
-      org.opencontainers.image.description="NLP platform: gRPC gateway"
+      org.opencontainers.image.description="NLP platform: gRPC gateway and OpenAI-compatible HTTP front door"
 COPY --from=build-gateway /app/.venv /app/.venv
+# `python -m services.http_gateway` runs the HTTP front door from this image.
 ENV NLP_HOST=0.0.0.0 \
-    NLP_PORT=50051
-EXPOSE 50051 9464
+    NLP_PORT=50051 \
+    NLP_HTTP_HOST=0.0.0.0 \
+    NLP_HTTP_PORT=8000
+EXPOSE 50051 8000 9464
 # gRPC health of the whole server (""): NOT_SERVING while Redis or Kafka is unreachable.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; ch = grpc.insecure_channel('127.0.0.1:' + os.environ.get('NLP_PORT', '50051')); r = g.HealthStub(ch).Check(h.HealthCheckRequest(), timeout=3); sys.exit(r.status != h.HealthCheckResponse.SERVING)"]

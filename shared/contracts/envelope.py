@@ -236,9 +236,7 @@ def _generation_problems(req: generation_pb2.GenerateRequest, limits: Limits) ->
     return problems
 
 
-def _structured_output_problems(
-    form: generation_pb2.StructuredOutput, limits: Limits
-) -> list[str]:
+def _structured_output_problems(form: generation_pb2.StructuredOutput, limits: Limits) -> list[str]:
     which = form.WhichOneof("form")
     if which is None:
         return ["structured_output names no form (json_schema, json_object, regex or choice)"]

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings
 
 from deploy import tools
 from services.gateway.settings import Settings as GatewaySettings
+from services.http_gateway.settings import Settings as HttpSettings
 from shared.contracts.names import ALL_KINDS
 from shared.contracts.settings import ServiceSettings
 
@@ -49,6 +50,8 @@ def settings_class(module: str) -> type[BaseSettings]:
     """The Settings class of the service a ``python -m`` module starts."""
     if module == "services.gateway":
         return GatewaySettings
+    if module == "services.http_gateway":
+        return HttpSettings
     match = re.fullmatch(r"services\.(\w+)\.(intake|worker)", module)
     if match is None:
         return ServiceSettings  # shared.tools.topics and other tools

@@ -48,14 +48,18 @@ METRICS_PORT = ServiceSettings.model_fields["metrics_port"].default
 HEALTH_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
+# The front doors: not per kind, not autoscaled on Kafka lag.
+FRONT_DOORS = {"gateway": "services.gateway", "http-gateway": "services.http_gateway"}
+
+
 def roles() -> list[str]:
-    """Every long-running process the platform has: the gateway, an intake and a worker
-    per kind with a worker folder."""
-    return ["gateway", *(f"{k}-{r}" for k in kinds() for r in ("intake", "worker"))]
+    """Every long-running process the platform has: the two front doors, an intake and a
+    worker per kind with a worker folder."""
+    return [*FRONT_DOORS, *(f"{k}-{r}" for k in kinds() for r in ("intake", "worker"))]
 
 
 def role_module(role: str) -> str:
-    return "services.gateway" if role == "gateway" else "services.{}.{}".format(*role.split("-"))
+    return FRONT_DOORS.get(role) or "services.{}.{}".format(*role.split("-"))
 
 
 def settings_of(where: str, module: str, env: dict[str, str]) -> BaseSettings:
@@ -94,6 +98,7 @@ def test_compose_service_is_consistent_with_its_code(name: str) -> None:
     accepted = env_names(settings_class(module))
     unknown = {k for k in env if k.startswith("NLP_") and k not in accepted} - {
         "NLP_GATEWAY_PORT",  # host port, used by docker-compose.yml itself
+        "NLP_HTTP_PORT",  # the same name: the host port there, the process's in the container
         "NLP_MODELS_DIR",  # host path, used by docker-compose.yml itself
     }
     assert not unknown, f"{name}: not settings of {module}: {sorted(unknown)}"
@@ -196,6 +201,8 @@ def _served_ports(module: str, env: dict[str, str]) -> set[int]:
     served = {int(env.get("NLP_METRICS_PORT", METRICS_PORT))}
     if module == "services.gateway":
         served.add(int(env.get("NLP_PORT", 50051)))
+    if module == "services.http_gateway":
+        served.add(int(env.get("NLP_HTTP_PORT", 8000)))
     return served
 
 
@@ -258,7 +265,9 @@ def _check_probes(where: str, container: Doc, served: set[int]) -> None:
         assert port in ports, f"{where}: {kind} on undeclared port {port}"
         assert ports[port] in served, f"{where}: {kind} on port {ports[port]}, not served"
         if "httpGet" in probe:
-            assert probe["httpGet"]["path"] in HEALTH_PATHS, f"{where}: {kind} path"
+            # The metrics server's paths; on another port, the HTTP front door's /health.
+            paths = HEALTH_PATHS if ports[port] == METRICS_PORT else {"/health"}
+            assert probe["httpGet"]["path"] in paths, f"{where}: {kind} path"
     if container.get("ports") is not None and "readinessProbe" not in container:
         pytest.fail(f"{where}: no readiness probe")
 
@@ -295,7 +304,7 @@ def _autoscaled(overlay: str) -> dict[str, tuple[str, str, Doc]]:
     for name, deployment in of_kind(docs, "Deployment").items():
         main = deployment["spec"]["template"]["spec"]["containers"][0]
         module = module_of(main.get("command") or main.get("args")) or "services.gateway"
-        if module == "services.gateway":
+        if module in FRONT_DOORS.values():
             continue
         kind, role = module.split(".")[1:]
         assert name in scaled, f"{overlay}: {name} is not autoscaled"

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 SERVICE_EXTRAS = {
-    "gateway": {"gateway"},
+    # Both front doors: the http extra includes the gateway's.
+    "gateway": {"http"},
     "classification": {"classification"},
     "ner": {"ner"},
     "summarization": {"summarization"},
@@ -173,6 +174,7 @@ def test_target_exposes_its_ports(target: str) -> None:
     assert METRICS_PORT in ports, f"{target}: EXPOSE lacks {METRICS_PORT} (metrics, probes)"
     if target == "gateway":
         assert GRPC_PORT in ports, f"gateway: EXPOSE lacks {GRPC_PORT} (gRPC)"
+        assert "8000" in ports, "gateway: EXPOSE lacks 8000 (the HTTP front door)"
 
 
 @pytest.mark.parametrize("target", TARGETS)
