@@ -24,26 +24,9 @@ _FINISH: dict[int, str] = {
 # OpenAI's default max_tokens of a text completion.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
-_CHAT_FIELDS = {
+# The parameters both endpoints take.
+_COMMON_FIELDS = {
     "model",
-    "messages",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "n",
-    "stream",
-    "stream_options",
-    "presence_penalty",
-    "frequency_penalty",
-    "logprobs",
-    "response_format",
-}
-_COMPLETION_FIELDS = {
-    "model",
-    "prompt",
     "max_tokens",
     "temperature",
     "top_p",
@@ -55,8 +38,9 @@ _COMPLETION_FIELDS = {
     "presence_penalty",
     "frequency_penalty",
     "logprobs",
-    "echo",
 }
+_CHAT_FIELDS = _COMMON_FIELDS | {"messages", "max_completion_tokens", "response_format"}
+_COMPLETION_FIELDS = _COMMON_FIELDS | {"prompt", "echo"}
 # Accepted only at the value that changes nothing.
 _NEUTRAL: dict[str, Any] = {
     "n": 1,
