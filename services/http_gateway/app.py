@@ -41,7 +41,13 @@ from services.http_gateway.completions import (
     completion,
     completion_request,
 )
-from shared.transport.outages import REDIS, UNAVAILABLE_DETAILS, KafkaUnavailableError
+from shared.transport.outages import (
+    KAFKA,
+    REDIS,
+    UNAVAILABLE_DETAILS,
+    KafkaUnavailableError,
+    dependency_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +124,7 @@ class FrontDoor:
 
     async def health(self, request: Request) -> Response:
         deps = self.gateway.deps
-        missing = deps.missing(("redis", "kafka"))
+        missing = deps.missing((REDIS, KAFKA))
         if missing:
             return JSONResponse({"status": "unavailable", "missing": missing}, status_code=503)
         return JSONResponse({"status": "ok"})
@@ -199,10 +205,11 @@ class FrontDoor:
                     yield writer.delta(chunk.delta)
             except CallAborted as exc:
                 yield sse_error(aborted_error(exc)[1])
-            except (redis.RedisError, OSError, KafkaUnavailableError):
+            except (redis.RedisError, OSError, KafkaUnavailableError) as exc:
+                dependency = dependency_of(exc) or REDIS
                 yield sse_error(
                     error_body(
-                        503, UNAVAILABLE_DETAILS[REDIS], "server_error", "service_unavailable"
+                        503, UNAVAILABLE_DETAILS[dependency], "server_error", "service_unavailable"
                     )
                 )
             finally:

@@ -121,7 +121,8 @@ class ReplayLedger:
         """Make the task PENDING again for its replay: it has no result (expired, or it
         never had one) or a FAILED, dead-lettered one, nor a state, and ``seen`` (the
         record's count) and its own count are below the bound."""
-        result, _, _ = await self._look(envelope)
+        raw = await self.client.get(self.names.result_key(envelope.task_id))
+        result = raw.encode() if isinstance(raw, str) else raw
         ended = _ended(result)
         if ended is not None:
             return Reopening(Verdict.ENDED, 0, ended)
