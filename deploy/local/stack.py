@@ -258,7 +258,13 @@ class LocalStack(Started):
             if "generation" in self.kinds:
                 self._add("http-gateway", "services.http_gateway", "http-gateway")
                 self.services["http-gateway"].env.update(
-                    {"NLP_HTTP_HOST": "127.0.0.1", "NLP_HTTP_PORT": str(self.http_port)}
+                    {
+                        "NLP_HTTP_HOST": "127.0.0.1",
+                        "NLP_HTTP_PORT": str(self.http_port),
+                        # Files of the Batch API live with the stack's other data.
+                        "NLP_FILES_DIR": str(self.data_dir / "files"),
+                        **self.env,
+                    }
                 )
             for service in self.services.values():
                 service.start()

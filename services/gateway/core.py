@@ -434,6 +434,21 @@ class Gateway:
         except TimeoutError as exc:
             raise PublishUnconfirmedError("no acknowledgement in time") from exc
 
+    async def cancel(
+        self, current: tasks_pb2.TaskResult, message: str
+    ) -> tasks_pb2.TaskResult | None:
+        """End the unfinished task ``current`` (its state) as CANCELLED with ``message``;
+        the result, or None when another terminal result came first."""
+        envelope = await self.store.envelope(current.task_id) or tasks_pb2.TaskEnvelope(
+            task_id=current.task_id, kind=current.kind
+        )
+        cancelled = error_result(envelope, common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, message)
+        if envelope.reply.publish_result:
+            # Before storing, as the workers do: the results topic may repeat a result
+            # but never miss one.
+            await self.publish_result(cancelled)
+        return cancelled if await self.store.finish(cancelled) else None
+
     async def submit_batch_items(
         self,
         owner: Tenant,

@@ -10,13 +10,13 @@ from __future__ import annotations
 import grpc
 from opentelemetry import trace
 
-from nlp.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from nlp.v1 import tasks_pb2, tasks_pb2_grpc
 from services.gateway.auth import Tenant, caller
 from services.gateway.batches import BatchRpcs
 from services.gateway.core import Gateway, _abort
 from services.gateway.interceptors import Ctx
-from shared.contracts.envelope import TERMINAL_STATUSES, error_result, valid_task_id
-from shared.contracts.errors import Code, InvalidRequestError
+from shared.contracts.envelope import TERMINAL_STATUSES, valid_task_id
+from shared.contracts.errors import InvalidRequestError
 from shared.contracts.idempotency import fingerprint, key_problems
 from shared.contracts.names import kind_name
 from shared.observability.telemetry import ATTR_KIND, ATTR_TASK_ID
@@ -105,17 +105,8 @@ class TasksService(BatchRpcs, tasks_pb2_grpc.TasksServicer):
         """Cancel the task unless it already ended; either way, its result."""
         current = await self._existing(caller(), request.task_id, context)
         if current.status not in TERMINAL_STATUSES:
-            envelope = await self.gateway.store.envelope(current.task_id) or tasks_pb2.TaskEnvelope(
-                task_id=current.task_id, kind=current.kind
-            )
-            cancelled = error_result(
-                envelope, common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, "cancelled by request"
-            )
-            if envelope.reply.publish_result:
-                # Before storing, as the workers do: the results topic may repeat a
-                # result but never miss one.
-                await self.gateway.publish_result(cancelled)
-            if await self.gateway.store.finish(cancelled):
+            cancelled = await self.gateway.cancel(current, "cancelled by request")
+            if cancelled is not None:
                 return tasks_pb2.CancelTaskResponse(cancelled=True, result=cancelled)
         final = await self.gateway.store.get(request.task_id)
         return tasks_pb2.CancelTaskResponse(cancelled=False, result=final)

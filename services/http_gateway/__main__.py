@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import uvicorn
 from grpc_health.v1._async import HealthServicer
 
-from services.gateway.auth import Authenticator, KeyStore
+from services.gateway.auth import DEV_TENANT, Authenticator, KeyStore, Tenant
 from services.gateway.core import Gateway
 from services.gateway.metrics import GatewayMetrics
 from services.http_gateway.app import FrontDoor
+from services.http_gateway.batches import BatchRunner, BatchStore
+from services.http_gateway.files import FileStore
 from services.http_gateway.settings import Settings
 from shared.observability import telemetry
 from shared.observability.logs import configure_logging
@@ -42,17 +45,28 @@ async def main(settings: Settings) -> None:
     gateway = Gateway(settings, producer, client, metrics, None, outages)
     await gateway.start()
     authenticator = None
+    tenants: Callable[[str], Tenant | None] = lambda _: DEV_TENANT  # noqa: E731
     if settings.auth_mode == "keys":
         assert settings.auth_keys_file is not None  # the settings validate it
         keys = KeyStore(settings.auth_keys_file, settings.auth_reload_s)
         authenticator = Authenticator(keys, gateway.quotas, client_certs=False)
+        tenants = keys.tenant
     else:
         log.warning(
             "AUTHENTICATION DISABLED (NLP_AUTH_MODE=dev): every caller is trusted. "
             "Never expose this front door."
         )
+    runner = BatchRunner(
+        gateway,
+        FileStore(client, settings.names, settings.files_dir),
+        BatchStore(client, settings.names),
+        tenants,
+        lease_s=settings.batch_lease_s,
+        chunk=settings.batch_chunk,
+        max_lines=settings.max_batch_lines,
+    )
     config = uvicorn.Config(
-        FrontDoor(gateway, authenticator).app(),
+        FrontDoor(gateway, authenticator, runner).app(),
         host=settings.http_host,
         port=settings.http_port,
         log_config=None,
@@ -79,9 +93,12 @@ async def main(settings: Settings) -> None:
             extra={"address": f"{settings.http_host}:{settings.http_port}"},
         )
         serving(settings, endpoints)
+    batches = asyncio.create_task(runner.run())
     try:
         await serve
     finally:
+        batches.cancel()
+        await asyncio.gather(batches, return_exceptions=True)
         health.cancel()
         await gateway.stop()
         await client.aclose()

@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP front door: a Starlette application over the gateway's core.
 
 Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
-``POST /v1/completions`` (``stream: true`` as server-sent events), and ``GET /health``
-for probes. The same API keys, tenants, quotas and lanes as gRPC (``Authorization:
+``POST /v1/completions`` (``stream: true`` as server-sent events), the Files and Batch
+APIs (:mod:`services.http_gateway.batch_api`), and ``GET /health`` for probes. The same API keys, tenants, quotas and lanes as gRPC (``Authorization:
 Bearer``): every request goes through the gRPC gateway's authenticator, dependency guard
 and publishing core (:class:`services.gateway.core.Gateway`) via :class:`HttpCall`.
 A client that disconnects cancels its generation.
@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 from starlette.applications import Starlette
@@ -25,6 +25,8 @@ from starlette.routing import Route
 from nlp.v1 import generation_pb2
 from services.gateway.auth import DEV_TENANT, Authenticator, Tenant
 from services.gateway.core import Gateway
+from services.http_gateway.batch_api import BatchRoutes
+from services.http_gateway.batches import BatchRunner
 from services.http_gateway.call import (
     CallAborted,
     HttpCall,
@@ -41,6 +43,7 @@ from services.http_gateway.completions import (
     completion,
     completion_request,
 )
+from services.http_gateway.settings import Settings
 from shared.transport.outages import (
     KAFKA,
     REDIS,
@@ -65,10 +68,20 @@ class ClientGone(Exception):  # noqa: N818 (an outcome)
 class FrontDoor:
     """The routes, over one :class:`Gateway` (and an authenticator unless in dev mode)."""
 
-    def __init__(self, gateway: Gateway, authenticator: Authenticator | None) -> None:
+    def __init__(
+        self, gateway: Gateway, authenticator: Authenticator | None, runner: BatchRunner
+    ) -> None:
         self.gateway = gateway
         self.authenticator = authenticator
         self.settings = gateway.settings
+        self.batch_routes = BatchRoutes(
+            cast(Settings, gateway.settings),
+            runner.files,
+            runner.batches,
+            runner,
+            self.owner,
+            self.answer,
+        )
 
     def app(self) -> Starlette:
         return Starlette(
@@ -78,12 +91,13 @@ class FrontDoor:
                 Route("/v1/models/{model:path}", self.model, methods=["GET"]),
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
+                *self.batch_routes.routes(),
             ]
         )
 
     # --- plumbing --------------------------------------------------------------------
 
-    async def _owner(self, call: HttpCall) -> Tenant:
+    async def owner(self, call: HttpCall) -> Tenant:
         if self.authenticator is None:
             return DEV_TENANT
         return await self.authenticator.admit_call(call.invocation_metadata(), call.context)
@@ -91,7 +105,7 @@ class FrontDoor:
     async def _served(self) -> list[str]:
         return [m["name"] for m in await self.gateway.catalog.models("generation")]
 
-    async def _answer(self, call: HttpCall, method: str, work: Awaitable[Response]) -> Response:
+    async def answer(self, call: HttpCall, method: str, work: Awaitable[Response]) -> Response:
         """Run a route's work under the dependency guard; errors as OpenAI errors."""
         try:
             async with self.gateway.deps.guard(method, call.context):
@@ -133,23 +147,23 @@ class FrontDoor:
         call = HttpCall(request.headers)
 
         async def work() -> Response:
-            await self._owner(call)
+            await self.owner(call)
             data = [_model(name) for name in await self._served()]
             return JSONResponse({"object": "list", "data": data})
 
-        return await self._answer(call, _LIST_MODELS, work())
+        return await self.answer(call, _LIST_MODELS, work())
 
     async def model(self, request: Request) -> Response:
         call = HttpCall(request.headers)
         name = request.path_params["model"]
 
         async def work() -> Response:
-            await self._owner(call)
+            await self.owner(call)
             if name not in await self._served():
                 return _no_model(name)
             return JSONResponse(_model(name))
 
-        return await self._answer(call, _LIST_MODELS, work())
+        return await self.answer(call, _LIST_MODELS, work())
 
     async def chat(self, request: Request) -> Response:
         return await self._complete(request, chat=True)
@@ -164,7 +178,7 @@ class FrontDoor:
         async def work() -> Response:
             nonlocal streaming
             body = await _json_body(request, self.settings.max_message_bytes)
-            owner = await self._owner(call)
+            owner = await self.owner(call)
             asked = chat_request(body) if chat else completion_request(body)
             served = await self._served()
             if served and asked.model not in served:
@@ -179,7 +193,7 @@ class FrontDoor:
             return JSONResponse(completion(asked, response))
 
         try:
-            return await self._answer(call, _GENERATE, work())
+            return await self.answer(call, _GENERATE, work())
         finally:
             if not streaming:
                 call.end()

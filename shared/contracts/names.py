@@ -225,6 +225,37 @@ class Names:
         here ends its blocked read, so that it starts following a new stream at once."""
         return self._redis(f"nlp:tokens-hub:{hub_id}")
 
+    # --- the HTTP front door's files and batches (OpenAI's Files and Batch APIs) ---
+
+    def file_key(self, tenant: str, file_id: str) -> str:
+        """Hash of one uploaded or produced file's metadata (its bytes are on disk)."""
+        return self._redis(f"nlp:oai:file:{tenant}:{file_id}")
+
+    def files_key(self, tenant: str) -> str:
+        """Sorted set of a tenant's file ids by creation time (the listing)."""
+        return self._redis(f"nlp:oai:files:{tenant}")
+
+    def openai_batch_key(self, tenant: str, batch_id: str) -> str:
+        """Hash of one OpenAI batch: its object's fields and its driver's checkpoint."""
+        return self._redis(f"nlp:oai:batch:{tenant}:{batch_id}")
+
+    def openai_batches_key(self, tenant: str) -> str:
+        """Sorted set of a tenant's OpenAI batch ids by creation time (the listing)."""
+        return self._redis(f"nlp:oai:batches:{tenant}")
+
+    @property
+    def openai_active_batches_key(self) -> str:
+        """Set of the batches not yet ended (``tenant/batch id``): what the doors drive."""
+        return self._redis("nlp:oai:batches-active")
+
+    def openai_batch_lease_key(self, tenant: str, batch_id: str) -> str:
+        """Which front door drives the batch now (expires unless renewed)."""
+        return self._redis(f"nlp:oai:batch-lease:{tenant}:{batch_id}")
+
+    def openai_batch_tasks_key(self, tenant: str, batch_id: str) -> str:
+        """Set of the task ids a batch's lines became (what a cancel stops)."""
+        return self._redis(f"nlp:oai:batch-tasks:{tenant}:{batch_id}")
+
     @property
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""

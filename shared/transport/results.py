@@ -502,6 +502,14 @@ class AsyncResultStore:
             out.append((entry_id.decode() if isinstance(entry_id, bytes) else entry_id, result))
         return out
 
+    async def finished(self, task_ids: Sequence[str]) -> set[str]:
+        """Which of ``task_ids`` already have a terminal result (one round trip)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.exists(self.names.result_key(task_id))
+            found = await pipe.execute()
+        return {task_id for task_id, n in zip(task_ids, found, strict=True) if n}
+
     async def finish(self, result: tasks_pb2.TaskResult) -> bool:
         keys, args = _finish_args(self.names, [result], self.ttl_s)
         return bool((await self._finish(keys, args))[0])
