@@ -45,7 +45,9 @@ async def main(settings: Settings) -> None:
     gateway = Gateway(settings, producer, client, metrics, None, outages)
     await gateway.start()
     authenticator = None
-    tenants: Callable[[str], Tenant | None] = lambda _: DEV_TENANT  # noqa: E731
+    tenants: Callable[[str], Tenant | None] = lambda name: (  # noqa: E731
+        DEV_TENANT if name == DEV_TENANT.name else None
+    )
     if settings.auth_mode == "keys":
         assert settings.auth_keys_file is not None  # the settings validate it
         keys = KeyStore(settings.auth_keys_file, settings.auth_reload_s)
@@ -64,6 +66,7 @@ async def main(settings: Settings) -> None:
         lease_s=settings.batch_lease_s,
         chunk=settings.batch_chunk,
         max_lines=settings.max_batch_lines,
+        known_tenants_only=authenticator is None,
     )
     config = uvicorn.Config(
         FrontDoor(gateway, authenticator, runner).app(),

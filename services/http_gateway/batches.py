@@ -244,7 +244,10 @@ def _str(value: bytes | str) -> str:
 
 class BatchRunner:
     """Drives the batches this front door holds the lease of (see the module's docstring).
-    ``tenants`` gives a batch's owner by name (None: the tenant no longer exists)."""
+    ``tenants`` gives a batch's owner by name, or None for a tenant it does not know:
+    with ``known_tenants_only`` (a door without API keys, which knows only development
+    mode's tenant) such batches are left to the doors that know them; otherwise the
+    tenant was removed from the keys file, and its batch fails."""
 
     def __init__(
         self,
@@ -256,6 +259,7 @@ class BatchRunner:
         lease_s: float,
         chunk: int,
         max_lines: int,
+        known_tenants_only: bool = False,
         poll_s: float = 1.0,
     ) -> None:
         self.gateway = gateway
@@ -265,6 +269,7 @@ class BatchRunner:
         self.lease_s = lease_s
         self.chunk = chunk
         self.max_lines = max_lines
+        self.known_tenants_only = known_tenants_only
         self.poll_s = poll_s
         self._driving: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._wake: asyncio.Event | None = None
@@ -295,7 +300,7 @@ class BatchRunner:
     async def _take_over(self) -> None:
         lease_ms = int(self.lease_s * 1000)
         for ref in await self.batches.active():
-            if ref in self._driving:
+            if ref in self._driving or (self.known_tenants_only and self.tenants(ref[0]) is None):
                 continue
             token = secrets.token_hex(8)
             if await self.batches.take_lease(*ref, token, lease_ms):
