@@ -345,7 +345,12 @@ COPY --from=build-gateway /app/.venv /app/.venv
 ENV NLP_HOST=0.0.0.0 \
     NLP_PORT=50051 \
     NLP_HTTP_HOST=0.0.0.0 \
-    NLP_HTTP_PORT=8000
+    NLP_HTTP_PORT=8000 \
+    NLP_FILES_DIR=/var/lib/nlp/files
+# The Batch API's files: mount a volume here (a named volume starts with this owner).
+USER root
+RUN mkdir -p /var/lib/nlp/files && chown 10001:10001 /var/lib/nlp/files
+USER 10001:10001
 EXPOSE 50051 8000 9464
 # gRPC health of the whole server (""): NOT_SERVING while Redis or Kafka is unreachable.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

@@ -1,11 +1,12 @@
-"""Text generation: the vLLM engine driven in-process vs. the same engine through the platform.
+"""Text generation: the vLLM engine driven in-process vs. the same engine through the
+platform's two front doors, the gRPC gateway and the OpenAI-compatible HTTP one.
 
     python -m bench.generation [--quick] [--concurrency 1,8,16] [--max-tokens 64]
                                [--rounds 2] [--env KEY=VALUE ...] [--out PATH]
 
 The generation worker's default model (the embedded SmolLM2 on vLLM's CPU build, with
 its default ``params``), the same fixed prompts, greedy sampling (temperature 0) and
-the same ``max_tokens`` on both sides, all in one run so that the ratios compare like
+the same ``max_tokens`` on every side, all in one run so that the ratios compare like
 with like:
 
 1. direct: ``AsyncLLM`` built in this process with the engine arguments the worker's
@@ -16,19 +17,29 @@ with like:
 2. gateway: one ``LocalStack(kinds=["generation"])`` (gRPC gateway → Kafka → intake →
    Celery worker → vLLM → Redis token stream → gateway), ``Generation.GenerateStream``
    over an insecure local channel (the stack's development auth mode).
+3. http: the same stack's HTTP front door (``services.http_gateway``, which the stack
+   starts with the generation kind: HTTP → its own gateway core → the same Kafka,
+   worker and Redis stream), ``POST /v1/completions`` with the same plain prompt,
+   ``stream=True`` and ``stream_options={"include_usage": True}``, through the official
+   ``openai`` package (``AsyncOpenAI(base_url=stack.http_url)``, no retries).
 
-Both run ``rounds`` times in turn (direct, gateway, direct, gateway: a fresh engine and
-stack each time) and each side's rounds are pooled, because this VM's speed drifts
-between runs minutes apart; the last table gives each round alone.
+The two platform sides share the stack and take turns level by level (warm-ups, then at
+each concurrency one side's level and then the other's; never at once), the first of
+the two alternating by round. The rounds run ``rounds`` times in turn (direct, then the
+platform; direct, then the platform: a fresh engine and stack each time) and each side's
+rounds are pooled, because this VM's speed drifts between runs minutes apart; the last
+table gives each round alone.
 
 At each concurrency C (default 1, 8 and 16) C request loops share one schedule of
 ``max(min_requests, requests_per_client * C)`` requests, request i taking prompt
 i mod len(PROMPTS), after a warm-up. Per level: output tokens/s (completion tokens
-counted from the engine's output, or from the stream's last chunk, over the level's
-wall time), time to first token (submit → first non-empty text; call start → first
-chunk with a delta), end-to-end latency and CPU seconds of each process. The summary
-gives gateway/direct for tok/s and direct/gateway for TTFT (so that higher is better
-for both; the target is >= 0.9). Performance is measured, not asserted.
+counted from the engine's output, from the gRPC stream's last chunk, or from the HTTP
+stream's usage chunk, over the level's wall time), time to first token (submit → first
+non-empty text; call start → first chunk with text), end-to-end latency and CPU
+seconds of each process (the HTTP front door is its own group, ``http-gateway``). The
+summary gives gateway/direct, http/direct and http/gateway for tok/s and
+direct/gateway, direct/http and gateway/http for TTFT (so that higher is better for
+all; the target against direct is >= 0.9). Performance is measured, not asserted.
 
 Prints tables (progress goes to stderr) and writes JSON (default
 ``bench-results/generation.json``). Exit status 1 when any request failed.
@@ -46,16 +57,18 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+import openai
 
 from bench.common import Bench, Getter, Output, Table, format_errors, note
 from bench.corpora import PROMPTS
 from bench.harness import (
     BrokerWarmup,
+    RequestFailedError,
     cpu_delta,
     drive,
     environ,
@@ -76,8 +89,20 @@ from services.generation.settings import Settings
 
 KIND = "generation"
 TARGET_RATIO = 0.9
-# CPU columns, in table order; see gateway_cpu and direct_cpu.
-CPU_GROUPS = ("client", "engine", "gateway", "intake", "worker", "kafka", "redis", "other")
+# CPU columns, in table order; see gateway_cpu and direct_cpu. http-gateway: the HTTP
+# front door's process (a service name, so bench.harness.fold_cpu keeps it as its own).
+CPU_GROUPS = (
+    "client",
+    "engine",
+    "gateway",
+    "http-gateway",
+    "intake",
+    "worker",
+    "kafka",
+    "redis",
+    "other",
+)
+SIDES = ("direct", "gateway", "http")
 FIRST_TOKEN_METRIC = "nlp_time_to_first_token_seconds"
 # Task stage timings (nlp.v1.Timings) read back for each gateway request.
 STAGES = ("queued", "waited", "ran")
@@ -168,7 +193,8 @@ class LevelRun:
 
 @dataclass
 class Comparison:
-    """One concurrency, direct vs. gateway; ratios are oriented so that higher is better."""
+    """One concurrency, direct vs. gateway vs. http; ratios are oriented so that higher is
+    better (the http fields are NaN, 0 or False for a run without that side)."""
 
     concurrency: int
     direct_tokens_per_s: float
@@ -185,7 +211,26 @@ class Comparison:
     ttft_mean_ratio: float
     direct_completion_tokens: int
     gateway_completion_tokens: int
+    # gateway against direct
     meets_target: bool
+    http_tokens_per_s: float = float("nan")
+    # http / direct
+    http_tokens_per_s_ratio: float = float("nan")
+    # http / gateway
+    http_gateway_tokens_per_s_ratio: float = float("nan")
+    http_ttft_p50_ms: float = float("nan")
+    # direct / http
+    http_ttft_p50_ratio: float = float("nan")
+    # gateway / http
+    gateway_http_ttft_p50_ratio: float = float("nan")
+    http_ttft_mean_ms: float = float("nan")
+    # direct / http
+    http_ttft_mean_ratio: float = float("nan")
+    # gateway / http
+    gateway_http_ttft_mean_ratio: float = float("nan")
+    http_completion_tokens: int = 0
+    # http against direct
+    http_meets_target: bool = False
 
 
 @dataclass
@@ -203,13 +248,19 @@ class Report:
     # Pooled over the rounds (their requests, tokens, seconds and CPU together).
     runs: list[LevelRun]
     comparisons: list[Comparison]
-    # Prompts whose first greedy text was the same on both sides, of those compared.
+    # Prompts whose first greedy text was the same through the gateway as directly, of
+    # those compared.
     same_text: int
     compared: int
     errors: int = 0
     # Each round's own comparisons, in order.
     rounds: list[list[Comparison]] = field(default_factory=list)
     broker_warmups: list[BrokerWarmup] = field(default_factory=list)
+    # The same through the HTTP front door as directly, and as through the gateway.
+    http_same_text: int = 0
+    http_compared: int = 0
+    http_gateway_same_text: int = 0
+    http_gateway_compared: int = 0
 
 
 Results = Report
@@ -293,12 +344,13 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else float("nan")
 
 
-def compare(direct: LevelRun, gateway: LevelRun) -> Comparison:
-    """Gateway vs. direct at one concurrency; every ratio is higher-is-better."""
+def compare(direct: LevelRun, gateway: LevelRun, http: LevelRun | None = None) -> Comparison:
+    """Gateway (and http) vs. direct, and http vs. gateway, at one concurrency; every
+    ratio is higher-is-better."""
     assert direct.concurrency == gateway.concurrency
     tokens = _ratio(gateway.tokens_per_s, direct.tokens_per_s)
     ttft_p50 = _ratio(direct.ttft_p50_ms, gateway.ttft_p50_ms)
-    return Comparison(
+    out = Comparison(
         concurrency=direct.concurrency,
         direct_tokens_per_s=direct.tokens_per_s,
         gateway_tokens_per_s=gateway.tokens_per_s,
@@ -313,6 +365,25 @@ def compare(direct: LevelRun, gateway: LevelRun) -> Comparison:
         gateway_completion_tokens=gateway.completion_tokens,
         meets_target=tokens >= TARGET_RATIO and ttft_p50 >= TARGET_RATIO,
     )
+    if http is None:
+        return out
+    assert http.concurrency == direct.concurrency
+    http_tokens = _ratio(http.tokens_per_s, direct.tokens_per_s)
+    http_ttft_p50 = _ratio(direct.ttft_p50_ms, http.ttft_p50_ms)
+    return replace(
+        out,
+        http_tokens_per_s=http.tokens_per_s,
+        http_tokens_per_s_ratio=http_tokens,
+        http_gateway_tokens_per_s_ratio=_ratio(http.tokens_per_s, gateway.tokens_per_s),
+        http_ttft_p50_ms=http.ttft_p50_ms,
+        http_ttft_p50_ratio=http_ttft_p50,
+        gateway_http_ttft_p50_ratio=_ratio(gateway.ttft_p50_ms, http.ttft_p50_ms),
+        http_ttft_mean_ms=http.ttft_mean_ms,
+        http_ttft_mean_ratio=_ratio(direct.ttft_mean_ms, http.ttft_mean_ms),
+        gateway_http_ttft_mean_ratio=_ratio(gateway.ttft_mean_ms, http.ttft_mean_ms),
+        http_completion_tokens=http.completion_tokens,
+        http_meets_target=http_tokens >= TARGET_RATIO and http_ttft_p50 >= TARGET_RATIO,
+    )
 
 
 def first_texts(samples: Sequence[Sample]) -> dict[int, str]:
@@ -323,9 +394,9 @@ def first_texts(samples: Sequence[Sample]) -> dict[int, str]:
     return out
 
 
-def same_texts(direct: Sequence[Sample], gateway: Sequence[Sample]) -> tuple[int, int]:
+def same_texts(one: Sequence[Sample], other: Sequence[Sample]) -> tuple[int, int]:
     """(prompts whose first text agrees, prompts compared)."""
-    a, b = first_texts(direct), first_texts(gateway)
+    a, b = first_texts(one), first_texts(other)
     common = sorted(a.keys() & b.keys())
     return sum(a[p] == b[p] for p in common), len(common)
 
@@ -430,19 +501,43 @@ async def run_level(
     return run
 
 
+@dataclass(frozen=True)
+class Side:
+    """One way of sending the requests: its name, one request, what it reads around a level."""
+
+    name: str
+    request: Request
+    probes: Probes
+
+
+async def run_sides(
+    sides: Sequence[Side], plan: Plan
+) -> tuple[list[LevelRun], dict[str, list[LevelRun]]]:
+    """Each side's warm-up (at the highest concurrency), then every level, the sides
+    taking turns at each (one after the other, never at once)."""
+    top = max(plan.concurrency)
+    warmups = [
+        await run_level(
+            f"{s.name} warm-up", s.request, top, plan.warmup_requests, plan.level_budget_s, s.probes
+        )
+        for s in sides
+    ]
+    runs: dict[str, list[LevelRun]] = {s.name: [] for s in sides}
+    for c in plan.concurrency:
+        for s in sides:
+            level = await run_level(
+                s.name, s.request, c, plan.requests(c), plan.level_budget_s, s.probes
+            )
+            runs[s.name].append(level)
+    return warmups, runs
+
+
 async def run_side(
     side: str, request: Request, plan: Plan, probes: Probes
 ) -> tuple[LevelRun, list[LevelRun]]:
     """The warm-up (at the highest concurrency), then every level."""
-    top = max(plan.concurrency)
-    warmup = await run_level(
-        f"{side} warm-up", request, top, plan.warmup_requests, plan.level_budget_s, probes
-    )
-    runs = [
-        await run_level(side, request, c, plan.requests(c), plan.level_budget_s, probes)
-        for c in plan.concurrency
-    ]
-    return warmup, runs
+    warmups, runs = await run_sides([Side(side, request, probes)], plan)
+    return warmups[0], runs[side]
 
 
 @dataclass(frozen=True)
@@ -585,35 +680,111 @@ def finish_name(reason: int) -> str:
     return generation_pb2.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
 
 
-async def _gateway(stack: LocalStack, plan: Plan) -> tuple[LevelRun, list[LevelRun]]:
-    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
-        stub = generation_pb2_grpc.GenerationStub(channel)
+def gateway_request(stub: generation_pb2_grpc.GenerationAsyncStub, plan: Plan) -> Request:
+    """One ``GenerateStream`` call for a plain prompt, greedy, ``plan.max_tokens``."""
 
-        async def request(index: int, prompt: int) -> Sample:
-            message = generation_pb2.GenerateRequest(
+    async def request(index: int, prompt: int) -> Sample:
+        message = generation_pb2.GenerateRequest(
+            prompt=PROMPTS[prompt],
+            sampling=generation_pb2.SamplingParams(max_tokens=plan.max_tokens, temperature=0.0),
+        )
+        began = time.perf_counter()
+        first: float | None = None
+        tokens = 0
+        finish = ""
+        parts: list[str] = []
+        task_id = ""
+        call = stub.GenerateStream(message, timeout=plan.rpc_timeout_s)
+        async for chunk in call:
+            task_id = task_id or chunk.task_id
+            if chunk.delta:
+                first = first if first is not None else _ms_since(began)
+                parts.append(chunk.delta)
+            if chunk.finish_reason:
+                tokens = chunk.completion_tokens
+                finish = finish_name(chunk.finish_reason)
+        total = _ms_since(began)
+        text = "".join(parts)
+        return Sample(index, prompt, _nan(first), total, tokens, finish or "none", text, task_id)
+
+    return request
+
+
+def _failure(exc: openai.APIError) -> RequestFailedError:
+    """An openai error as a counted failure: ``HTTP <status>``, else the error's class
+    (``APITimeoutError``, ``APIConnectionError``, ``APIError`` for an error event in the
+    stream)."""
+    if isinstance(exc, openai.APIStatusError):
+        return RequestFailedError(f"HTTP {exc.status_code}", exc.message)
+    return RequestFailedError(type(exc).__name__, str(exc))
+
+
+def http_request(client: openai.AsyncOpenAI, model: str, plan: Plan) -> Request:
+    """One streamed ``POST /v1/completions`` for the same plain prompt, greedy,
+    ``plan.max_tokens``, with the usage chunk; a stream without one is a failure."""
+
+    async def request(index: int, prompt: int) -> Sample:
+        began = time.perf_counter()
+        first: float | None = None
+        tokens: int | None = None
+        finish = ""
+        parts: list[str] = []
+        task_id = ""
+        try:
+            stream = await client.completions.create(
+                model=model,
                 prompt=PROMPTS[prompt],
-                sampling=generation_pb2.SamplingParams(max_tokens=plan.max_tokens, temperature=0.0),
+                max_tokens=plan.max_tokens,
+                temperature=0.0,
+                stream=True,
+                stream_options={"include_usage": True},
             )
-            began = time.perf_counter()
-            first: float | None = None
-            tokens = 0
-            finish = ""
-            parts: list[str] = []
-            task_id = ""
-            call = stub.GenerateStream(message, timeout=plan.rpc_timeout_s)
-            async for chunk in call:
-                task_id = task_id or chunk.task_id
-                if chunk.delta:
-                    first = first if first is not None else _ms_since(began)
-                    parts.append(chunk.delta)
-                if chunk.finish_reason:
-                    tokens = chunk.completion_tokens
-                    finish = finish_name(chunk.finish_reason)
-            total = _ms_since(began)
-            text = "".join(parts)
-            return Sample(
-                index, prompt, _nan(first), total, tokens, finish or "none", text, task_id
-            )
+            async with stream:
+                async for chunk in stream:
+                    # The response id is cmpl-<task id>.
+                    task_id = task_id or chunk.id.removeprefix("cmpl-")
+                    for choice in chunk.choices:
+                        if choice.text:
+                            first = first if first is not None else _ms_since(began)
+                            parts.append(choice.text)
+                        finish = choice.finish_reason or finish
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+        except openai.APIError as exc:
+            raise _failure(exc) from exc
+        total = _ms_since(began)
+        if tokens is None:
+            raise RequestFailedError("no usage", "the stream ended without its usage chunk")
+        text = "".join(parts)
+        return Sample(index, prompt, _nan(first), total, tokens, finish or "none", text, task_id)
+
+    return request
+
+
+async def served_model(client: openai.AsyncOpenAI, model: str) -> str:
+    """``model`` when the HTTP front door lists it (or lists nothing yet)."""
+    listed = [m.id for m in (await client.models.list()).data]
+    if listed and model not in listed:
+        raise SystemExit(f"the HTTP front door serves {listed}, not the default {model!r}")
+    return model
+
+
+async def _platform(
+    stack: LocalStack, plan: Plan, model: str, http_first: bool
+) -> tuple[list[LevelRun], dict[str, list[LevelRun]]]:
+    """The gateway and http sides on one stack, level by level (``http_first``: http
+    takes each turn first)."""
+    assert stack.http_url is not None, "the stack runs no HTTP front door"
+    async with (
+        grpc.aio.insecure_channel(stack.gateway_target) as channel,
+        openai.AsyncOpenAI(
+            base_url=stack.http_url,  # already …/v1
+            api_key="unused",  # the local stack's development auth mode takes none
+            max_retries=0,  # a failure is counted, not retried
+            timeout=plan.rpc_timeout_s,
+        ) as client,
+    ):
+        tasks = tasks_pb2_grpc.TasksStub(channel)
 
         async def annotate(samples: list[Sample]) -> None:
             for sample in samples:
@@ -628,41 +799,60 @@ async def _gateway(stack: LocalStack, plan: Plan) -> tuple[LevelRun, list[LevelR
                         "ran": t.ran_ms,
                     }
 
-        tasks = tasks_pb2_grpc.TasksStub(channel)
         worker = stack.services[f"{KIND}-worker"].metrics_url
         probes = Probes(lambda: gateway_cpu(stack), lambda: first_token_so_far(worker), annotate)
-        return await run_side("gateway", request, plan, probes)
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        sides = [
+            Side("gateway", gateway_request(stub, plan), probes),
+            Side("http", http_request(client, await served_model(client, model), plan), probes),
+        ]
+        return await run_sides(sides[::-1] if http_first else sides, plan)
 
 
 # --- output -------------------------------------------------------------------------------
 
 
-def ttft_breakdown(gateway: LevelRun, direct: LevelRun) -> list[object]:
-    """A row of the TTFT breakdown table: where a gateway request's first token went."""
-    stages = gateway.stages_mean_ms
+def ttft_breakdown(platform: LevelRun, direct: LevelRun) -> list[object]:
+    """A row of the TTFT breakdown table: where a gateway or http request's first token
+    went."""
+    stages = platform.stages_mean_ms
     queued = stages.get("queued", float("nan"))
     waited = stages.get("waited", float("nan"))
-    engine = gateway.engine_ttft_mean_ms
+    engine = platform.engine_ttft_mean_ms
     return [
-        gateway.concurrency,
-        gateway.ttft_mean_ms,
+        platform.side,
+        platform.concurrency,
+        platform.ttft_mean_ms,
         queued,
         waited,
         engine,
-        gateway.ttft_mean_ms - queued - waited - engine,
+        platform.ttft_mean_ms - queued - waited - engine,
         direct.ttft_mean_ms,
         stages.get("ran", float("nan")),
     ]
 
 
 def _cpu_column(group: str) -> Callable[[LevelRun], float]:
-    return lambda r: r.cpu_s[group]
+    # NaN: a run from before that group.
+    return lambda r: r.cpu_s.get(group, float("nan"))
+
+
+def _r(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def output(report: Report) -> Output:
     model = report.model
-    direct = [r for r in report.runs if r.side == "direct"]
-    gateway = [r for r in report.runs if r.side == "gateway"]
+    direct = {r.concurrency: r for r in report.runs if r.side == "direct"}
+    # Gateway then http at each concurrency (a run from before http has none).
+    platform = sorted(
+        (r for r in report.runs if r.side in SIDES[1:]),
+        key=lambda r: (r.concurrency, SIDES.index(r.side)),
+    )
     level_columns: dict[str, Getter] = {
         "side": "side",
         "clients": "concurrency",
@@ -677,67 +867,104 @@ def output(report: Report) -> Output:
         **{k: _cpu_column(k) for k in CPU_GROUPS},
         "errors": lambda r: format_errors(r.errors),
     }
+    same = [
+        f"greedy text identical to the direct side's for {report.same_text} of "
+        f"{report.compared} prompts through the gateway, {report.http_same_text} of "
+        f"{report.http_compared} through http; http's identical to the gateway's for "
+        f"{report.http_gateway_same_text} of {report.http_gateway_compared}"
+    ]
     tables = [
         Table.of_items(
-            "per level (tok/s: completion tokens / wall s; TTFT and e2e in ms; CPU in s over "
-            "the level; client: this process, with the AsyncLLM front end on the direct side; "
-            "engine: vLLM's engine core processes; worker: the Celery worker without them)",
+            "per level (gateway: through the gRPC gateway; http: through the HTTP front door; "
+            "tok/s: completion tokens / wall s; TTFT and e2e in ms; CPU in s over the level; "
+            "client: this process, with the AsyncLLM front end on the direct side; engine: "
+            "vLLM's engine core processes; gateway, http-gateway: the two front doors' "
+            "processes; worker: the Celery worker without the engine)",
             level_columns,
             report.runs,
             digits=2,
         ),
         Table.of(
-            "gateway time to first token, where it goes (means, ms; queued: gateway accepted "
-            "→ intake handed off; waited: → worker started it; engine: the worker's engine "
-            "took it → first text, its metric; rest: gRPC in, gateway, worker before the "
-            "engine, Redis → gateway → client)",
-            ["clients", "ttft", "queued", "waited", "engine", "rest", "direct ttft", "ran"],
-            [ttft_breakdown(g, d) for d, g in zip(direct, gateway, strict=True)],
+            "time to first token through the platform, where it goes (means, ms; queued: the "
+            "front door accepted → intake handed off; waited: → worker started it; engine: "
+            "the worker's engine took it → first text, its metric; rest: gRPC or HTTP in, "
+            "the front door, worker before the engine, Redis → front door → client)",
+            [
+                "side",
+                "clients",
+                "ttft",
+                "queued",
+                "waited",
+                "engine",
+                "rest",
+                "direct ttft",
+                "ran",
+            ],
+            [ttft_breakdown(r, direct[r.concurrency]) for r in platform],
         ),
         Table.of_items(
-            f"== summary (tok/s ratio: gateway/direct; TTFT ratios: direct/gateway, so higher "
-            f"is better for both; target >= {TARGET_RATIO})",
+            "== summary (gw: through the gRPC gateway, http: through the HTTP front door; "
+            "tok/s ratios gw/direct, http/direct, http/gw; TTFT p50 ratios direct/gw, "
+            "direct/http, gw/http, so that higher is better for all; target: both ratios "
+            f">= {TARGET_RATIO} against direct, for gw and for http)",
             [
                 ("clients", "concurrency"),
                 ("direct tok/s", "direct_tokens_per_s"),
-                ("gateway tok/s", "gateway_tokens_per_s"),
-                ("ratio", lambda c: f"{c.tokens_per_s_ratio:.2f}"),
+                ("gw tok/s", "gateway_tokens_per_s"),
+                ("http tok/s", "http_tokens_per_s"),
+                ("gw/direct", lambda c: _r(c.tokens_per_s_ratio)),
+                ("http/direct", lambda c: _r(c.http_tokens_per_s_ratio)),
+                ("http/gw", lambda c: _r(c.http_gateway_tokens_per_s_ratio)),
                 ("direct ttft p50", "direct_ttft_p50_ms"),
                 ("gw ttft p50", "gateway_ttft_p50_ms"),
-                ("ratio", lambda c: f"{c.ttft_p50_ratio:.2f}"),
-                ("direct ttft mean", "direct_ttft_mean_ms"),
-                ("gw ttft mean", "gateway_ttft_mean_ms"),
-                ("ratio", lambda c: f"{c.ttft_mean_ratio:.2f}"),
+                ("http ttft p50", "http_ttft_p50_ms"),
+                ("direct/gw", lambda c: _r(c.ttft_p50_ratio)),
+                ("direct/http", lambda c: _r(c.http_ttft_p50_ratio)),
+                ("gw/http", lambda c: _r(c.gateway_http_ttft_p50_ratio)),
                 (
-                    "tokens d/gw",
-                    lambda c: f"{c.direct_completion_tokens}/{c.gateway_completion_tokens}",
+                    "tokens d/gw/http",
+                    lambda c: (
+                        f"{c.direct_completion_tokens}/{c.gateway_completion_tokens}/"
+                        f"{c.http_completion_tokens}"
+                    ),
                 ),
-                ("target", lambda c: "yes" if c.meets_target else "no"),
+                ("target gw/http", lambda c: f"{_yes(c.meets_target)}/{_yes(c.http_meets_target)}"),
             ],
             report.comparisons,
-            notes=[
-                f"greedy text identical on both sides for {report.same_text} of "
-                f"{report.compared} prompts"
+            notes=same,
+        ),
+        Table.of_items(
+            "time to first token, means (ms; ratios as above)",
+            [
+                ("clients", "concurrency"),
+                ("direct", "direct_ttft_mean_ms"),
+                ("gw", "gateway_ttft_mean_ms"),
+                ("http", "http_ttft_mean_ms"),
+                ("direct/gw", lambda c: _r(c.ttft_mean_ratio)),
+                ("direct/http", lambda c: _r(c.http_ttft_mean_ratio)),
+                ("gw/http", lambda c: _r(c.gateway_http_ttft_mean_ratio)),
             ],
+            report.comparisons,
         ),
     ]
     if len(report.rounds) > 1:
         tables.append(
-            Table.of(
+            Table.of_items(
                 "each round alone (ratios as above; the engine's speed drifts between rounds)",
-                ["round", "clients", "direct tok/s", "gw tok/s", "ratio", "ttft p50 ratio"],
                 [
-                    [
-                        n,
-                        c.concurrency,
-                        c.direct_tokens_per_s,
-                        c.gateway_tokens_per_s,
-                        c.tokens_per_s_ratio,
-                        c.ttft_p50_ratio,
-                    ]
-                    for n, comparisons in enumerate(report.rounds, 1)
-                    for c in comparisons
+                    ("round", lambda rc: rc[0]),
+                    ("clients", lambda rc: rc[1].concurrency),
+                    ("direct tok/s", lambda rc: rc[1].direct_tokens_per_s),
+                    ("gw tok/s", lambda rc: rc[1].gateway_tokens_per_s),
+                    ("http tok/s", lambda rc: rc[1].http_tokens_per_s),
+                    ("gw/direct", lambda rc: rc[1].tokens_per_s_ratio),
+                    ("http/direct", lambda rc: rc[1].http_tokens_per_s_ratio),
+                    ("http/gw", lambda rc: rc[1].http_gateway_tokens_per_s_ratio),
+                    ("ttft p50 direct/gw", lambda rc: rc[1].ttft_p50_ratio),
+                    ("direct/http", lambda rc: rc[1].http_ttft_p50_ratio),
+                    ("gw/http", lambda rc: rc[1].gateway_http_ttft_p50_ratio),
                 ],
+                [(n, c) for n, comparisons in enumerate(report.rounds, 1) for c in comparisons],
                 digits=2,
             )
         )
@@ -758,6 +985,7 @@ class Rounds:
     warmup: list[LevelRun] = field(default_factory=list)
     direct: list[list[LevelRun]] = field(default_factory=list)
     gateway: list[list[LevelRun]] = field(default_factory=list)
+    http: list[list[LevelRun]] = field(default_factory=list)
     direct_starts: list[float] = field(default_factory=list)
     stack_starts: list[float] = field(default_factory=list)
     broker_warmups: list[BrokerWarmup] = field(default_factory=list)
@@ -765,12 +993,16 @@ class Rounds:
 
 
 def run_rounds(model: Model, plan: Plan, env: Mapping[str, str]) -> Rounds:
-    """Direct then gateway, ``plan.rounds`` times, each with a fresh engine and stack."""
+    """Direct then the platform (gateway and http, taking turns at each level; http first
+    in even rounds), ``plan.rounds`` times, each with a fresh engine and stack."""
     done = Rounds()
     for round_no in range(1, plan.rounds + 1):
         note(f"round {round_no}/{plan.rounds}: starting vLLM for {model.name} in this process")
         direct_start_s, done.vllm_env, direct_warmup, direct = run_direct(model, plan, env)
-        note("starting the local stack for generation (Kafka, Redis, gateway, intake, worker)")
+        note(
+            "starting the local stack for generation (Kafka, Redis, gateway, HTTP front door, "
+            "intake, worker)"
+        )
         stack_began = time.monotonic()
         with LocalStack(kinds=[KIND], env=env) as stack:
             done.stack_starts.append(time.monotonic() - stack_began)
@@ -782,11 +1014,13 @@ def run_rounds(model: Model, plan: Plan, env: Mapping[str, str]) -> Rounds:
                     f"broker warmed: {warmed.produced} messages produced, {warmed.consumed} "
                     f"consumed in {warmed.seconds}s"
                 )
-            gateway_warmup, gateway = asyncio.run(_gateway(stack, plan))
+            http_first = round_no % 2 == 0
+            warmups, platform = asyncio.run(_platform(stack, plan, model.name, http_first))
         done.direct_starts.append(direct_start_s)
-        done.warmup += [direct_warmup, gateway_warmup]
+        done.warmup += [direct_warmup, *warmups]
         done.direct.append(direct)
-        done.gateway.append(gateway)
+        done.gateway.append(platform["gateway"])
+        done.http.append(platform["http"])
     return done
 
 
@@ -802,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.option("concurrency", "client counts")
     bench.option("max_tokens", "per request")
-    bench.option("rounds", "direct-then-gateway rounds, pooled")
+    bench.option("rounds", "direct-then-platform rounds, pooled")
     bench.option("broker_warmup_s", "seconds of Kafka traffic warming each stack's broker first", 0)
     bench.parse(argv)
     plan, env = bench.plan, bench.env
@@ -810,20 +1044,28 @@ def main(argv: list[str] | None = None) -> int:
     done = run_rounds(model, plan, env)
     direct = [pool(level) for level in zip(*done.direct, strict=True)]
     gateway = [pool(level) for level in zip(*done.gateway, strict=True)]
-    same, compared = same_texts(
-        [s for r in direct for s in r.samples], [s for r in gateway for s in r.samples]
-    )
+    http = [pool(level) for level in zip(*done.http, strict=True)]
+    texts = {
+        side: [s for r in runs for s in r.samples]
+        for side, runs in (("direct", direct), ("gateway", gateway), ("http", http))
+    }
+    same, compared = same_texts(texts["direct"], texts["gateway"])
+    http_same, http_compared = same_texts(texts["direct"], texts["http"])
+    http_gateway_same, http_gateway_compared = same_texts(texts["gateway"], texts["http"])
     bind, usable = done.vllm_env.get("VLLM_CPU_OMP_THREADS_BIND", ""), usable_cores()
     where = "every usable core" if bind == usable else f"of {usable} usable"
     notes = [
-        f"the CPU engine's threads are bound to cores {bind} ({where}) on both "
-        "sides; through the platform the gateway, intake, worker front, Kafka, Redis and "
-        "this client compete with it for those cores (see the CPU columns), directly only "
-        "this process's front end and client do",
+        f"the CPU engine's threads are bound to cores {bind} ({where}) on every "
+        "side; through the platform the front door (gRPC gateway or HTTP), intake, worker "
+        "front, Kafka, Redis and this client compete with it for those cores (see the CPU "
+        "columns), directly only this process's front end and client do",
         "the direct side is the same AsyncLLM in this process, tokenized and sampled as the "
         "worker does; it was shut down before the stack started",
-        f"{plan.rounds} round(s) of direct then gateway, each with a fresh engine and stack; "
-        "the tables pool them, the last one gives each round's ratios",
+        "gateway and http share each round's stack and take turns at each level, never at "
+        "once (gateway first in odd rounds, http first in even ones); http is the openai "
+        "package's AsyncOpenAI on /v1/completions, streamed with include_usage",
+        f"{plan.rounds} round(s) of direct then the platform, each with a fresh engine and "
+        "stack; the tables pool them, the last one gives each round's ratios",
     ]
     if plan.broker_warmup_s > 0:
         notes.append(
@@ -831,7 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
             "produce/fetch/commit traffic on a scratch topic, so that its JVM had compiled "
             "its request paths, as a broker in service has (--broker-warmup-s 0: cold)"
         )
-    runs = direct + gateway
+    runs = direct + gateway + http
     report = Report(
         plan={**asdict(plan), "requests": {c: plan.requests(c) for c in plan.concurrency}},
         model=model.describe(),
@@ -841,15 +1083,19 @@ def main(argv: list[str] | None = None) -> int:
         stack_start_s=mean(done.stack_starts),
         warmup=done.warmup,
         runs=runs,
-        comparisons=[compare(d, g) for d, g in zip(direct, gateway, strict=True)],
+        comparisons=[compare(*sides) for sides in zip(direct, gateway, http, strict=True)],
         same_text=same,
         compared=compared,
         errors=sum(sum(r.errors.values()) for r in done.warmup + runs),
         rounds=[
-            [compare(d, g) for d, g in zip(ds, gs, strict=True)]
-            for ds, gs in zip(done.direct, done.gateway, strict=True)
+            [compare(*sides) for sides in zip(ds, gs, hs, strict=True)]
+            for ds, gs, hs in zip(done.direct, done.gateway, done.http, strict=True)
         ],
         broker_warmups=done.broker_warmups,
+        http_same_text=http_same,
+        http_compared=http_compared,
+        http_gateway_same_text=http_gateway_same,
+        http_gateway_compared=http_gateway_compared,
     )
     return bench.finish(report, output(report), notes=notes, failed=report.errors > 0)
 

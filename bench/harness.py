@@ -28,6 +28,15 @@ class TaskFailedError(Exception):
     """A task ended in a status other than SUCCEEDED (or had not ended when waited for)."""
 
 
+class RequestFailedError(Exception):
+    """A request that failed other than with a gRPC status (an HTTP client's error):
+    ``code`` names its kind in the error counts (``HTTP 503``, ``APITimeoutError``)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
 @dataclass
 class Driven:
     """What :func:`drive` did: completed jobs, failures by cause, elapsed time."""
@@ -42,7 +51,7 @@ class Driven:
         return self.done / self.seconds if self.seconds else 0.0
 
     async def attempt(self, job: Callable[[int], Awaitable[None]], i: int) -> None:
-        """Run ``job(i)``, counting it done or its RPC error / failed task."""
+        """Run ``job(i)``, counting it done or its RPC error / failed task / failed request."""
         try:
             await job(i)
         except grpc.aio.AioRpcError as exc:
@@ -51,6 +60,9 @@ class Driven:
         except TaskFailedError as exc:
             self.errors[str(exc)] += 1
             self.first_error = self.first_error or f"task ended {exc}"
+        except RequestFailedError as exc:
+            self.errors[exc.code] += 1
+            self.first_error = self.first_error or f"{exc.code}: {exc}"
         else:
             self.done += 1
 
@@ -61,7 +73,8 @@ async def drive(
     """Run ``job(0)`` … ``job(total - 1)`` on ``concurrency`` loops, until ``budget_s``.
 
     Loops take no new job once the budget is spent; jobs in flight finish (their RPC
-    deadlines bound them). RPC errors and failed tasks are counted, not raised.
+    deadlines bound them). RPC errors, failed tasks and failed requests are counted, not
+    raised.
     """
     out = Driven()
     indices = iter(range(total))  # shared: each index is taken by exactly one loop

@@ -143,8 +143,10 @@ def plot_analysis(run: Mapping[str, Any], path: Path) -> str:
 
 def plot_generation(run: Mapping[str, Any], path: Path) -> str:
     fig, (tokens, ttft) = _figure(2)
-    for side, style in (("direct", "s--"), ("gateway", "o-")):
+    for side, style in (("direct", "s--"), ("gateway", "o-"), ("http", "^-.")):
         levels = [r for r in run.get("runs", []) if r["side"] == side]
+        if not levels:  # a run from before the http side
+            continue
         tokens.plot(
             *_finite([(r["concurrency"], r["tokens_per_s"]) for r in levels]), style, label=side
         )
@@ -154,7 +156,10 @@ def plot_generation(run: Mapping[str, Any], path: Path) -> str:
     _by_clients(tokens, "output tokens/s", "tok/s")
     _by_clients(ttft, "time to first token, p50", "ms")
     _save(fig, path)
-    return "tok/s and time to first token by concurrency, direct vs. through the platform"
+    return (
+        "tok/s and time to first token by concurrency, direct vs. through the gRPC gateway "
+        "and the HTTP front door"
+    )
 
 
 def _bars(ax: Any, labels: Sequence[str], values: Sequence[float], ylabel: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import Callable
 
 import uvicorn
@@ -68,6 +69,11 @@ async def main(settings: Settings) -> None:
         max_lines=settings.max_batch_lines,
         known_tenants_only=authenticator is None,
     )
+    # Uploads (up to NLP_MAX_FILE_BYTES) spool while they are parsed: next to where they
+    # land, not in a small /tmp.
+    spool = settings.files_dir / ".spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(spool)
     config = uvicorn.Config(
         FrontDoor(gateway, authenticator, runner).app(),
         host=settings.http_host,

@@ -62,8 +62,11 @@ def test_summarize_averages_stage_timings_where_present() -> None:
     run = summarize("gateway", 1, 3, samples, 1.0, {}, {}, engine_ttft_mean_ms=5.0)
     assert run.stages_mean_ms == {"queued": 6.0, "waited": 2.0, "ran": 150.0}
     direct = summarize("direct", 1, 3, [sample(i, 4.0) for i in range(3)], 1.0, {}, {})
-    clients, ttft, queued, waited, engine, rest, direct_ttft, ran = ttft_breakdown(run, direct)
-    assert (clients, ttft, queued, waited, engine, direct_ttft, ran) == (
+    side, clients, ttft, queued, waited, engine, rest, direct_ttft, ran = ttft_breakdown(
+        run, direct
+    )
+    assert (side, clients, ttft, queued, waited, engine, direct_ttft, ran) == (
+        "gateway",
         1,
         10.0,
         6.0,
@@ -106,6 +109,7 @@ def test_group_cpu_puts_stack_processes_in_their_columns() -> None:
     groups = group_cpu(
         {
             "gateway": 1.0,
+            "http-gateway": 1.5,
             "generation-intake": 2.0,
             "generation-worker": 3.0,
             "engine": 4.0,
@@ -121,6 +125,7 @@ def test_group_cpu_puts_stack_processes_in_their_columns() -> None:
         "client": 7.0,
         "engine": 4.0,
         "gateway": 1.0,
+        "http-gateway": 1.5,
         "intake": 2.0,
         "worker": 3.0,
         "kafka": 5.0,
