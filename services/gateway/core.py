@@ -442,7 +442,9 @@ class Gateway:
         envelope = await self.store.envelope(current.task_id) or tasks_pb2.TaskEnvelope(
             task_id=current.task_id, kind=current.kind
         )
-        cancelled = error_result(envelope, common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, message)
+        cancelled = error_result(
+            envelope, common_pb2.TASK_STATUS_CANCELLED, Code.CANCELLED, message
+        )
         if envelope.reply.publish_result:
             # Before storing, as the workers do: the results topic may repeat a result
             # but never miss one.
