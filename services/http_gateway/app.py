@@ -119,6 +119,12 @@ class FrontDoor:
             )
         except ClientGone:
             return Response(status_code=499)
+        except Exception:
+            # A bug: logged with its traceback, answered in OpenAI's shape, never leaked.
+            log.exception("request failed")
+            return error_response(
+                500, error_body(500, "internal error", "server_error", "internal_error")
+            )
 
     async def _unless_gone(self, request: Request, work: Awaitable[_T]) -> _T:
         """``work``'s outcome, or ClientGone (``work`` cancelled) when the client

@@ -11,6 +11,7 @@ happens there (:mod:`services.http_gateway.batches`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -25,11 +26,13 @@ from services.http_gateway import batchfile as bf
 from services.http_gateway.batches import BatchRunner, BatchStore
 from services.http_gateway.call import HttpCall, error_body, error_response
 from services.http_gateway.completions import BadRequestError
-from services.http_gateway.files import FileStore, FileTooLargeError
+from services.http_gateway.files import FileStorageError, FileStore, FileTooLargeError
 from services.http_gateway.settings import Settings
 
 if TYPE_CHECKING:
     from services.gateway.auth import Tenant
+
+log = logging.getLogger(__name__)
 
 # Files and batches need Redis alone (the runner needs Kafka, and waits for it).
 _REDIS_ONLY = "/nlp.v1.Tasks/GetBatch"
@@ -78,6 +81,12 @@ class BatchRoutes:
         async def routed() -> Response:
             try:
                 return await work(await self.owner(call))
+            except FileStorageError as exc:
+                log.error("file storage failed", extra={"error": str(exc)})
+                message = "file storage is unavailable; retry later"
+                return error_response(
+                    503, error_body(503, message, "server_error", "service_unavailable")
+                )
             finally:
                 call.end()
 
@@ -145,7 +154,7 @@ class BatchRoutes:
             if found is None:
                 return _no_file(request.path_params["file_id"])
             return FileResponse(
-                self.files.path(owner.name, found["id"]),
+                await self.files.readable(owner.name, found["id"]),
                 media_type="application/jsonl",
                 filename=found["filename"],
             )

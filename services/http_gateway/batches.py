@@ -456,8 +456,11 @@ class _Drive:
         await self.own_parts()
         path = await self.input_path()
         owner = self.owner()
-        if path is None or not path.exists() or owner is None:
+        if path is None or not path.exists():
             await self.fail([bf.Problem("file_not_found", "The input file was deleted.")])
+            return
+        if owner is None:
+            await self.fail([bf.Problem("invalid_tenant", "The batch's tenant no longer exists.")])
             return
         sink = _Sink(self, self.part("output", self.token), self.part("errors", self.token))
         try:

@@ -30,6 +30,11 @@ class FileTooLargeError(Exception):
     """An upload over the size limit."""
 
 
+class FileStorageError(Exception):
+    """The files directory failed (full, gone, read-only): not the caller's fault, and
+    not Redis's."""
+
+
 def new_file_id() -> str:
     return f"{_FILE_ID_PREFIX}{secrets.token_hex(12)}"
 
@@ -67,10 +72,10 @@ class FileStore:
         """Store an upload read from ``chunks`` (FileTooLargeError over ``limit`` bytes)."""
         file_id = new_file_id()
         directory = self.directory(tenant)
-        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         partial = directory / f".{file_id}.upload"
         size = 0
         try:
+            await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
             with partial.open("wb") as out:
                 async for chunk in chunks:
                     size += len(chunk)
@@ -78,33 +83,47 @@ class FileStore:
                         raise FileTooLargeError(f"a file is at most {limit} bytes")
                     await asyncio.to_thread(out.write, chunk)
                 await asyncio.to_thread(_sync, out)
-            return await self.adopt(tenant, file_id, partial, filename, purpose)
+            size = await asyncio.to_thread(_settle, partial, self.path(tenant, file_id))
+        except OSError as exc:
+            raise FileStorageError(str(exc)) from exc
         finally:
             partial.unlink(missing_ok=True)
+        return await self.record(tenant, file_id, size, filename, purpose)
 
     async def adopt(
         self, tenant: str, file_id: str, written: Path, filename: str, purpose: str
     ) -> dict[str, Any]:
         """Make the whole file ``written`` (flushed to disk) the file ``file_id``.
         Repeating it for a file already adopted is harmless."""
-        final = self.path(tenant, file_id)
-        size = await asyncio.to_thread(_settle, written, final)
-        fields = {
+        size = await asyncio.to_thread(_settle, written, self.path(tenant, file_id))
+        return await self.record(tenant, file_id, size, filename, purpose)
+
+    async def record(
+        self, tenant: str, file_id: str, size: int, filename: str, purpose: str
+    ) -> dict[str, Any]:
+        """List the file (its bytes are in place); its creation time is the first record's."""
+        fields: dict[Any, Any] = {
             "id": file_id,
             "bytes": str(size),
-            "created_at": f"{time.time():.6f}",
             "filename": filename,
             "purpose": purpose,
         }
         key = self.names.file_key(tenant, file_id)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "created_at", fields["created_at"])
-            pipe.hset(key, mapping={k: v for k, v in fields.items() if k != "created_at"})
+            pipe.hsetnx(key, "created_at", f"{time.time():.6f}")
+            pipe.hset(key, mapping=fields)
             pipe.hget(key, "created_at")
-            _, _, created = await pipe.execute()
-            await self.client.zadd(self.names.files_key(tenant), {file_id: float(created)})
-        fields["created_at"] = created.decode() if isinstance(created, bytes) else created
-        return file_object(fields)
+            *_, created = await pipe.execute()
+        created = _str(created)
+        await self.client.zadd(self.names.files_key(tenant), {file_id: float(created)})
+        return file_object({**fields, "created_at": created})
+
+    async def readable(self, tenant: str, file_id: str) -> Path:
+        """The path of a listed file's bytes; FileStorageError when they are gone."""
+        path = self.path(tenant, file_id)
+        if not await asyncio.to_thread(path.is_file):
+            raise FileStorageError(f"{file_id}'s bytes are missing")
+        return path
 
     async def get(self, tenant: str, file_id: str) -> dict[str, str] | None:
         """The file's stored fields, or None."""
@@ -153,7 +172,10 @@ class FileStore:
             pipe.delete(self.names.file_key(tenant, file_id))
             pipe.zrem(self.names.files_key(tenant), file_id)
             await pipe.execute()
-        await asyncio.to_thread(self.path(tenant, file_id).unlink, missing_ok=True)
+        try:
+            await asyncio.to_thread(self.path(tenant, file_id).unlink, missing_ok=True)
+        except OSError as exc:
+            raise FileStorageError(str(exc)) from exc
         return True
 
 

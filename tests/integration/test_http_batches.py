@@ -249,7 +249,14 @@ def test_a_batch_finishes_across_a_kill_9_of_the_front_door(
 
 
 @pytest.fixture(scope="module")
-def small_door(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def small_door_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("small-door-files")
+
+
+@pytest.fixture(scope="module")
+def small_door(
+    stack: LocalStack, tmp_path_factory: pytest.TempPathFactory, small_door_files: Path
+) -> Iterator[str]:
     """A front door with API keys, small limits and a namespace of its own (so that the
     session's door never drives its batches)."""
     keys = tmp_path_factory.mktemp("batch-keys") / "keys.json"
@@ -284,7 +291,7 @@ def small_door(stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> I
             "NLP_AUTH_KEYS_FILE": str(Path(keys)),
             "NLP_MAX_FILE_BYTES": "2000",
             "NLP_MAX_BATCH_LINES": "3",
-            "NLP_FILES_DIR": str(tmp_path_factory.mktemp("small-door-files")),
+            "NLP_FILES_DIR": str(small_door_files),
         }
     )
     door.start()
@@ -323,6 +330,29 @@ def test_the_files_api_uploads_lists_reads_and_deletes(small_door: str) -> None:
             a.files.create(file=("big.jsonl", io.BytesIO(b"x" * 5000)), purpose="batch")
         assert large.value.status_code == 413
         assert large.value.body["code"] == "file_too_large"  # type: ignore[index]
+
+
+def test_a_failing_files_directory_is_unavailable_not_a_crash(
+    small_door: str, small_door_files: Path
+) -> None:
+    with _as(small_door, "key-a") as a, _as(small_door, "key-b") as b:
+        kept = a.files.create(file=("k.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+        (small_door_files / "team-a" / kept.id).unlink()  # its bytes are gone
+        blocked = small_door_files / "team-b"
+        blocked.write_text("a file where the tenant's directory belongs")
+        try:
+            for call in (
+                lambda: a.files.content(kept.id),
+                lambda: b.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="batch"),
+            ):
+                with pytest.raises(openai.APIStatusError) as info:
+                    call()
+                assert info.value.status_code == 503
+                assert info.value.body["code"] == "service_unavailable"  # type: ignore[index]
+        finally:
+            blocked.unlink()
+        made = b.files.create(file=("x.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+        assert b.files.content(made.id).content == b"{}\n"
 
 
 def test_files_and_batches_are_their_tenants_own(small_door: str) -> None:

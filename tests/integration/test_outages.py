@@ -1,4 +1,5 @@
-"""Kafka or Redis away for a minute, on a real stack of its own (classification only).
+"""Kafka or Redis away for a minute, on a real stack of its own (classification only,
+and the HTTP front door).
 
 While a dependency is unreachable every RPC that needs it answers UNAVAILABLE at once,
 naming the dependency and nothing internal; health says NOT_SERVING; no process exits
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deploy.local.kafka import free_port
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
     classification_pb2_grpc,
@@ -50,6 +53,18 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStac
     with LocalStack(
         data_dir=tmp_path_factory.mktemp("outage-stack"), kinds=("classification",), env=env
     ) as s:
+        # The HTTP front door rides out the same outages.
+        s.http_port = free_port()
+        s._add("http-gateway", "services.http_gateway", "http-gateway")
+        door = s.services["http-gateway"]
+        door.env.update(
+            {
+                "NLP_HTTP_PORT": str(s.http_port),
+                "NLP_FILES_DIR": str(tmp_path_factory.mktemp("outage-files")),
+            }
+        )
+        door.start()
+        door.wait_ready(120)
         yield s
 
 
@@ -116,6 +131,42 @@ def _expect_unavailable(calls: dict[str, Callable[[], Any]], dependency: str) ->
         assert not _INTERNAL.search(details), f"{rpc} leaks internals: {details!r}"
 
 
+def _http_health(stack: LocalStack) -> tuple[int, Any]:
+    answer = httpx.get(f"http://127.0.0.1:{stack.http_port}/health", timeout=CALL_TIMEOUT_S)
+    return answer.status_code, answer.json()
+
+
+def _expect_http_unavailable(stack: LocalStack, dependency: str) -> None:
+    """The HTTP front door: 503 in OpenAI's error shape, promptly (a hang would time the
+    call out), for what needs the dependency; what needs only Redis goes on serving
+    through a Kafka outage."""
+    assert stack.http_url is not None
+    base = stack.http_url
+    chat = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    needing: dict[str, Callable[[], httpx.Response]] = {
+        "chat": lambda: httpx.post(f"{base}/chat/completions", json=chat, timeout=CALL_TIMEOUT_S),
+        "stream": lambda: httpx.post(
+            f"{base}/chat/completions", json={**chat, "stream": True}, timeout=CALL_TIMEOUT_S
+        ),
+    }
+    redis_only: dict[str, Callable[[], httpx.Response]] = {
+        "models": lambda: httpx.get(f"{base}/models", timeout=CALL_TIMEOUT_S),
+        "files": lambda: httpx.get(f"{base}/files", timeout=CALL_TIMEOUT_S),
+        "batches": lambda: httpx.get(f"{base}/batches", timeout=CALL_TIMEOUT_S),
+    }
+    for route, call in (needing | redis_only if dependency == "Redis" else needing).items():
+        answer = call()
+        assert answer.status_code == 503, f"{route}: {answer.status_code} {answer.text!r}"
+        error = answer.json()["error"]
+        assert error["code"] == "service_unavailable", route
+        assert dependency in error["message"], f"{route}: {error!r}"
+        assert not _INTERNAL.search(error["message"]), f"{route} leaks internals: {error!r}"
+    if dependency == "Kafka":
+        for route, call in redis_only.items():
+            assert call().status_code == 200, route
+    assert _http_health(stack) == (503, {"status": "unavailable", "missing": dependency})
+
+
 def _calls(channel: grpc.Channel, task_id: str, needing: str) -> dict[str, Callable[[], Any]]:
     tasks = tasks_pb2_grpc.TasksStub(channel)
     classify = classification_pb2_grpc.ClassificationStub(channel)
@@ -149,6 +200,7 @@ def _ride_out(
 ) -> None:
     """Through the outage: refused promptly, NOT_SERVING, every process alive."""
     _expect_unavailable(_calls(channel, task_id, dependency), dependency)
+    _expect_http_unavailable(stack, dependency)
     _await(
         lambda: _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
         5,
@@ -159,6 +211,7 @@ def _ride_out(
         time.sleep(min(10.0, max(0.0, ends - time.monotonic())))
         assert _pids(stack) == pids, "a process was restarted or exited during the outage"
         _expect_unavailable(_calls(channel, task_id, dependency), dependency)
+        _expect_http_unavailable(stack, dependency)
 
 
 def _kill(stack: LocalStack, dependency: str) -> None:
@@ -219,6 +272,8 @@ def test_an_outage_is_unavailable_and_the_stack_resumes_by_itself(
     print(f"\n{dependency} back -> first successful Classify: {recovered:.2f} s")
     record_property(f"{dependency.lower()}_recovery_s", round(recovered, 3))
     _await(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING, 10, "SERVING")
+    _await(lambda: _http_health(stack)[0] == 200, 10, "the HTTP front door's /health 200")
+    assert httpx.get(f"{stack.http_url}/batches", timeout=CALL_TIMEOUT_S).status_code == 200
     assert _pids(stack) == pids, "recovery needed a process restart"
     # Work submitted after the outage runs to its end, and the earlier task is still there.
     again = tasks.Submit(submit_classification("The match ended 2:0."), timeout=10).task_id
