@@ -38,9 +38,9 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy.local.kafka import KafkaBroker, ensure_jars, free_port
+from deploy.local.kafka import KafkaBroker, KafkaCluster, ensure_jars, free_port
 from deploy.local.lifecycle import Started
-from deploy.local.redis import RedisServer
+from deploy.local.redis import RedisHA, RedisServer
 from deploy.local.supervisor import Child, Supervisor, stack_children
 from shared.contracts.names import ALL_KINDS
 from shared.contracts.settings import ServiceSettings
@@ -189,8 +189,15 @@ class LocalStack(Started):
     env: Mapping[str, str] = field(default_factory=dict)
     ready_timeout: float = 180.0
     keep_data: bool = False
+    # Replicated: a KRaft cluster of this many nodes (topics at that replication factor,
+    # min.insync.replicas one less) instead of one broker, and Redis as a primary, a
+    # replica and three Sentinels instead of one server.
+    kafka_brokers: int = 1
+    redis_sentinel: bool = False
     kafka: KafkaBroker | None = field(default=None, init=False)
     redis: RedisServer | None = field(default=None, init=False)
+    kafka_cluster: KafkaCluster | None = field(default=None, init=False)
+    redis_ha: RedisHA | None = field(default=None, init=False)
     services: dict[str, Service] = field(default_factory=dict, init=False)
     _own_dir: bool = field(default=False, init=False)
 
@@ -206,12 +213,34 @@ class LocalStack(Started):
         return f"http://127.0.0.1:{self.http_port}/v1"
 
     @property
+    def kafka_bootstrap(self) -> str:
+        """The broker (or every node of the cluster) as clients are given it."""
+        kafka = self.kafka_cluster or self.kafka
+        assert kafka is not None, "the stack is not started"
+        return kafka.bootstrap
+
+    @property
+    def redis_url(self) -> str:
+        """Redis's URL; with Sentinels, only its database counts (see :attr:`redis_env`)."""
+        redis = self.redis_ha or self.redis
+        assert redis is not None, "the stack is not started"
+        return redis.url
+
+    @property
+    def redis_env(self) -> dict[str, str]:
+        """The Redis settings of every process."""
+        env = {"NLP_REDIS_URL": self.redis_url}
+        if self.redis_ha is not None:
+            env["NLP_REDIS_SENTINELS"] = self.redis_ha.sentinel_addresses
+            env["NLP_REDIS_MASTER_NAME"] = self.redis_ha.name
+        return env
+
+    @property
     def service_env(self) -> dict[str, str]:
         """Environment every service process gets (also handy for in-process clients)."""
-        assert self.kafka is not None and self.redis is not None
         return {
-            "NLP_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
-            "NLP_REDIS_URL": self.redis.url,
+            "NLP_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            **self.redis_env,
             "NLP_NAMESPACE": self.namespace,
             "NLP_HOST": "127.0.0.1",
             "NLP_PORT": str(self.gateway_port),
@@ -224,10 +253,11 @@ class LocalStack(Started):
 
     def settings(self) -> ServiceSettings:
         """Settings pointing at this stack, for clients built in the calling process."""
-        assert self.kafka is not None and self.redis is not None
         return ServiceSettings(
-            kafka_bootstrap=self.kafka.bootstrap,
-            redis_url=self.redis.url,
+            kafka_bootstrap=self.kafka_bootstrap,
+            redis_url=self.redis_url,
+            redis_sentinels=self.redis_ha.sentinel_addresses if self.redis_ha else "",
+            redis_master_name=self.redis_ha.name if self.redis_ha else "nlp",
             namespace=self.namespace,
         )
 
@@ -239,14 +269,22 @@ class LocalStack(Started):
         self.gateway_port = self.gateway_port or free_port()
         self.http_port = self.http_port or free_port()
         ensure_jars()
-        self.kafka = KafkaBroker(self.data_dir / "kafka")
-        self.redis = RedisServer(self.data_dir / "redis")
+        kafka: KafkaBroker | KafkaCluster
+        redis: RedisServer | RedisHA
+        if self.kafka_brokers > 1:
+            kafka = self.kafka_cluster = KafkaCluster(self.data_dir / "kafka", self.kafka_brokers)
+        else:
+            kafka = self.kafka = KafkaBroker(self.data_dir / "kafka")
+        if self.redis_sentinel:
+            redis = self.redis_ha = RedisHA(self.data_dir / "redis")
+        else:
+            redis = self.redis = RedisServer(self.data_dir / "redis")
         try:
-            self.kafka.start()
-            self.redis.start()
-            self.redis.wait_ready()
-            self.kafka.wait_ready()
-            ensure_topics(self.settings())
+            kafka.start()
+            redis.start()
+            redis.wait_ready()
+            kafka.wait_ready()
+            ensure_topics(self.settings(), replication=self.kafka_brokers)
             replicas = {**DEFAULT_REPLICAS, **self.replicas}
             for kind in self.kinds:
                 for replica in range(1, replicas.get(kind, 1) + 1):
@@ -322,10 +360,9 @@ class LocalStack(Started):
         # Reverse order: stop taking work before the things it needs go away.
         for service in reversed(list(self.services.values())):
             service.stop()
-        if self.redis is not None:
-            self.redis.stop()
-        if self.kafka is not None:
-            self.kafka.stop()
+        for dependency in (self.redis, self.redis_ha, self.kafka, self.kafka_cluster):
+            if dependency is not None:
+                dependency.stop()
         if self._own_dir and not self.keep_data and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

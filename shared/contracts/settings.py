@@ -10,7 +10,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.names import ALL_LANES, Names
@@ -86,8 +86,19 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "nlp"
     namespace: str = Field("", description="prefix for every topic, queue and key")
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap brokers (host:port, comma-separated)"
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis (with Sentinels: only its database, user and password count)",
+    )
+    redis_sentinels: str = Field(
+        "",
+        description="Redis Sentinels (host:port, comma-separated): Redis is then the primary "
+        "they name, followed through failovers",
+    )
+    redis_master_name: str = Field("nlp", description="the Sentinels' name of the primary")
     result_ttl_s: int = Field(24 * 3600, gt=0, description="how long results stay in Redis")
     limits: Limits = Limits()
     log_level: str = "INFO"
@@ -170,6 +181,24 @@ class ServiceSettings(BaseSettings):
             if path is not None:
                 config[key] = str(path)
         return config
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"a Sentinel is host:port, not {item!r}")
+        return value
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``redis_sentinels`` as (host, port) pairs (none: a plain Redis)."""
+        out = []
+        for item in self.redis_sentinels.split(","):
+            host, _, port = item.strip().rpartition(":")
+            if item.strip():
+                out.append((host, int(port)))
+        return out
 
     def redis_ssl(self) -> dict[str, Any]:
         """TLS options for redis-py (and kombu's broker_use_ssl) with a rediss:// URL."""

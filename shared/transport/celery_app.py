@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.worker.consumer import Consumer as CeleryConsumer
@@ -319,6 +320,31 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _Channel
 
 
+class _SentinelChannel(_Channel, kombu_redis.SentinelChannel):
+    """The lane-aware channel on the primary that the Sentinels name (reconnecting
+    finds the new one after a failover)."""
+
+
+class RedisSentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with the lane-aware channel."""
+
+    Channel = _SentinelChannel
+
+
+def broker_url(settings: WorkerSettings) -> str:
+    """Celery's broker URL: ``redis_url``, or with Sentinels kombu's ``sentinel://`` list
+    (the database from ``redis_url``)."""
+    if not settings.redis_sentinels:
+        return settings.redis_url
+    parsed = urlsplit(settings.redis_url)
+    auth = parsed.netloc.rpartition("@")[0]
+    auth = f"{auth}@" if auth else ""
+    db = parsed.path.lstrip("/") or "0"
+    return ";".join(
+        f"sentinel://{auth}{host}:{port}/{db}" for host, port in settings.sentinel_addresses()
+    )
+
+
 def make_celery(kind: str, settings: WorkerSettings) -> Celery:
     """Celery app whose broker is Redis and whose queues are the kind's (namespaced)
     lane queues; the default queue is the standard lane's.
@@ -328,8 +354,15 @@ def make_celery(kind: str, settings: WorkerSettings) -> Celery:
     timeout above the longest task is what makes a SIGKILLed worker lose nothing.
     """
     lane_queues = settings.names.celery_queues(kind)
-    app = Celery(f"nlp-{kind}", broker=settings.redis_url, set_as_current=False)
-    transport: Any = RedisTransport  # a class is taken as it is (a name must be an alias)
+    app = Celery(f"nlp-{kind}", broker=broker_url(settings), set_as_current=False)
+    # A class is taken as it is (a name must be an alias).
+    transport: Any = RedisSentinelTransport if settings.redis_sentinels else RedisTransport
+    sentinel_options: dict[str, Any] = {}
+    if settings.redis_sentinels:
+        sentinel_options = {
+            "master_name": settings.redis_master_name,
+            "sentinel_kwargs": {"socket_connect_timeout": 1.0, "socket_timeout": 2.0},
+        }
     app.conf.update(
         broker_transport=transport,
         # Routing key (and exchange) named as the queue: a message's delivery_info,
@@ -365,6 +398,7 @@ def make_celery(kind: str, settings: WorkerSettings) -> Celery:
             # (and the intake's LLEN of a lane queue is then its whole depth).
             "priority_steps": [0],
             LANES_OPTION: LaneFetch.options(kind, settings),
+            **sentinel_options,
         },
         enable_utc=True,
     )

@@ -20,8 +20,10 @@ import kombu.exceptions
 import redis
 import redis.asyncio as aioredis
 import redis.asyncio.retry
+import redis.asyncio.sentinel
 import redis.backoff
 import redis.retry
+import redis.sentinel
 
 from shared.contracts.settings import ServiceSettings
 
@@ -99,22 +101,52 @@ def redis_options(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+def _sentinel_target(settings: ServiceSettings) -> dict[str, Any]:
+    """The database and credentials of ``redis_url`` (with Sentinels its host is unused)."""
+    parsed = redis.connection.parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    return {k: parsed[k] for k in ("db", "username", "password") if parsed.get(k) is not None}
+
+
+def _sentinel_options(settings: ServiceSettings) -> dict[str, Any]:
+    # The Sentinels themselves are asked with the same short timeouts.
+    return {"socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S, "socket_timeout": 2.0}
+
+
 def redis_client(settings: ServiceSettings) -> redis.Redis:
-    """A synchronous Redis client for ``settings.redis_url`` that fails fast."""
-    return redis.Redis.from_url(settings.redis_url, **redis_options(settings))
+    """A synchronous Redis client that fails fast: for ``settings.redis_url``, or with
+    ``redis_sentinels`` for the primary they name now (a failover is followed: the next
+    connection asks the Sentinels again)."""
+    options = redis_options(settings)
+    if settings.redis_sentinels:
+        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            settings.sentinel_addresses(), sentinel_kwargs=_sentinel_options(settings)
+        )
+        primary: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+            settings.redis_master_name, **options, **_sentinel_target(settings)
+        )
+        return primary
+    return redis.Redis.from_url(settings.redis_url, **options)
 
 
 def async_redis_client(settings: ServiceSettings) -> aioredis.Redis:
     """The asyncio client of the same: fails fast while Redis is unreachable."""
     cap, base = _REDIS_BACKOFF
-    return aioredis.Redis.from_url(
-        settings.redis_url,
+    options: dict[str, Any] = {
         **settings.redis_ssl(),
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        retry=redis.asyncio.retry.Retry(
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+        "retry": redis.asyncio.retry.Retry(
             redis.backoff.ExponentialBackoff(cap, base), _REDIS_RETRIES
         ),
-    )
+    }
+    if settings.redis_sentinels:
+        sentinels = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            settings.sentinel_addresses(), sentinel_kwargs=_sentinel_options(settings)
+        )
+        client: aioredis.Redis = sentinels.master_for(
+            settings.redis_master_name, **options, **_sentinel_target(settings)
+        )
+        return client
+    return aioredis.Redis.from_url(settings.redis_url, **options)
 
 
 def kafka_error_is_outage(error: confluent_kafka.KafkaError) -> bool:
