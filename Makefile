@@ -16,12 +16,14 @@ HTTP_PORT ?= 8000
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
-# redis-server comes from Debian; Java 17 and Maven are expected on the machine.
+# redis-server and redis-sentinel (the HA tests' Sentinels) come from Debian; Java 17 and
+# Maven are expected on the machine.
 setup-system:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (apt)"; \
+	@{ command -v redis-server && command -v redis-sentinel; } >/dev/null || { \
+	  echo "installing redis-server and redis-sentinel (apt)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel >/dev/null; }
 	@command -v java >/dev/null || { echo "Java 17+ is required for the local Kafka broker"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch the Kafka jars"; exit 1; }
 

@@ -233,6 +233,8 @@ class LocalStack(Started):
         if self.redis_ha is not None:
             env["NLP_REDIS_SENTINELS"] = self.redis_ha.sentinel_addresses
             env["NLP_REDIS_MASTER_NAME"] = self.redis_ha.name
+            # Hand-offs and results wait for the replica (what a failover cannot lose).
+            env["NLP_REDIS_WAIT_REPLICAS"] = str(self.redis_ha.replicas)
         return env
 
     @property

@@ -257,6 +257,11 @@ class Names:
         return self._redis(f"nlp:oai:batch-tasks:{tenant}:{batch_id}")
 
     @property
+    def durable_mark_key(self) -> str:
+        """Written before a WAIT: once a replica has it, it has every earlier write too."""
+        return self._redis("nlp:durable-mark")
+
+    @property
     def done_channel(self) -> str:
         """Pub/sub channel that carries the id of every task that reached a terminal state."""
         return self._redis("nlp:done")

@@ -99,6 +99,14 @@ class ServiceSettings(BaseSettings):
         "they name, followed through failovers",
     )
     redis_master_name: str = Field("nlp", description="the Sentinels' name of the primary")
+    # Redis replicates asynchronously: a write the primary acknowledged can be lost in a
+    # failover. The writes that must survive one wait for this many replicas (WAIT).
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="replicas that must confirm the writes that must survive a failover"
+    )
+    redis_wait_timeout_ms: int = Field(
+        500, gt=0, description="how long such a write waits for its replicas"
+    )
     result_ttl_s: int = Field(24 * 3600, gt=0, description="how long results stay in Redis")
     limits: Limits = Limits()
     log_level: str = "INFO"

@@ -107,6 +107,8 @@ class Intake:
     # Next offset to read per partition, handed off but not yet committed.
     uncommitted: dict[Partition, int] = field(default_factory=dict)
     _commit_at: float = 0.0
+    # The Redis primary's replication id at the last confirmed hand-off ("": unknown).
+    _primary: str = ""
 
     def __post_init__(self) -> None:
         self.topics = self.names.task_topics(self.kind)
@@ -134,8 +136,10 @@ class Intake:
         try:
             self._poll_until(stop, on_first_poll)
         finally:
-            # What was handed off is committed, whatever stopped the loop.
-            self.commit(self.uncommitted)
+            # What was handed off is committed, whatever stopped the loop (once durable:
+            # otherwise the next member reads it again).
+            if self.durable():
+                self.commit(self.uncommitted)
 
     def _poll_until(self, stop: threading.Event, on_first_poll: Callable[[], None] | None) -> None:
         first = True
@@ -286,10 +290,42 @@ class Intake:
             self.uncommitted |= {tp: rs[-1].offset + 1 for tp, rs in batch.items()}
 
     def commit_due(self) -> None:
-        """Commit the handed-off offsets once ``commit_interval_ms`` has passed."""
+        """Commit the handed-off offsets once ``commit_interval_ms`` has passed, if Redis
+        confirms that what was handed off is durable (see :meth:`durable`)."""
         if self.uncommitted and self.clock() >= self._commit_at:
-            self.commit(self.uncommitted)
+            if self.durable():
+                self.commit(self.uncommitted)
             self._commit_at = self.clock() + self.settings.commit_interval_ms / 1000
+
+    def durable(self) -> bool:
+        """Whether the Celery messages handed off so far survive a Redis failover.
+
+        With replicas to wait for (``redis_wait_replicas``), a hand-off is durable once a
+        replica confirms it; offsets are committed only then. A primary that changed
+        since the last confirmation (a failover) may have lost hand-offs made after it:
+        every partition is read again from its committed offset (tasks handed twice run
+        once: the worker skips a task that has a result)."""
+        try:
+            mark = self.store.durable_mark()
+        except Exception as exc:
+            if not self.outages.failed(exc):
+                log.exception("could not confirm the hand-offs; commit later")
+            return False
+        if mark is None:
+            log.info("hand-offs not yet confirmed by the Redis replicas; commit later")
+            return False
+        if self._primary and mark and mark != self._primary:
+            log.warning(
+                "Redis failed over: reading again from the committed offsets",
+                extra={"uncommitted": len(self.uncommitted)},
+            )
+            self._primary = mark
+            self.uncommitted.clear()
+            self.consumer.rewind()
+            self.stats["rewinds"] += 1
+            return False
+        self._primary = mark or self._primary
+        return True
 
     def revoked(self, partitions: set[Partition]) -> None:
         """A rebalance is taking ``partitions``: commit what was handed off from them."""
@@ -616,7 +652,13 @@ def serve(kind: str, settings: WorkerSettings) -> None:
         consumer=consumer,
         producer=producer,
         celery=make_celery(kind, settings),
-        store=ResultStore(client, settings.names, settings.result_ttl_s),
+        store=ResultStore(
+            client,
+            settings.names,
+            settings.result_ttl_s,
+            settings.redis_wait_replicas,
+            settings.redis_wait_timeout_ms,
+        ),
         redis=client,
         metrics=IntakeMetrics(kind),
         keys=RecordKeys(client, settings.names, settings.result_ttl_s),

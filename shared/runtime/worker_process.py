@@ -76,7 +76,13 @@ def serve_worker(
     runtime = WorkerRuntime(
         kind=kind,
         settings=settings,
-        store=ResultStore(client, settings.names, settings.result_ttl_s),
+        store=ResultStore(
+            client,
+            settings.names,
+            settings.result_ttl_s,
+            settings.redis_wait_replicas,
+            settings.redis_wait_timeout_ms,
+        ),
         registry=registry,
         producer_factory=lambda: make_producer(settings),
         metrics=metrics,

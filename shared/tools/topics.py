@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
         "--replication", type=int, default=1, help="replication factor of new topics"
     )
     parser.add_argument(
+        "--min-insync-replicas",
+        type=int,
+        default=None,
+        help="min.insync.replicas of new topics (default: the replication factor minus one)",
+    )
+    parser.add_argument(
         "--wait", type=float, default=60.0, help="seconds to keep retrying an unreachable broker"
     )
     args = parser.parse_args(argv)
@@ -36,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         try:
             topics = ensure_topics(
-                settings, partitions=args.partitions, replication=args.replication
+                settings,
+                partitions=args.partitions,
+                replication=args.replication,
+                min_insync=args.min_insync_replicas,
             )
         except KafkaError as exc:
             # A broker that has just started may refuse clients for a few seconds.

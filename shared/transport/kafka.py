@@ -258,25 +258,38 @@ def ensure_topics(
     kinds: Iterable[str] = ALL_KINDS,
     partitions: int = TASK_TOPIC_PARTITIONS,
     replication: int = 1,
+    min_insync: int | None = None,
 ) -> list[str]:
     """Create the task topics (every lane's), the dead-letter and results topics of the
-    namespace; returns their names."""
+    namespace; returns their names. ``min_insync`` (default: one less than
+    ``replication``, at least 1) is each topic's ``min.insync.replicas``: acks=all
+    then means that many copies, whatever the brokers' default."""
     n = settings.names
     wanted = [topic for kind in kinds for topic in n.task_topics(kind).values()]
     wanted += [n.dead_letter_topic, n.results_topic]
-    create_topics(settings, wanted, partitions, replication)
+    create_topics(settings, wanted, partitions, replication, min_insync)
     return wanted
 
 
 def create_topics(
-    settings: ServiceSettings, wanted: Sequence[str], partitions: int, replication: int = 1
+    settings: ServiceSettings,
+    wanted: Sequence[str],
+    partitions: int,
+    replication: int = 1,
+    min_insync: int | None = None,
 ) -> None:
     """Create those of ``wanted`` that do not exist yet."""
+    insync = max(1, replication - 1) if min_insync is None else min_insync
     admin = KafkaAdminClient(**settings.kafka_python_config(), client_id=settings.service_name)
     try:
         existing = set(admin.list_topics())
         new = [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=replication,
+                topic_configs={"min.insync.replicas": str(insync)},
+            )
             for name in wanted
             if name not in existing
         ]

@@ -153,6 +153,17 @@ class TaskConsumer:
         if failed:
             raise confluent_kafka.KafkaException(failed[0].error)
 
+    def rewind(self, timeout: float = 10.0) -> None:
+        """Poll every assigned partition again from its committed offset (its start
+        when none was committed)."""
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return
+        for tp in self._consumer.committed(assigned, timeout=timeout):
+            if tp.offset < 0:
+                tp.offset = confluent_kafka.OFFSET_BEGINNING
+            self._consumer.seek(tp)
+
     def lag(self, timeout: float = 5.0) -> dict[Partition, int]:
         """Per assigned partition: the log end minus our position (the next offset this
         member reads: polled, else committed, else the log start). Asked of the broker,

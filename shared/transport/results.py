@@ -227,12 +227,23 @@ def _parse(data: bytes | str | None) -> tasks_pb2.TaskResult | None:
 
 
 class ResultStore:
-    """Synchronous store used by the intake and the Celery workers."""
+    """Synchronous store used by the intake and the Celery workers. With
+    ``wait_replicas``, stored results (and :meth:`durable_mark`) wait until that many
+    replicas have them, up to ``wait_timeout_ms``: what a failover cannot lose."""
 
-    def __init__(self, client: redis.Redis, names: Names, ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: Names,
+        ttl_s: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+    ) -> None:
         self.client = client
         self.names = names
         self.ttl_s = ttl_s
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._finish = client.register_script(_FINISH_LUA)
         self._start = client.register_script(_START_LUA)
 
@@ -290,9 +301,41 @@ class ResultStore:
         return self.finish_many([result])[0]
 
     def finish_many(self, results: Sequence[tasks_pb2.TaskResult]) -> list[bool]:
-        """:meth:`finish` for many results in one round trip."""
+        """:meth:`finish` for many results in one round trip (and, with
+        ``wait_replicas``, once the replicas confirmed them)."""
+        if not results:
+            return []
         keys, args = _finish_args(self.names, results, self.ttl_s)
-        return [bool(n) for n in self._finish(keys, args)] if results else []
+        if not self.wait_replicas:
+            return [bool(n) for n in self._finish(keys, args)]
+        # One connection: WAIT counts from that connection's last write.
+        with self.client.pipeline(transaction=False) as pipe:
+            self._finish(keys, args, client=pipe)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            stored, acked = pipe.execute()
+        if int(acked) < self.wait_replicas:
+            log.warning(
+                "results not confirmed by the Redis replicas in time",
+                extra={"replicas": int(acked), "wanted": self.wait_replicas},
+            )
+        return [bool(n) for n in stored]
+
+    def durable_mark(self) -> str | None:
+        """Confirm that every write so far (by anyone) is on ``wait_replicas`` replicas:
+        the primary's replication id, or None when they did not confirm in time. Without
+        replicas to wait for, ``""`` at once (AOF is the durability then)."""
+        if not self.wait_replicas:
+            return ""
+        with self.client.pipeline(transaction=False) as pipe:
+            # A write first: WAIT counts from this connection's last one, and the
+            # replication stream carries everyone's writes in order.
+            pipe.set(self.names.durable_mark_key, f"{time.time():.6f}")
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            pipe.info("replication")
+            _, acked, info = pipe.execute()
+        if int(acked) < self.wait_replicas:
+            return None
+        return str(info.get("master_replid", ""))
 
     def heartbeat(self, kind: str, task_ids: Iterable[str]) -> None:
         """Mark running tasks alive so the intake's sweep leaves them alone."""

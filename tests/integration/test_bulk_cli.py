@@ -65,12 +65,19 @@ def test_interrupted_run_resumes_with_each_id_once(
 ) -> None:
     source, output = tmp_path / "docs.jsonl", tmp_path / "results.jsonl"
     ids = _write_docs(source)
-    first = subprocess.Popen(
-        _run_command(stack, source, output),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # Ctrl-C as at a terminal, however this suite was started: a shell's background job
+    # inherits SIGINT ignored (so would the run), and Python then never raises
+    # KeyboardInterrupt. A handler here is reset to the default in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        first = subprocess.Popen(
+            _run_command(stack, source, output),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 180
     while _lines(output) < 100:
         assert first.poll() is None, first.communicate()

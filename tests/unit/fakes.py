@@ -35,6 +35,7 @@ class FakeConsumer:
     paused: set[Partition] = field(default_factory=set)
     commits: list[dict[Partition, int]] = field(default_factory=list)
     refuse: bool = False
+    rewinds: int = 0
 
     def partitions_for_topic(self, topic: str, /) -> set[int]:
         return {p.partition for p in self.assigned if p.topic == topic}
@@ -65,6 +66,9 @@ class FakeConsumer:
                 confluent_kafka.KafkaError(confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS)
             )
         self.commits.append(dict(offsets))
+
+    def rewind(self) -> None:
+        self.rewinds += 1
 
     def lag(self) -> dict[Partition, int]:
         return {}
@@ -145,11 +149,16 @@ class FakeRedis:
 
 @dataclass
 class FakeIntakeStore:
-    """Records what was marked QUEUED and what was finished; ``done`` have a result."""
+    """Records what was marked QUEUED and what was finished; ``done`` have a result.
+    ``marks``: what each durable_mark answers in turn (then ``""``, no replicas)."""
 
     done: set[str] = field(default_factory=set)
     queued: list[str] = field(default_factory=list)
     results: list[tasks_pb2.TaskResult] = field(default_factory=list)
+    marks: list[str | None] = field(default_factory=list)
+
+    def durable_mark(self) -> str | None:
+        return self.marks.pop(0) if self.marks else ""
 
     def finished(self, task_ids: Sequence[str]) -> set[str]:
         return {t for t in task_ids if t in self.done}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from shared.contracts.settings import WorkerSettings
 from shared.runtime.intake import Intake
-from tests.unit.fakes import P0, P1, FakeConsumer, make_intake
+from tests.unit.fakes import P0, P1, FakeConsumer, FakeIntakeStore, make_intake
 
 
 @dataclass
@@ -18,10 +18,15 @@ class Clock:
         return self.now
 
 
-def make(interval_ms: int = 1000) -> tuple[Intake, FakeConsumer, Clock]:
+def make(
+    interval_ms: int = 1000, store: FakeIntakeStore | None = None
+) -> tuple[Intake, FakeConsumer, Clock]:
     consumer, clock = FakeConsumer(), Clock()
     intake = make_intake(
-        WorkerSettings(commit_interval_ms=interval_ms), consumer=consumer, clock=clock
+        WorkerSettings(commit_interval_ms=interval_ms),
+        consumer=consumer,
+        clock=clock,
+        store=store,
     )
     intake._commit_at = clock.now + interval_ms / 1000
     return intake, consumer, clock
@@ -79,3 +84,32 @@ def test_a_refused_commit_keeps_assigned_partitions_for_the_next_try() -> None:
     clock.now = 2.0
     intake.commit_due()
     assert consumer.commits == [{P1: 2}]
+
+
+def test_offsets_are_committed_only_once_the_replicas_confirmed_the_hand_offs() -> None:
+    store = FakeIntakeStore(marks=["primary-a", None, "primary-a"])
+    intake, consumer, _ = make(0, store)
+    intake.uncommitted |= {P0: 5}
+    intake.commit_due()
+    assert consumer.commits == [{P0: 5}]
+    intake.uncommitted |= {P0: 8}
+    intake.commit_due()  # not confirmed in time: kept for the next try
+    assert consumer.commits == [{P0: 5}] and intake.uncommitted == {P0: 8}
+    intake.commit_due()
+    assert consumer.commits == [{P0: 5}, {P0: 8}]
+
+
+def test_a_new_redis_primary_rereads_from_the_committed_offsets() -> None:
+    """A failover may have lost hand-offs made since the last confirmation: nothing after
+    it is committed, and the partitions are read again from the committed offsets."""
+    store = FakeIntakeStore(marks=["primary-a", "primary-b", "primary-b"])
+    intake, consumer, _ = make(0, store)
+    intake.uncommitted |= {P0: 5}
+    intake.commit_due()
+    intake.uncommitted |= {P0: 9, P1: 2}
+    intake.commit_due()
+    assert consumer.commits == [{P0: 5}] and consumer.rewinds == 1
+    assert intake.uncommitted == {} and intake.stats["rewinds"] == 1
+    intake.uncommitted |= {P0: 9}  # read and handed off again
+    intake.commit_due()
+    assert consumer.commits == [{P0: 5}, {P0: 9}] and consumer.rewinds == 1
