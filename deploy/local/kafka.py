@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -550,38 +551,41 @@ class KafkaCluster(Started):
         )
         try:
             (described,) = admin.describe_topics([topic])
-            return {p["partition"]: p["leader"] for p in described["partitions"]}
+            # Metadata's field names (kafka-python >= 3: partition_index, leader_id).
+            return {
+                p.get("partition_index", p.get("partition")): p.get("leader_id", p.get("leader"))
+                for p in described["partitions"]
+            }
         finally:
             admin.close()
 
     def active_controller(self) -> int:
-        """The node id of the quorum's leader (the active controller), as Kafka's own
-        ``kafka-metadata-quorum describe --status`` reports it."""
-        libs = ensure_jars(self.home)
-        up = [b.bootstrap for b in self.brokers if b.running]
-        out = subprocess.run(
-            [
-                _java(),
-                "-Xmx128m",
-                "-XX:TieredStopAtLevel=1",
-                "-cp",
-                str(libs / "*"),
-                "org.apache.kafka.tools.MetadataQuorumCommand",
-                "--bootstrap-server",
-                ",".join(up),
-                "describe",
-                "--status",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        for line in out.splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "LeaderId":
-                return int(value)
-        raise RuntimeError(f"no LeaderId in the quorum's status:\n{out}")
+        """The node id of the quorum's leader (the active controller), as the running
+        nodes' Raft logs last reported it (the highest epoch wins)."""
+        best: tuple[int, int] | None = None
+        for broker in self.brokers:
+            if not broker.running:
+                continue
+            for line in reversed(broker.log_file.read_text(errors="replace").splitlines()):
+                found = _RAFT_STATE.search(line)
+                if found is None:
+                    continue
+                epoch = int(found["lepoch"] or found["fepoch"])
+                leader = int(found["local"] or found["leader"])
+                if best is None or epoch > best[0]:
+                    best = (epoch, leader)
+                break
+        if best is None:
+            raise RuntimeError("no running node has reported the quorum's leader yet")
+        return best[1]
+
+
+# "Completed transition to LeaderState(localId=1, epoch=3, …)" or "…FollowerState(…,
+# epoch=3, leader=1, …)" in a node's log (Kafka's RaftManager).
+_RAFT_STATE = re.compile(
+    r"Completed transition to (?:LeaderState\(localId=(?P<local>\d+), epoch=(?P<lepoch>\d+)"
+    r"|FollowerState\(fetchTimeoutMs=\d+, epoch=(?P<fepoch>\d+), leader=(?P<leader>\d+))"
+)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

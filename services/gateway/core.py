@@ -83,6 +83,8 @@ _DEADLINE_SLACK_S = 0.1
 _CLAIM_LEASE_SLACK_S = 5.0
 _CLAIM_POLL_S = 0.02
 _MAX_ITEM_ID_CHARS = 256
+# An answer leaves the gateway this long before its caller's deadline.
+_ANSWER_MARGIN_S = 0.25
 
 
 # gRPC drops a status message whose header (percent-encoded) is over 2 KiB: the client
@@ -181,9 +183,12 @@ class Gateway:
         await self.streams.stop()
         await self.waiter.stop()
 
-    async def publish(self, envelope: tasks_pb2.TaskEnvelope) -> None:
-        """Produce the envelope and wait for the broker's acks=all acknowledgement."""
-        (error,) = await self.publish_many([envelope])
+    async def publish(self, envelope: tasks_pb2.TaskEnvelope, context: Ctx | None = None) -> None:
+        """Produce the envelope and wait for the broker's acks=all acknowledgement (no
+        longer than the caller of ``context`` waits: an answer past its deadline is a
+        DEADLINE_EXCEEDED of its own, where UNAVAILABLE tells it to retry)."""
+        within = None if context is None else context.time_remaining()
+        (error,) = await self.publish_many([envelope], within_s=within)
         if error is not None:
             raise error
 
@@ -219,7 +224,7 @@ class Gateway:
         # Recorded first so that a Get right after Submit never says NOT_FOUND.
         (recorded,) = await self.store.record_pending([envelope])
         try:
-            await self.publish(envelope)
+            await self.publish(envelope, context)
         except Exception as exc:
             if _unsent(claim, exc):
                 if recorded:
@@ -344,7 +349,10 @@ class Gateway:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def publish_many(
-        self, envelopes: Sequence[tasks_pb2.TaskEnvelope], own_traces: bool = False
+        self,
+        envelopes: Sequence[tasks_pb2.TaskEnvelope],
+        own_traces: bool = False,
+        within_s: float | None = None,
     ) -> list[Exception | None]:
         """:meth:`publish` for many envelopes at once; one outcome each (None: in Kafka).
 
@@ -383,8 +391,12 @@ class Gateway:
             # per task). The id is in the headers and the envelope.
             messages.append((topic, envelope.SerializeToString(), None, headers))
         began = time.perf_counter()
+        wait_s = self.settings.publish_timeout_s
+        if within_s is not None:
+            # Answer before the caller gives up (a failover can hold acks for seconds).
+            wait_s = max(0.05, min(wait_s, within_s - _ANSWER_MARGIN_S))
         try:
-            async with asyncio.timeout(self.settings.publish_timeout_s):
+            async with asyncio.timeout(wait_s):
                 outcomes = await self.send_tasks(envelopes, messages)
         except TimeoutError:
             outcomes = [PublishUnconfirmedError("no acknowledgement in time")] * len(envelopes)
@@ -665,7 +677,7 @@ class Gateway:
         await self.admit(context, owner, envelope, key, claim)
         registered = self.waiter.register(envelope.task_id)
         try:
-            await self.publish(envelope)
+            await self.publish(envelope, context)
         except Exception as exc:
             self.waiter.unregister(envelope.task_id, registered)
             if _unsent(claim, exc):

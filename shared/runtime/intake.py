@@ -81,6 +81,9 @@ from shared.transport.outages import KAFKA, REDIS, Outages, dependency_of
 
 log = logging.getLogger(__name__)
 
+# How long one lag measurement may hold the poll loop.
+_LAG_TIMEOUT_S = 1.0
+
 # A task on its way through the intake: its envelope and its ``process`` span.
 Handed = tuple[tasks_pb2.TaskEnvelope, trace.Span]
 
@@ -173,7 +176,9 @@ class Intake:
         self.metrics.lag(
             {
                 (self.lane_of_topic[tp.topic], tp.partition): lag
-                for tp, lag in self.consumer.lag().items()
+                # Briefly: this runs between polls (a leader that died must not stall
+                # the hand-off for the lag's sake).
+                for tp, lag in self.consumer.lag(timeout=_LAG_TIMEOUT_S).items()
             }
         )
 

@@ -202,7 +202,13 @@ class TaskConsumer:
             {confluent_kafka.TopicPartition(tp.topic, tp.partition): spec for tp in partitions},
             request_timeout=timeout,
         )
-        return {_key(tp): int(f.result(timeout=timeout).offset) for tp, f in futures.items()}
+        try:
+            return {_key(tp): int(f.result(timeout=timeout).offset) for tp, f in futures.items()}
+        except BaseException:
+            # After a broker died its requests could keep timing out (seen after a
+            # partition leader was killed): the next measurement starts afresh.
+            self._admin = None
+            raise
 
     def close(self) -> None:
         """Leave the group (without committing: offsets are committed explicitly)."""

@@ -70,7 +70,7 @@ class FakeConsumer:
     def rewind(self) -> None:
         self.rewinds += 1
 
-    def lag(self) -> dict[Partition, int]:
+    def lag(self, timeout: float = 5.0) -> dict[Partition, int]:
         return {}
 
 
