@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import pytest
+import redis.asyncio.sentinel
+import redis.sentinel
 from pydantic import ValidationError
 
 from services.classification.settings import Settings as ClassificationSettings
 from services.gateway.settings import Settings as GatewaySettings
-from shared.contracts.settings import LaneWeights, WorkerSettings
+from shared.contracts.settings import LaneWeights, ServiceSettings, WorkerSettings
+from shared.transport.celery_app import RedisSentinelTransport, broker_url, make_celery
+from shared.transport.outages import async_redis_client, redis_client
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,3 +123,34 @@ def test_transport_security_reaches_every_client(monkeypatch: pytest.MonkeyPatch
     plain = WorkerSettings(redis_url="redis://redis:6379/0")
     assert plain.redis_ssl() == {}
     assert plain.kafka_python_config()["security_protocol"] == "PLAINTEXT"
+
+
+def test_redis_sentinels_are_host_port_pairs() -> None:
+    settings = ServiceSettings(redis_sentinels="10.0.0.1:26379, sentinel-b:26380")
+    assert settings.sentinel_addresses() == [("10.0.0.1", 26379), ("sentinel-b", 26380)]
+    assert ServiceSettings().sentinel_addresses() == []
+    for bad in ("no-port", "host:", "host:99999", ":26379"):
+        with pytest.raises(ValueError, match="host:port"):
+            ServiceSettings(redis_sentinels=bad)
+
+
+def test_with_sentinels_every_client_asks_them_for_the_primary() -> None:
+    settings = WorkerSettings(
+        redis_url="redis://:secret@ignored:6379/2",
+        redis_sentinels="s1:26379,s2:26380",
+        redis_master_name="main",
+    )
+    sync = redis_client(settings)
+    assert isinstance(sync.connection_pool, redis.sentinel.SentinelConnectionPool)
+    assert sync.connection_pool.service_name == "main"
+    assert sync.connection_pool.connection_kwargs["db"] == 2
+    assert sync.connection_pool.connection_kwargs["password"] == "secret"
+    client = async_redis_client(settings)
+    assert isinstance(client.connection_pool, redis.asyncio.sentinel.SentinelConnectionPool)
+    assert broker_url(settings) == "sentinel://:secret@s1:26379/2;sentinel://:secret@s2:26380/2"
+    app = make_celery("ner", settings)
+    assert app.conf.broker_transport is RedisSentinelTransport
+    assert app.conf.broker_transport_options["master_name"] == "main"
+    plain = WorkerSettings(redis_url="redis://r:6379/0")
+    assert broker_url(plain) == "redis://r:6379/0"
+    assert "master_name" not in make_celery("ner", plain).conf.broker_transport_options
