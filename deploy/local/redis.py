@@ -21,24 +21,23 @@ from deploy.local.lifecycle import Started
 
 
 @dataclass
-class RedisServer:
+class _RedisProcess:
+    """One redis-server (or redis-sentinel) process on 127.0.0.1:``port``."""
+
     data_dir: Path
     port: int = field(default_factory=free_port)
-    # Start as a replica of this port's primary (the Sentinels may change it later).
-    replica_of: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    # What it is called in errors, and its log's name.
+    program = "redis-server"
 
     @property
     def log_file(self) -> Path:
-        return self.data_dir / "redis.log"
+        return self.data_dir / f"{self.program}.log"
 
     @property
     def pid(self) -> int | None:
-        """PID of the redis-server process, if started."""
+        """PID of the process, if started."""
         return self._proc.pid if self._proc else None
 
     @property
@@ -56,42 +55,26 @@ class RedisServer:
             return None
         return self._proc.wait(timeout)
 
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
+    def _launch(self, argv: list[str]) -> None:
+        binary = shutil.which(self.program)
         if binary is None:
-            raise RuntimeError("redis-server not found; `make setup` installs it (apt)")
+            raise RuntimeError(f"{self.program} not found; `make setup` installs it (apt)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [
-            binary,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            # AOF makes queued Celery messages and results survive a Redis restart.
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.log_file),
-        ]  # fmt: skip
-        if self.replica_of is not None:
-            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
-        self._proc = subprocess.Popen(argv, start_new_session=True)
+        self._proc = subprocess.Popen([binary, *argv], start_new_session=True)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         try:
             while True:
                 if self._proc is not None and self._proc.poll() is not None:
                     tail = self.log_file.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server exited ({self._proc.returncode}):\n{tail}")
-                try:
+                    raise RuntimeError(f"{self.program} exited ({self._proc.returncode}):\n{tail}")
+                with contextlib.suppress(redis.ConnectionError):
                     if client.ping():
                         return
-                except redis.ConnectionError:
-                    pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server not ready on port {self.port}")
+                    raise TimeoutError(f"{self.program} not ready on port {self.port}")
                 time.sleep(0.05)
         finally:
             client.close()
@@ -105,6 +88,36 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+
+
+@dataclass
+class RedisServer(_RedisProcess):
+    # Start as a replica of this port's primary (the Sentinels may change it later).
+    replica_of: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    def start(self) -> None:
+        argv = [
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            # AOF makes queued Celery messages and results survive a Redis restart.
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.log_file),
+        ]  # fmt: skip
+        if self.replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        self._launch(argv)
 
 
 @contextmanager
@@ -133,40 +146,24 @@ sentinel parallel-syncs {name} 1
 
 
 @dataclass
-class RedisSentinel:
+class RedisSentinel(_RedisProcess):
     """One ``redis-sentinel`` watching the primary ``primary`` under ``name``."""
 
-    data_dir: Path
-    name: str
-    primary: int
+    name: str = "nlp"
+    primary: int = 0
     quorum: int = 2
     # Local processes on one host: a primary silent for a second is down. Production
     # Sentinels wait longer (default 30 s) to ride out network blips.
     down_after_ms: int = 1000
     failover_timeout_ms: int = 10_000
-    port: int = field(default_factory=free_port)
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    program = "redis-sentinel"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "sentinel.log"
-
     def start(self) -> None:
-        binary = shutil.which("redis-sentinel")
-        if binary is None:
-            raise RuntimeError("redis-sentinel not found; `make setup` installs it (apt)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "sentinel.conf"
         # A Sentinel rewrites its config with what it learns (the primary after a
@@ -184,33 +181,7 @@ class RedisSentinel:
                     failover_timeout_ms=self.failover_timeout_ms,
                 )
             )
-        self._proc = subprocess.Popen([binary, str(conf)], start_new_session=True)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self._proc is not None and self._proc.poll() is not None:
-                    raise RuntimeError(f"redis-sentinel exited ({self._proc.returncode})")
-                with contextlib.suppress(redis.ConnectionError):
-                    if client.ping():
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-sentinel not ready on port {self.port}")
-                time.sleep(0.05)
-        finally:
-            client.close()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        self._launch([str(conf)])
 
 
 @dataclass
@@ -235,8 +206,8 @@ class RedisHA(Started):
         self.watchers = [
             RedisSentinel(
                 self.data_dir / f"sentinel-{i}",
-                self.name,
-                primary.port,
+                name=self.name,
+                primary=primary.port,
                 quorum=self.sentinels // 2 + 1,
             )
             for i in range(1, self.sentinels + 1)

@@ -635,7 +635,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
     from shared.transport.kafka import make_producer
     from shared.transport.kafka_consumer import make_consumer
     from shared.transport.outages import redis_client, until_reachable
-    from shared.transport.results import ResultStore
+    from shared.transport.results import result_store
 
     service = f"{kind}-intake"
     configure_logging(service, settings.log_level)
@@ -657,13 +657,7 @@ def serve(kind: str, settings: WorkerSettings) -> None:
         consumer=consumer,
         producer=producer,
         celery=make_celery(kind, settings),
-        store=ResultStore(
-            client,
-            settings.names,
-            settings.result_ttl_s,
-            settings.redis_wait_replicas,
-            settings.redis_wait_timeout_ms,
-        ),
+        store=result_store(client, settings),
         redis=client,
         metrics=IntakeMetrics(kind),
         keys=RecordKeys(client, settings.names, settings.result_ttl_s),

@@ -54,7 +54,7 @@ def serve_worker(
     from shared.transport.celery_app import make_celery
     from shared.transport.kafka import make_producer
     from shared.transport.outages import redis_client, until_reachable
-    from shared.transport.results import ResultStore
+    from shared.transport.results import result_store
 
     service = f"{kind}-worker"
     configure_logging(service, settings.log_level)
@@ -76,13 +76,7 @@ def serve_worker(
     runtime = WorkerRuntime(
         kind=kind,
         settings=settings,
-        store=ResultStore(
-            client,
-            settings.names,
-            settings.result_ttl_s,
-            settings.redis_wait_replicas,
-            settings.redis_wait_timeout_ms,
-        ),
+        store=result_store(client, settings),
         registry=registry,
         producer_factory=lambda: make_producer(settings),
         metrics=metrics,

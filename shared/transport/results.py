@@ -34,6 +34,7 @@ from nlp.v1 import common_pb2, tasks_pb2
 from shared.contracts.envelope import TERMINAL_STATUSES
 from shared.contracts.errors import Code
 from shared.contracts.names import KIND_NAMES, Names, kind_name
+from shared.contracts.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +373,17 @@ class ResultStore:
                 self.client.zadd(key, {task_id: now}, xx=True)
                 envelopes.append((envelope, json.loads(carrier) if carrier else {}))
         return envelopes
+
+
+def result_store(client: redis.Redis, settings: ServiceSettings) -> ResultStore:
+    """The intake's and the workers' store, as their settings configure it."""
+    return ResultStore(
+        client,
+        settings.names,
+        settings.result_ttl_s,
+        settings.redis_wait_replicas,
+        settings.redis_wait_timeout_ms,
+    )
 
 
 class AsyncResultStore:
