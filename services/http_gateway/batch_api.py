@@ -225,19 +225,19 @@ class BatchRoutes:
         return await self._run(request, work)
 
     async def get_batch(self, request: Request) -> Response:
-        async def work(owner: Tenant) -> Response:
-            batch_id = request.path_params["batch_id"]
-            fields = await self.batches.get(owner.name, batch_id)
-            if fields is None:
-                return _no_batch(batch_id)
-            return JSONResponse(bf.batch_object(batch_id, fields))
-
-        return await self._run(request, work)
+        return await self._one_batch(request, self.batches.get)
 
     async def cancel_batch(self, request: Request) -> Response:
+        return await self._one_batch(request, self.batches.cancel)
+
+    async def _one_batch(
+        self, request: Request, fetch: Callable[[str, str], Awaitable[dict[str, str] | None]]
+    ) -> Response:
+        """The batch of the path as ``fetch`` (read, or cancel) leaves it; 404 if none."""
+
         async def work(owner: Tenant) -> Response:
             batch_id = request.path_params["batch_id"]
-            fields = await self.batches.cancel(owner.name, batch_id)
+            fields = await fetch(owner.name, batch_id)
             if fields is None:
                 return _no_batch(batch_id)
             return JSONResponse(bf.batch_object(batch_id, fields))

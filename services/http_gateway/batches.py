@@ -45,7 +45,7 @@ from services.gateway.auth import Tenant
 from services.gateway.core import Gateway
 from services.http_gateway import batchfile as bf
 from services.http_gateway.completions import BadRequestError
-from services.http_gateway.files import FileStore, new_file_id, text_fields
+from services.http_gateway.files import FileStore, new_file_id, text, text_fields
 from shared.contracts.envelope import new_task_id
 from shared.contracts.names import Names
 from shared.transport.outages import KafkaUnavailableError
@@ -95,12 +95,11 @@ return 0
 
 
 def new_batch_id() -> str:
-    return f"{_BATCH_ID_PREFIX}{secrets.token_hex(12)}"
+    return bf.new_id(_BATCH_ID_PREFIX)
 
 
 def valid_batch_ref(batch_id: str) -> bool:
-    rest = batch_id.removeprefix(_BATCH_ID_PREFIX)
-    return rest != batch_id and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+    return bf.is_id(batch_id, _BATCH_ID_PREFIX)
 
 
 class LeaseLostError(Exception):
@@ -149,7 +148,7 @@ class BatchStore:
                 return [], False
             start = int(rank) + 1
         found: Any = await self.client.zrevrange(key, start, start + limit)
-        ids = [_str(i) for i in found]
+        ids = [text(i) for i in found]
         async with self.client.pipeline(transaction=False) as pipe:
             for batch_id in ids[:limit]:
                 pipe.hgetall(self._key(tenant, batch_id))
@@ -172,7 +171,7 @@ class BatchStore:
         refs = await self.client.smembers(self.names.openai_active_batches_key)
         out = []
         for ref in refs:
-            tenant, _, batch_id = _str(ref).rpartition("/")
+            tenant, _, batch_id = text(ref).rpartition("/")
             out.append((tenant, batch_id))
         return out
 
@@ -212,7 +211,7 @@ class BatchStore:
         )
         if status is None:
             raise LeaseLostError(batch_id)
-        return _str(status)
+        return text(status)
 
     async def add_tasks(self, tenant: str, batch_id: str, task_ids: list[str]) -> None:
         if task_ids:
@@ -225,7 +224,7 @@ class BatchStore:
         while True:
             cursor, ids = await self.client.sscan(key, cursor, count=500)
             if ids:
-                yield [_str(i) for i in ids]
+                yield [text(i) for i in ids]
             if cursor == 0:
                 return
 
@@ -236,10 +235,6 @@ class BatchStore:
             pipe.delete(self.names.openai_batch_tasks_key(tenant, batch_id))
             await pipe.execute()
         await self.release(tenant, batch_id, token)
-
-
-def _str(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class BatchRunner:
@@ -339,6 +334,7 @@ class BatchRunner:
             log.exception("batch failed unexpectedly", extra={"batch_id": batch_id})
             with contextlib.suppress(Exception):
                 await drive.fail([bf.Problem("internal_error", "The batch could not be run.")])
+                await self.batches.end(tenant, batch_id, token)
         finally:
             if not work.done():
                 work.cancel()
@@ -388,7 +384,6 @@ class _Drive:
             leaving=(bf.VALIDATING, bf.IN_PROGRESS, bf.CANCELLING, bf.FINALIZING),
             with_status={"errors": json.dumps(errors), "failed_at": _now()},
         )
-        await self.store.end(self.tenant, self.batch_id, self.token)
 
     def owner(self) -> Tenant | None:
         return self.runner.tenants(self.tenant)

@@ -15,6 +15,7 @@ response) or the error file (an HTTP error response, or ``batch_cancelled`` /
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
@@ -66,6 +67,20 @@ UNANSWERED = "unanswered"
 # What each stop sweep leaves in the error file for lines that got no answer.
 CANCELLED_CODE = "batch_cancelled"
 EXPIRED_CODE = "batch_expired"
+
+
+# Ids of files and batches: OpenAI's prefix and 24 hex digits.
+_ID_HEX = 24
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{secrets.token_hex(_ID_HEX // 2)}"
+
+
+def is_id(value: str, prefix: str) -> bool:
+    """Whether ``value`` is an id made by :func:`new_id` with ``prefix``."""
+    rest = value.removeprefix(prefix)
+    return rest != value and len(rest) == _ID_HEX and all(c in "0123456789abcdef" for c in rest)
 
 
 @dataclass(frozen=True)

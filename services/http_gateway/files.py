@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.http_gateway.batchfile import file_object
+from services.http_gateway.batchfile import file_object, is_id, new_id
 from shared.contracts.names import Names
 
 _FILE_ID_PREFIX = "file-"
@@ -36,19 +35,16 @@ class FileStorageError(Exception):
 
 
 def new_file_id() -> str:
-    return f"{_FILE_ID_PREFIX}{secrets.token_hex(12)}"
+    return new_id(_FILE_ID_PREFIX)
 
 
 def valid_file_id(file_id: str) -> bool:
-    rest = file_id.removeprefix(_FILE_ID_PREFIX)
-    return rest != file_id and len(rest) == 24 and all(c in "0123456789abcdef" for c in rest)
+    return is_id(file_id, _FILE_ID_PREFIX)
 
 
 def text_fields(fields: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in fields.items()
-    }
+    """A Redis hash reply as text."""
+    return {text(k): text(v) for k, v in fields.items()}
 
 
 class FileStore:
@@ -114,7 +110,7 @@ class FileStore:
             pipe.hset(key, mapping=fields)
             pipe.hget(key, "created_at")
             *_, created = await pipe.execute()
-        created = _str(created)
+        created = text(created)
         await self.client.zadd(self.names.files_key(tenant), {file_id: float(created)})
         return file_object({**fields, "created_at": created})
 
@@ -157,7 +153,7 @@ class FileStore:
             start += len(ids)
             async with self.client.pipeline(transaction=False) as pipe:
                 for file_id in ids:
-                    pipe.hgetall(self.names.file_key(tenant, _str(file_id)))
+                    pipe.hgetall(self.names.file_key(tenant, text(file_id)))
                 rows = await pipe.execute()
             for row in rows:
                 fields = text_fields(row)
@@ -179,7 +175,8 @@ class FileStore:
         return True
 
 
-def _str(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 

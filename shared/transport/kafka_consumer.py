@@ -204,7 +204,7 @@ class TaskConsumer:
         )
         try:
             return {_key(tp): int(f.result(timeout=timeout).offset) for tp, f in futures.items()}
-        except BaseException:
+        except Exception:
             # After a broker died its requests could keep timing out (seen after a
             # partition leader was killed): the next measurement starts afresh.
             self._admin = None
