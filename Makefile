@@ -12,7 +12,7 @@ GATEWAY_PORT ?= 50051
 HTTP_PORT ?= 8000
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
-        test test-unit test-deploy test-integration run up down bench bench-bulk bench-lanes bench-tracing bench-security bench-generation bench-hops bench-analysis bench-report clean
+        test test-unit test-deploy test-integration run up down bench bench-bulk bench-lanes bench-tracing bench-security bench-failover bench-generation bench-hops bench-analysis bench-report clean
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
@@ -85,13 +85,14 @@ down:
 
 # Every benchmark: analysis kinds and generation (engine in-process vs. the platform), bulk
 # (batch vs. single RPCs), lanes (interactive calls beside a bulk batch), tracing and security
-# costs, and where a request's time goes.
+# costs, what a Redis failover loses, and where a request's time goes.
 bench: setup
 	@$(PY) -m bench.analysis
 	@$(PY) -m bench.bulk
 	@$(PY) -m bench.lanes
 	@$(PY) -m bench.tracing
 	@$(PY) -m bench.security
+	@$(PY) -m bench.failover
 	@$(PY) -m bench.generation
 	@$(PY) -m bench.hops --kind generation
 	@$(PY) -m bench.hops --kind classification
@@ -112,6 +113,10 @@ bench-tracing: setup
 
 bench-security: setup
 	@$(PY) -m bench.security
+
+# What a Redis failover loses with and without waiting for the replica (NLP_REDIS_WAIT_REPLICAS).
+bench-failover: setup
+	@$(PY) -m bench.failover
 
 # Generation: vLLM's AsyncLLM in-process vs. GenerateStream through the stack (tok/s, TTFT).
 bench-generation: setup

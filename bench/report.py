@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, str] = {
     "lanes": "python -m bench.lanes",
     "tracing": "python -m bench.tracing",
     "security": "python -m bench.security",
+    "failover": "python -m bench.failover",
     "generation": "python -m bench.generation",
     "hops-generation": "python -m bench.hops --kind generation",
     "hops-classification": "python -m bench.hops --kind classification",

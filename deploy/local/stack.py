@@ -5,6 +5,7 @@ restarts anything by itself: tests kill processes on purpose.
 
     python -m deploy.local.stack run [--gateway-port 50051] [--demo] [--replicas ner=2]
                                      [--kinds classification,ner]
+    python -m deploy.local.stack run --kafka-brokers 3 --redis-sentinel   # replicated
     python -m deploy.local.stack up --state-dir .run [--kinds …]      # background
     python -m deploy.local.stack down --state-dir .run
 
@@ -40,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.local.kafka import KafkaBroker, KafkaCluster, ensure_jars, free_port
 from deploy.local.lifecycle import Started
-from deploy.local.redis import RedisHA, RedisServer
+from deploy.local.redis import RedisHA, RedisSentinel, RedisServer
 from deploy.local.supervisor import Child, Supervisor, stack_children
 from shared.contracts.names import ALL_KINDS
 from shared.contracts.settings import ServiceSettings
@@ -253,6 +254,20 @@ class LocalStack(Started):
             **self.env,
         }
 
+    @property
+    def kafka_nodes(self) -> list[KafkaBroker]:
+        """The broker, or every node of the cluster."""
+        if self.kafka_cluster is not None:
+            return list(self.kafka_cluster.brokers)
+        return [self.kafka] if self.kafka is not None else []
+
+    @property
+    def redis_processes(self) -> list[RedisServer | RedisSentinel]:
+        """The Redis server, or the servers and Sentinels."""
+        if self.redis_ha is not None:
+            return [*self.redis_ha.servers, *self.redis_ha.watchers]
+        return [self.redis] if self.redis is not None else []
+
     def settings(self) -> ServiceSettings:
         """Settings pointing at this stack, for clients built in the calling process."""
         return ServiceSettings(
@@ -406,14 +421,20 @@ def _run(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         keep_data=args.keep_data,
         replicas=args.replicas,
+        kafka_brokers=args.kafka_brokers,
+        redis_sentinel=args.redis_sentinel,
     )
     print(f"starting Kafka, Redis, the gateway and workers for: {', '.join(stack.kinds)}")
     started = time.monotonic()
     stack.start()
     try:
         print(f"stack ready in {time.monotonic() - started:.1f}s; data in {stack.data_dir}")
-        print(f"  Kafka   {stack.kafka.bootstrap if stack.kafka else '?'}")
-        print(f"  Redis   {stack.redis.url if stack.redis else '?'}")
+        print(f"  Kafka   {stack.kafka_bootstrap}")
+        if stack.redis_ha is not None:
+            sentinels = stack.redis_ha.sentinel_addresses
+            print(f"  Redis   primary {stack.redis_ha.name!r} via Sentinels {sentinels}")
+        else:
+            print(f"  Redis   {stack.redis_url}")
         print(f"  gateway {stack.gateway_target} (gRPC; health + reflection on)")
         if stack.http_url:
             print(f"  openai  {stack.http_url} (HTTP, OpenAI-compatible: base_url for the SDK)")
@@ -421,7 +442,7 @@ def _run(args: argparse.Namespace) -> int:
             print("  auth    DEVELOPMENT MODE: no API keys, no tenants, no quotas")
         for name, url in stack.metrics_urls.items():
             print(f"  metrics {url} ({name})")
-        children = stack_children(stack.kafka, stack.redis, stack.services.values())
+        children = stack_children(stack.kafka_nodes, stack.redis_processes, stack.services.values())
 
         def _state_changed() -> None:
             if args.state_file:
@@ -467,6 +488,9 @@ def _up(args: argparse.Namespace) -> int:
         argv += ["--replicas", args.replicas]
     if args.kinds:
         argv += ["--kinds", ",".join(args.kinds)]
+    argv += ["--kafka-brokers", str(args.kafka_brokers)]
+    if args.redis_sentinel:
+        argv.append("--redis-sentinel")
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -546,6 +570,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--timeout", type=float, default=300)
     up.add_argument("--replicas", default="", help="as for run, e.g. ner=2")
     up.add_argument("--kinds", type=_arg_type(parse_kinds), help=kinds_help)
+    for command in (run, up):
+        command.add_argument(
+            "--kafka-brokers",
+            type=int,
+            choices=(1, 3),
+            default=1,
+            help="1 broker, or a KRaft cluster of 3 (topics at replication 3)",
+        )
+        command.add_argument(
+            "--redis-sentinel",
+            action="store_true",
+            help="Redis as a primary, a replica and three Sentinels",
+        )
     down = sub.add_parser("down", help="stop a stack started with up")
     down.add_argument("--state-dir", default=".run")
     args = parser.parse_args(argv)

@@ -11,14 +11,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import Popen
 from typing import Any, Protocol
 
 from deploy.local.kafka import KafkaBroker
-from deploy.local.redis import RedisServer
+from deploy.local.redis import RedisSentinel, RedisServer
 
 
 class Process(Protocol):
@@ -295,7 +295,7 @@ class _KafkaChild:
 
 @dataclass
 class _RedisChild:
-    redis: RedisServer
+    redis: RedisServer | RedisSentinel
     name: str = "redis"
 
     @property
@@ -320,13 +320,19 @@ class _RedisChild:
 
 
 def stack_children(
-    kafka: KafkaBroker | None, redis: RedisServer | None, services: Iterable[Process]
+    kafka: Sequence[KafkaBroker],
+    redis: Sequence[RedisServer | RedisSentinel],
+    services: Iterable[Process],
 ) -> list[Child]:
-    """The processes of a started stack, as the ``Supervisor`` watches them."""
-    children: list[Child] = []
-    if kafka is not None:
-        children.append(_KafkaChild(kafka))
-    if redis is not None:
-        children.append(_RedisChild(redis))
+    """The processes of a started stack, as the ``Supervisor`` watches them: its Kafka
+    node(s), its Redis server(s) and Sentinels, its services."""
+    children: list[Child] = [
+        _KafkaChild(node, "kafka" if len(kafka) == 1 else f"kafka-{node.node_id}") for node in kafka
+    ]
+    # A restarted Redis primary comes back as a primary; the Sentinels make it a replica.
+    children += [
+        _RedisChild(server, "redis" if len(redis) == 1 else f"redis-{server.data_dir.name}")
+        for server in redis
+    ]
     children += [_ServiceChild(service) for service in services]
     return children

@@ -135,6 +135,14 @@ class BatchRpcs:
                 batch_id = await opened
                 if batch_id:
                     await self.gateway.store.seal_batch(batch_id, owner.name)
+                    if not await self.gateway.store.confirm():
+                        # A seal a failover loses leaves the batch open for good.
+                        await _abort(
+                            context,
+                            grpc.StatusCode.UNAVAILABLE,
+                            "the batch could not be sealed durably; send its id again "
+                            "(with no items) to seal it",
+                        )
             except InvalidRequestError as exc:
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except QuotaExceededError as exc:

@@ -62,10 +62,12 @@ from shared.transport.idempotency import Ask, Claim, IdempotencyKeys, Outcome
 from shared.transport.kafka import AsyncProducer, Headers, result_record, task_headers
 from shared.transport.outages import (
     KAFKA,
+    REDIS,
     UNAVAILABLE_DETAILS,
     KafkaUnavailableError,
     Outages,
     PublishUnconfirmedError,
+    ReplicasUnconfirmedError,
 )
 from shared.transport.results import AsyncResultStore
 from shared.transport.streams import TokenStreamHub
@@ -106,6 +108,8 @@ def _enqueue_failed(exc: BaseException | None) -> str:
     """What a caller is told of a task that did not reach Kafka: no internals."""
     if isinstance(exc, BufferError):
         return "the task queue is overloaded (the gateway's send buffer is full); retry later"
+    if isinstance(exc, ReplicasUnconfirmedError):
+        return UNAVAILABLE_DETAILS[REDIS]
     return UNAVAILABLE_DETAILS[KAFKA]
 
 
@@ -159,7 +163,13 @@ class Gateway:
             outages or Outages("gateway"),
         )
         self.quotas = Quotas(client, settings.names)
-        self.store = AsyncResultStore(client, settings.names, settings.result_ttl_s)
+        self.store = AsyncResultStore(
+            client,
+            settings.names,
+            settings.result_ttl_s,
+            settings.redis_wait_replicas,
+            settings.redis_wait_timeout_ms,
+        )
         self.waiter = ResultWaiter(client, self.store, self.deps.outages)
         self.streams = TokenStreamHub(client, settings.names)
         metrics.streams_relayed.set_function(lambda: self.streams.followed)
@@ -523,7 +533,12 @@ class Gateway:
             batch=(batch_id, len(items) - len(accepted) - known),
             tenant=owner.name,
         )
-        kept = await self._publish_items(owner, batch_id, accepted, recorded, keys, adopted)
+        # The batch's counts must outlive a Redis failover: with replicas to wait for,
+        # nothing is published (nor acked) until they have them.
+        confirmed = await self.store.confirm()
+        kept = await self._publish_items(
+            owner, batch_id, accepted, recorded, keys, adopted, confirmed
+        )
         await self._settle_items(accepted, keys, kept)
         return response
 
@@ -535,11 +550,16 @@ class Gateway:
         recorded: list[bool],
         keys: dict[str, str],
         adopted: set[str],
+        confirmed: bool = True,
     ) -> set[str]:
-        """Publish the recorded items and ack each; those Kafka refused are forgotten and
-        counted rejected. The task ids whose claims stay unpublished (their tasks may be
-        in Kafka) are returned."""
-        outcomes = await self.publish_many([e for _, e in accepted], own_traces=True)
+        """Publish the recorded items and ack each; those Kafka refused (all of them when
+        their records are not ``confirmed``) are forgotten and counted rejected. The task
+        ids whose claims stay unpublished (their tasks may be in Kafka) are returned."""
+        outcomes: Sequence[Exception | None] = (
+            await self.publish_many([e for _, e in accepted], own_traces=True)
+            if confirmed
+            else [ReplicasUnconfirmedError()] * len(accepted)
+        )
         lost: list[str] = []
         kept = set(adopted)  # claims not released: their tasks may be in Kafka
         for (ack, envelope), error, fresh in zip(accepted, outcomes, recorded, strict=True):
@@ -553,7 +573,12 @@ class Gateway:
                     lost.append(envelope.task_id)
             else:
                 ack.task_id = envelope.task_id
-        if any(error is not None for error in outcomes):
+        if not confirmed:
+            log.warning(
+                "batch items not enqueued: the Redis replicas did not confirm their records",
+                extra={"batch_id": batch_id, "count": len(lost)},
+            )
+        elif any(error is not None for error in outcomes):
             log.log(
                 logging.DEBUG if self.deps.missing([KAFKA]) else logging.ERROR,
                 "batch items not enqueued",

@@ -3,6 +3,10 @@
 Deltas are relayed as they arrive; the worker's end entry becomes the last chunk.
 The task's result is awaited alongside: a task that ends without an end entry
 (cancelled, failed, past its deadline, never started) ends the relay with its status.
+
+A stream with a gap (the worker numbers its entries; a Redis failover can lose the last
+ones the old primary took) is relayed up to the gap only: the rest comes from the
+result, so a reader never gets text with a hole in it.
 """
 
 from __future__ import annotations
@@ -55,17 +59,23 @@ async def relay_tokens(
     attempt: int | None = None
     sent: list[str] = []
     index = 0
+    expected = 0  # the worker's index of the next entry of the attempt relayed
+    gap = False
     try:
         while True:
             done = outcome.done()
             entries = await reader.read(None if done else poll_ms)
             for entry in entries:
                 if attempt is None or (entry.attempt != attempt and not sent):
-                    attempt = entry.attempt
-                if entry.attempt != attempt:
+                    attempt, expected, gap = entry.attempt, 0, False
+                if entry.attempt != attempt or gap:
                     # A retry (its first worker died) after text of the earlier attempt
                     # went out: mixing them would garble the text; the result decides.
                     continue
+                if entry.index != expected:
+                    gap = True  # entries lost: the result decides the rest
+                    continue
+                expected += 1
                 if isinstance(entry, Delta):
                     sent.append(entry.text)
                     yield generation_pb2.GenerateChunk(

@@ -153,19 +153,31 @@ class _QoS(kombu_redis.QoS):
         # (celery 5.7, kombu 5.7). Redis is away anyway: the messages stay unacked in
         # Redis, where the visibility timeout restores them, and the intake re-sends
         # tasks that went silent long before that.
-        transport = self.channel.connection
-        if transport is None or transport.client is None:
+        if self._collected():
             return
         super().restore_unacked(client)
 
+    def _collected(self) -> bool:
+        """Whether Celery has collected this channel's connection (Redis was lost)."""
+        transport = self.channel.connection
+        return transport is None or transport.client is None
+
     # Pool threads ack (and reject): a slot they free may be a capped lane's.
     def ack(self, delivery_tag: str) -> None:
+        if self._collected():
+            # A task that finished after Redis was lost (or failed over): acking on the
+            # dead connection raises AttributeError and ends the worker. Its message
+            # stays unacked, the visibility timeout restores it, and the worker that
+            # gets it again skips it (the task has its result).
+            return
         delivered: Any = self._delivered
         message = delivered.get(delivery_tag)
         super().ack(delivery_tag)
         _slot_freed(self.channel, message)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._collected():
+            return  # as ack
         delivered: Any = self._delivered
         message = delivered.get(delivery_tag)
         super().reject(delivery_tag, requeue)

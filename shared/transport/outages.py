@@ -78,6 +78,10 @@ class PublishUnconfirmedError(KafkaUnavailableError):
     """No acknowledgement in time for a message that was sent: it may be in Kafka."""
 
 
+class ReplicasUnconfirmedError(Exception):
+    """The Redis replicas did not confirm a write in time: a failover could lose it."""
+
+
 # Delivery errors after which the message may have been written all the same.
 _KAFKA_UNCONFIRMED_CODES = {
     confluent_kafka.KafkaError._MSG_TIMED_OUT,

@@ -227,6 +227,10 @@ def _parse(data: bytes | str | None) -> tasks_pb2.TaskResult | None:
     return tasks_pb2.TaskResult.FromString(data.encode() if isinstance(data, str) else data)
 
 
+# A lagging replica is reported at most this often (with how many results it lagged on).
+_WARN_EVERY_S = 10.0
+
+
 class ResultStore:
     """Synchronous store used by the intake and the Celery workers. With
     ``wait_replicas``, stored results (and :meth:`durable_mark`) wait until that many
@@ -247,6 +251,8 @@ class ResultStore:
         self.wait_timeout_ms = wait_timeout_ms
         self._finish = client.register_script(_FINISH_LUA)
         self._start = client.register_script(_START_LUA)
+        self._warn_at = 0.0  # monotonic time of the next "not confirmed" warning
+        self._unconfirmed = 0  # results not confirmed since the last one
 
     def mark_queued(
         self,
@@ -315,10 +321,18 @@ class ResultStore:
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             stored, acked = pipe.execute()
         if int(acked) < self.wait_replicas:
-            log.warning(
-                "results not confirmed by the Redis replicas in time",
-                extra={"replicas": int(acked), "wanted": self.wait_replicas},
-            )
+            self._unconfirmed += len(results)
+            # Every batch of results waits while a replica lags: one line per interval.
+            if time.monotonic() >= self._warn_at:
+                log.warning(
+                    "results not confirmed by the Redis replicas in time",
+                    extra={
+                        "replicas": int(acked),
+                        "wanted": self.wait_replicas,
+                        "results": self._unconfirmed,
+                    },
+                )
+                self._unconfirmed, self._warn_at = 0, time.monotonic() + _WARN_EVERY_S
         return [bool(n) for n in stored]
 
     def durable_mark(self) -> str | None:
@@ -387,12 +401,22 @@ def result_store(client: redis.Redis, settings: ServiceSettings) -> ResultStore:
 
 
 class AsyncResultStore:
-    """The gateway's asyncio view of the same keys."""
+    """The gateway's asyncio view of the same keys. With ``wait_replicas``,
+    :meth:`confirm` waits until that many replicas have every write so far."""
 
-    def __init__(self, client: aioredis.Redis, names: Names, ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        names: Names,
+        ttl_s: int,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+    ) -> None:
         self.client = client
         self.names = names
         self.ttl_s = ttl_s
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._finish = client.register_script(_FINISH_LUA)
         self._pending = client.register_script(_PENDING_LUA)
 
@@ -472,6 +496,19 @@ class AsyncResultStore:
         )
         envelope.reply.ParseFromString(_bytes(reply or b""))
         return envelope
+
+    async def confirm(self) -> bool:
+        """Whether ``wait_replicas`` replicas have every write made so far (by anyone),
+        within ``wait_timeout_ms``; True at once without replicas to wait for."""
+        if not self.wait_replicas:
+            return True
+        async with self.client.pipeline(transaction=False) as pipe:
+            # A write first: WAIT counts from this connection's last one, and the
+            # replication stream carries everyone's writes in order.
+            pipe.set(self.names.durable_mark_key, f"{time.time():.6f}")
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            _, acked = await pipe.execute()
+        return int(acked) >= self.wait_replicas
 
     # --- batches -------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ OVERLAYS = {
     "dev": K8S / "overlays" / "dev",
     "production": K8S / "overlays" / "production",
     "gpu": K8S / "overlays" / "gpu",
+    "replicated": K8S / "overlays" / "replicated",
 }
 IMAGE_PREFIX = "nlp-platform/"
 

@@ -24,6 +24,7 @@ from shared.contracts.settings import ServiceSettings, WorkerSettings
 from shared.transport import kafka as kafka_transport
 from shared.transport.kafka import TASK_TOPIC_PARTITIONS
 from tests.deploy.deployment import (
+    COMPOSE,
     COMPOSE_GPU,
     OVERLAYS,
     Doc,
@@ -32,6 +33,7 @@ from tests.deploy.deployment import (
     compose_project_services,
     containers,
     dockerfile_targets,
+    dotenv,
     env_names,
     kinds,
     load_settings,
@@ -112,6 +114,26 @@ def test_compose_service_is_consistent_with_its_code(name: str) -> None:
         assert f":{metrics_port}/readyz" in check, f"{name}: readyz on another port"
     if "HealthStub" in check:
         assert f":{env.get('NLP_PORT', '50051')}'" in check, f"{name}: gRPC check on another port"
+
+
+def test_compose_can_run_against_an_external_kafka_and_redis() -> None:
+    """The stack's own Kafka and Redis run in a profile that .env turns on; nothing needs
+    them otherwise (an external replicated pair, set in .env, takes their place), and
+    the topics it creates get .env's replication factor."""
+    spec = compose()
+    env = dotenv(COMPOSE.parent / ".env")
+    bundled = {n for n, s in spec["services"].items() if "bundled" in s.get("profiles", [])}
+    assert bundled == {"kafka", "redis"}
+    assert env["COMPOSE_PROFILES"].split(",") == ["bundled"]
+    for name, service in spec["services"].items():
+        needs = service.get("depends_on") or {}
+        for dependency in set(needs) & bundled:
+            assert needs[dependency].get("required") is False, f"{name} needs {dependency}"
+    topics = spec["services"]["topics"]["command"]
+    assert topics[-2:] == ["--replication", "${TOPIC_REPLICATION:-1}"]
+    assert int(env["TOPIC_REPLICATION"]) == 1  # the bundled Kafka has one broker
+    for key in ("NLP_REDIS_SENTINELS", "NLP_REDIS_MASTER_NAME", "NLP_REDIS_WAIT_REPLICAS"):
+        assert key in env, key
 
 
 def _merged(base: Doc, override: Doc) -> Doc:
@@ -286,10 +308,12 @@ def _names(docs: tuple[Doc, ...]) -> Names:
     return Names(namespaces.pop())
 
 
-AUTOSCALED = ["production", "gpu"]
-# What each trigger type reads, and its threshold per replica.
+AUTOSCALED = ["production", "gpu", "replicated"]
+# What each trigger type reads, and its threshold per replica. A queue trigger is a
+# "redis" one, asking the Sentinels ("redis-sentinel") where they run.
 TRIGGER_NAME = {"kafka": "topic", "redis": "listName"}
 TRIGGER_THRESHOLD = {"kafka": "lagThreshold", "redis": "listLength"}
+QUEUE_TRIGGERS = {"redis", "redis-sentinel"}
 
 
 def _autoscaled(overlay: str) -> dict[str, tuple[str, str, Doc]]:
@@ -323,6 +347,8 @@ def _lane_triggers(names: Names, where: str, kind: str, spec: Doc) -> dict[str, 
     by_type: dict[str, dict[str, Doc]] = {}
     for trigger in spec["triggers"]:
         kind_of_trigger, metadata = trigger["type"], trigger["metadata"]
+        if kind_of_trigger in QUEUE_TRIGGERS:
+            kind_of_trigger = "redis"
         assert kind_of_trigger in known, f"{where}: unexpected trigger type {kind_of_trigger}"
         named = metadata[TRIGGER_NAME[kind_of_trigger]]
         lane = known[kind_of_trigger].get(named)
@@ -442,3 +468,33 @@ def test_clusters_run_the_gateway_with_api_keys(overlay: str) -> None:
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         assert keys_dir in mounts, f"{overlay}: the keys file is not mounted"
         assert "secret" in volumes[mounts[keys_dir]], "the keys come from a Secret"
+
+
+def test_the_replicated_overlay_finds_redis_through_the_sentinels() -> None:
+    """Every process and every queue trigger asks the Sentinels for the primary (the
+    same ConfigMap keys), and what a failover must not lose waits for a replica."""
+    docs = rendered("replicated")
+    config = _config(docs)["nlp-config"]
+    settings = load_settings(ServiceSettings, config)
+    assert isinstance(settings, ServiceSettings)
+    assert settings.sentinel_addresses() and settings.redis_wait_replicas >= 1
+    assert "REDIS_ADDRESS" not in config
+    assert int(config["TOPIC_REPLICATION"]) >= 3
+    for name, scaled in of_kind(docs, "ScaledObject").items():
+        for trigger in scaled["spec"]["triggers"]:
+            metadata = trigger["metadata"]
+            if trigger["type"] == "kafka":
+                assert metadata["bootstrapServersFromEnv"] == "NLP_KAFKA_BOOTSTRAP", name
+                continue
+            assert trigger["type"] == "redis-sentinel", f"{name}: {trigger['name']}"
+            assert metadata["addressesFromEnv"] == "NLP_REDIS_SENTINELS", name
+            assert metadata["sentinelMasterFromEnv"] == "NLP_REDIS_MASTER_NAME", name
+            assert "addressFromEnv" not in metadata, name
+    # The other overlays keep one Redis: no trigger there asks Sentinels.
+    for overlay in ("production", "gpu"):
+        types = {
+            t["type"]
+            for s in of_kind(rendered(overlay), "ScaledObject").values()
+            for t in s["spec"]["triggers"]
+        }
+        assert types == {"kafka", "redis"}, overlay

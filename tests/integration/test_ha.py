@@ -26,7 +26,8 @@ import pytest
 from deploy.local.kafka import KafkaBroker
 from deploy.local.redis import RedisServer
 from deploy.local.stack import LocalStack
-from nlp.v1 import classification_pb2_grpc, common_pb2, tasks_pb2_grpc
+from nlp.v1 import classification_pb2_grpc, common_pb2, tasks_pb2, tasks_pb2_grpc
+from shared.contracts.errors import Code
 from tests.factories import classify_request, submit_classification
 from tests.integration.support import wait_terminal
 
@@ -189,3 +190,85 @@ def test_failovers_of_the_partition_leader_the_controller_and_the_redis_primary_
             f"\n{len(load.acknowledged)} acknowledged: {dict(statuses)}; refused {dict(load.refused)}"
         )
         assert statuses == {"TASK_STATUS_SUCCEEDED": len(load.acknowledged)}
+
+
+def _batch_acks(
+    tasks: tasks_pb2_grpc.TasksStub, batch_id: str, n: int
+) -> tuple[list[Any], grpc.StatusCode]:
+    """One SubmitBatch stream of ``n`` items: their acks, and how the stream ended."""
+    items = [
+        tasks_pb2.BatchItem(item_id=f"doc-{i}", task=submit_classification(f"Document {i}."))
+        for i in range(n)
+    ]
+    request = tasks_pb2.SubmitBatchRequest(batch_id=batch_id, items=items)
+    acks: list[Any] = []
+    try:
+        for reply in tasks.SubmitBatch(iter([request]), timeout=30):
+            acks.extend(reply.acks)
+    except grpc.RpcError as exc:
+        return acks, exc.code()
+    return acks, grpc.StatusCode.OK
+
+
+def test_while_the_replica_lags_batch_items_are_refused_until_it_has_their_counts(
+    ha_stack: LocalStack,
+) -> None:
+    # NLP_REDIS_WAIT_REPLICAS=1 (the Sentinel stack's default): a batch's counts must
+    # outlive a failover, so while the replica cannot confirm them nothing is enqueued.
+    redis_ha = ha_stack.redis_ha
+    assert redis_ha is not None
+    replica = next(s for s in redis_ha.servers if s is not redis_ha.primary())
+    assert replica.pid is not None
+    with grpc.insecure_channel(ha_stack.gateway_target) as channel:
+        tasks = tasks_pb2_grpc.TasksStub(channel)
+        os.killpg(replica.pid, signal.SIGSTOP)
+        try:
+            refused, ended = _batch_acks(tasks, "lagging-replica", 5)
+        finally:
+            os.killpg(replica.pid, signal.SIGCONT)
+        # Nor can the batch be sealed: the stream ends UNAVAILABLE (send the id again).
+        assert ended == grpc.StatusCode.UNAVAILABLE
+        assert [(a.task_id, a.error.code, a.error.retryable) for a in refused] == [
+            ("", Code.UNAVAILABLE, True)
+        ] * 5
+        assert "Redis" in refused[0].error.message and "127.0.0.1" not in refused[0].error.message
+        # Nothing of them was counted or enqueued; resent, they go through.
+        acks, ended = _batch_acks(tasks, "lagging-replica", 5)
+        assert ended == grpc.StatusCode.OK
+        assert all(a.task_id and not a.error.code for a in acks), acks
+        for ack in acks:
+            assert wait_terminal(tasks, ack.task_id).status == common_pb2.TASK_STATUS_SUCCEEDED
+        status = tasks.GetBatch(tasks_pb2.GetBatchRequest(batch_id="lagging-replica"))
+        assert (status.submitted, status.rejected, status.succeeded) == (5, 5, 5)
+        assert status.complete
+
+
+def test_with_two_of_three_brokers_down_calls_are_refused_then_served_again(
+    ha_stack: LocalStack,
+) -> None:
+    # min.insync.replicas 2: one broker alone takes no task (and no controller quorum).
+    cluster = ha_stack.kafka_cluster
+    assert cluster is not None
+    down = cluster.brokers[:2]
+    with grpc.insecure_channel(ha_stack.gateway_target) as channel:
+        tasks = tasks_pb2_grpc.TasksStub(channel)
+        for node in down:
+            _kill(node.pid)
+        began = time.monotonic()
+        codes = Counter[str]()
+        while time.monotonic() - began < 15:
+            try:
+                tasks.Submit(submit_classification("Nobody should take this."), timeout=4)
+                codes["OK"] += 1
+            except grpc.RpcError as exc:
+                codes[exc.code().name] += 1
+        # The first calls may still beat the kill; after that, only UNAVAILABLE.
+        assert codes["UNAVAILABLE"] >= 3 and set(codes) <= {"UNAVAILABLE", "OK"}, codes
+        assert codes["OK"] <= 1, codes
+        for node in down:
+            _rejoin(node)
+        restarted = time.monotonic()
+        seconds = _first_classify_after(channel, restarted)
+        print(f"\ntwo brokers back -> first successful Classify after {seconds:.2f} s")
+        reply = tasks.Submit(submit_classification("Back to normal."), timeout=CALL_TIMEOUT_S)
+        assert wait_terminal(tasks, reply.task_id).status == common_pb2.TASK_STATUS_SUCCEEDED

@@ -67,7 +67,27 @@ def _classify(target: str) -> str:
         return stub.Classify(request, timeout=60).top_label
 
 
-def test_a_killed_worker_is_restarted_and_the_rest_of_the_stack_stays_up(tmp_path: Path) -> None:
+SERVICES = {WORKER, "classification-intake", "gateway"}
+REPLICATED = {
+    *(f"kafka-{i}" for i in (1, 2, 3)),
+    "redis-node-1",
+    "redis-node-2",
+    *(f"redis-sentinel-{i}" for i in (1, 2, 3)),
+}
+
+
+@pytest.mark.parametrize(
+    ("options", "processes", "victim"),
+    [
+        ((), {"kafka", "redis", *SERVICES}, WORKER),
+        # The replicated stack: a dead Kafka node comes back into its cluster.
+        (("--kafka-brokers", "3", "--redis-sentinel"), REPLICATED | SERVICES, "kafka-2"),
+    ],
+    ids=["single", "replicated"],
+)
+def test_a_killed_process_is_restarted_and_the_rest_of_the_stack_stays_up(
+    tmp_path: Path, options: tuple[str, ...], processes: set[str], victim: str
+) -> None:
     state_dir = tmp_path / "run"
     state_file, log_file = state_dir / "stack.json", state_dir / "stack.log"
     seen_pids: set[int] = set()
@@ -93,39 +113,40 @@ def test_a_killed_worker_is_restarted_and_the_rest_of_the_stack_stays_up(tmp_pat
             "classification",
             "--timeout",
             "480",
+            *options,
             timeout=540,
         )
         assert up.returncode == 0, f"{up.stdout}{up.stderr}\nstack log:\n{log()}"
         before = state()
         runner, pids = int(before["pid"]), before["pids"]
         assert before["kinds"] == ["classification"]
-        assert set(pids) == {"kafka", "redis", WORKER, "classification-intake", "gateway"}
+        assert set(pids) == processes
         assert all(_running(pid) for pid in pids.values()), pids
         target = before["gateway"]
         assert _classify(target) == "sports"
 
-        os.kill(pids[WORKER], signal.SIGKILL)
+        os.kill(pids[victim], signal.SIGKILL)
         _eventually(
-            lambda: f"{WORKER} (pid {pids[WORKER]}) exited: killed by SIGKILL" in log() or None,
+            lambda: f"{victim} (pid {pids[victim]}) exited: killed by SIGKILL" in log() or None,
             120,
             "the stack log to report the kill",
         )
         _eventually(
-            lambda: f"{WORKER} is ready again" in log() or None,
+            lambda: f"{victim} is ready again" in log() or None,
             300,
-            f"the restarted worker to be ready; stack log:\n{log()}",
+            f"the restarted process to be ready; stack log:\n{log()}",
         )
-        assert f"{WORKER} restarted (restart 1, pid " in log()
+        assert f"{victim} restarted (restart 1, pid " in log()
         after = state()
-        new_worker = after["pids"][WORKER]
-        assert new_worker != pids[WORKER] and _running(new_worker)
+        new_pid = after["pids"][victim]
+        assert new_pid != pids[victim] and _running(new_pid)
         top = _eventually(lambda: _classify(target), 180, "a Classify after the restart")
         assert top == "sports"
 
         assert _running(runner), f"the stack runner exited; its log:\n{log()}"
         assert after["pid"] == runner
         for name, pid in pids.items():
-            if name != WORKER:
+            if name != victim:
                 assert after["pids"][name] == pid, name
                 assert _running(pid), name
 

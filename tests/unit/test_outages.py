@@ -316,3 +316,7 @@ def test_closing_a_lost_celery_connection_does_not_end_the_worker() -> None:
         qos = qos_cls.__new__(qos_cls)
         qos.channel = SimpleNamespace(connection=transport)  # type: ignore[assignment]
         qos.restore_unacked()  # returns, touching no Redis
+        # Nor does a task that finishes after that (an ack or reject on the dead
+        # connection): its message stays unacked, to be restored and skipped.
+        qos.ack("tag-1")
+        qos.reject("tag-2", requeue=True)

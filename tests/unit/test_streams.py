@@ -148,6 +148,40 @@ def test_a_later_attempt_is_followed_when_no_text_went_out_yet() -> None:
     assert [c.delta for c in chunks] == ["Hi", ""]
 
 
+def test_a_gap_in_the_stream_is_filled_from_the_result() -> None:
+    # A Redis failover lost entry 1 (" cat"): what follows it is not relayed, the
+    # stored result completes the text after "The".
+    chunks, ended = _relay(
+        [[Delta(1, 0, "The"), Delta(1, 2, " sat")], [End(1, 3, STOP, 3, 3)]],
+        _result(common_pb2.TASK_STATUS_SUCCEEDED, "The cat sat"),
+        result_after=0.05,
+    )
+    assert ended is None
+    assert [c.delta for c in chunks] == ["The", " cat sat", ""]
+    assert [c.index for c in chunks] == [0, 1, 2]
+    assert chunks[-1].finish_reason == STOP
+
+
+def test_a_stream_that_lost_its_first_entries_comes_from_the_result() -> None:
+    chunks, ended = _relay(
+        [[Delta(1, 2, " sat"), End(1, 3, STOP, 3, 3)]],
+        _result(common_pb2.TASK_STATUS_SUCCEEDED, "The cat sat"),
+        result_after=0.05,
+    )
+    assert ended is None
+    assert [c.delta for c in chunks] == ["The cat sat", ""]
+
+
+def test_a_stream_that_lost_its_end_is_finished_from_the_result() -> None:
+    chunks, ended = _relay(
+        [[Delta(1, 0, "The"), Delta(1, 1, " cat")]],
+        _result(common_pb2.TASK_STATUS_SUCCEEDED, "The cat sat"),
+        result_after=0.05,
+    )
+    assert ended is None
+    assert "".join(c.delta for c in chunks) == "The cat sat"
+
+
 class RecordingPipeline:
     def __init__(self, log: list[list[tuple[str, str, Any]]]) -> None:
         self.log = log
