@@ -11,8 +11,9 @@ Kafka is not what fails here) and the classification and generation workers, and
    batch of ``batch_items`` classifications streamed in chunks (a client that resumes
    with the same batch id and item ids when its stream is cut); ``streams`` generation
    tasks, submitted as the fault begins;
-2. the fault: the replica stalls (SIGSTOP) for ``stall_s``, as a slow link would, while
-   the primary goes on acknowledging writes it cannot pass on; then the primary is
+2. the fault: the replica is cut off from the primary for ``stall_s`` (SIGSTOP, and the
+   primary drops its replication link), as a network partition would, while the
+   primary goes on acknowledging writes it cannot pass on; then the primary is
    SIGKILLed and the replica resumed; the Sentinels promote it; the old primary is
    started again (it rejoins as a replica);
 3. the load goes on for a few seconds; then every acknowledged task is waited for.
@@ -42,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
+import redis
 
 from bench.common import Bench, Output, Table, format_errors, note
 from deploy.local.redis import RedisHA
@@ -221,13 +223,20 @@ class BatchClient:
 
 
 def _stall_and_fail_over(ha: RedisHA, stall_s: float) -> float:
-    """SIGSTOP the replica for ``stall_s``, SIGKILL the primary, resume the replica;
+    """Cut the replica off for ``stall_s``, SIGKILL the primary, resume the replica;
     seconds from the kill until the Sentinels name the replica primary. The old primary
     is started again (the Sentinels make it a replica)."""
     primary = ha.primary()
     replica = next(s for s in ha.servers if s is not primary)
     assert primary.pid is not None and replica.pid is not None
     os.killpg(replica.pid, signal.SIGSTOP)
+    # Cut the replication link too: otherwise the kernel buffers the stream for the
+    # stopped replica, which reads it all once resumed. A partition, as networks make.
+    client = redis.Redis(port=primary.port, socket_timeout=5)
+    try:
+        client.client_kill_filter(_type="replica")
+    finally:
+        client.close()
     time.sleep(stall_s)
     os.killpg(primary.pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -385,7 +394,7 @@ def output(results: Results) -> Output:
     ]
     return Output(
         about=[
-            "Redis primary + replica + 3 Sentinels; the replica stalls (SIGSTOP), the "
+            "Redis primary + replica + 3 Sentinels; the replica is cut off (SIGSTOP), the "
             "primary is SIGKILLed, the replica promoted",
             "lost: acknowledged Submits never ended; batch counted/ended: its submitted and "
             "terminal counts against the items acknowledged",

@@ -20,6 +20,7 @@ letters wait. Either way the loop goes on, logs the outage once and resumes by i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -110,7 +111,7 @@ class Intake:
     # Next offset to read per partition, handed off but not yet committed.
     uncommitted: dict[Partition, int] = field(default_factory=dict)
     _commit_at: float = 0.0
-    # The Redis primary's replication id at the last confirmed hand-off ("": unknown).
+    # The Redis primary's replication id that the hand-offs went to ("": unknown).
     _primary: str = ""
 
     def __post_init__(self) -> None:
@@ -135,6 +136,7 @@ class Intake:
             while not self.consumer.partitions_for_topic(topic):
                 if stop.wait(0.2):
                     return
+        self._learn_primary()
         self.consumer.subscribe(list(self.topics.values()), on_revoke=self.revoked)
         try:
             self._poll_until(stop, on_first_poll)
@@ -307,30 +309,35 @@ class Intake:
 
         With replicas to wait for (``redis_wait_replicas``), a hand-off is durable once a
         replica confirms it; offsets are committed only then. A primary that changed
-        since the last confirmation (a failover) may have lost hand-offs made after it:
-        every partition is read again from its committed offset (tasks handed twice run
-        once: the worker skips a task that has a result)."""
+        since the hand-offs (a failover) may have lost them, confirmed or not: every
+        partition is read again from its committed offset at once (tasks handed twice
+        run once: the worker skips a task that has a result)."""
         try:
-            mark = self.store.durable_mark()
+            primary, confirmed = self.store.durable_mark()
         except Exception as exc:
             if not self.outages.failed(exc):
                 log.exception("could not confirm the hand-offs; commit later")
             return False
-        if mark is None:
-            log.info("hand-offs not yet confirmed by the Redis replicas; commit later")
-            return False
-        if self._primary and mark and mark != self._primary:
+        if self._primary and primary and primary != self._primary:
             log.warning(
                 "Redis failed over: reading again from the committed offsets",
                 extra={"uncommitted": len(self.uncommitted)},
             )
-            self._primary = mark
+            self._primary = primary
             self.uncommitted.clear()
             self.consumer.rewind()
             self.stats["rewinds"] += 1
             return False
-        self._primary = mark or self._primary
-        return True
+        self._primary = primary or self._primary
+        if not confirmed:
+            log.info("hand-offs not yet confirmed by the Redis replicas; commit later")
+        return confirmed
+
+    def _learn_primary(self) -> None:
+        """The primary's replication id before the first hand-off, so that a failover
+        before the first confirmation is noticed too ("" while Redis is away)."""
+        with contextlib.suppress(Exception):
+            self._primary = self.store.durable_mark()[0]
 
     def revoked(self, partitions: set[Partition]) -> None:
         """A rebalance is taking ``partitions``: commit what was handed off from them."""

@@ -335,12 +335,12 @@ class ResultStore:
                 self._unconfirmed, self._warn_at = 0, time.monotonic() + _WARN_EVERY_S
         return [bool(n) for n in stored]
 
-    def durable_mark(self) -> str | None:
-        """Confirm that every write so far (by anyone) is on ``wait_replicas`` replicas:
-        the primary's replication id, or None when they did not confirm in time. Without
-        replicas to wait for, ``""`` at once (AOF is the durability then)."""
+    def durable_mark(self) -> tuple[str, bool]:
+        """The primary's replication id, and whether every write so far (by anyone) is on
+        ``wait_replicas`` replicas within ``wait_timeout_ms``. Without replicas to wait
+        for, ``("", True)`` at once (AOF is the durability then)."""
         if not self.wait_replicas:
-            return ""
+            return "", True
         with self.client.pipeline(transaction=False) as pipe:
             # A write first: WAIT counts from this connection's last one, and the
             # replication stream carries everyone's writes in order.
@@ -348,9 +348,7 @@ class ResultStore:
             pipe.wait(self.wait_replicas, self.wait_timeout_ms)
             pipe.info("replication")
             _, acked, info = pipe.execute()
-        if int(acked) < self.wait_replicas:
-            return None
-        return str(info.get("master_replid", ""))
+        return str(info.get("master_replid", "")), int(acked) >= self.wait_replicas
 
     def heartbeat(self, kind: str, task_ids: Iterable[str]) -> None:
         """Mark running tasks alive so the intake's sweep leaves them alone."""

@@ -150,15 +150,15 @@ class FakeRedis:
 @dataclass
 class FakeIntakeStore:
     """Records what was marked QUEUED and what was finished; ``done`` have a result.
-    ``marks``: what each durable_mark answers in turn (then ``""``, no replicas)."""
+    ``marks``: what each durable_mark answers in turn (then ``("", True)``, no replicas)."""
 
     done: set[str] = field(default_factory=set)
     queued: list[str] = field(default_factory=list)
     results: list[tasks_pb2.TaskResult] = field(default_factory=list)
-    marks: list[str | None] = field(default_factory=list)
+    marks: list[tuple[str, bool]] = field(default_factory=list)
 
-    def durable_mark(self) -> str | None:
-        return self.marks.pop(0) if self.marks else ""
+    def durable_mark(self) -> tuple[str, bool]:
+        return self.marks.pop(0) if self.marks else ("", True)
 
     def finished(self, task_ids: Sequence[str]) -> set[str]:
         return {t for t in task_ids if t in self.done}

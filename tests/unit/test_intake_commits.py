@@ -87,7 +87,7 @@ def test_a_refused_commit_keeps_assigned_partitions_for_the_next_try() -> None:
 
 
 def test_offsets_are_committed_only_once_the_replicas_confirmed_the_hand_offs() -> None:
-    store = FakeIntakeStore(marks=["primary-a", None, "primary-a"])
+    store = FakeIntakeStore(marks=[("primary-a", True), ("primary-a", False), ("primary-a", True)])
     intake, consumer, _ = make(0, store)
     intake.uncommitted |= {P0: 5}
     intake.commit_due()
@@ -102,7 +102,7 @@ def test_offsets_are_committed_only_once_the_replicas_confirmed_the_hand_offs() 
 def test_a_new_redis_primary_rereads_from_the_committed_offsets() -> None:
     """A failover may have lost hand-offs made since the last confirmation: nothing after
     it is committed, and the partitions are read again from the committed offsets."""
-    store = FakeIntakeStore(marks=["primary-a", "primary-b", "primary-b"])
+    store = FakeIntakeStore(marks=[("primary-a", True), ("primary-b", True), ("primary-b", True)])
     intake, consumer, _ = make(0, store)
     intake.uncommitted |= {P0: 5}
     intake.commit_due()
@@ -113,3 +113,17 @@ def test_a_new_redis_primary_rereads_from_the_committed_offsets() -> None:
     intake.uncommitted |= {P0: 9}  # read and handed off again
     intake.commit_due()
     assert consumer.commits == [{P0: 5}, {P0: 9}] and consumer.rewinds == 1
+
+
+def test_a_failover_before_any_confirmation_rereads_at_once() -> None:
+    """Hand-offs the replica never confirmed (it was cut off), then a failover: the new
+    primary is noticed even while no replica confirms, and the partitions are read
+    again at once, not once a replica is back."""
+    store = FakeIntakeStore(marks=[("primary-a", False), ("primary-b", False)])
+    intake, consumer, _ = make(0, store)
+    intake._primary = "primary-a"  # learnt before the first hand-off
+    intake.uncommitted |= {P0: 5}
+    intake.commit_due()  # not confirmed: nothing committed
+    assert consumer.commits == [] and consumer.rewinds == 0
+    intake.commit_due()  # the primary changed, still with no replica
+    assert consumer.commits == [] and consumer.rewinds == 1 and intake.uncommitted == {}
