@@ -57,6 +57,7 @@ from nlp.v1 import (
     tasks_pb2_grpc,
 )
 from shared.contracts.envelope import TERMINAL_STATUSES
+from shared.contracts.errors import Code
 
 MODES = {"no-wait": "0", "wait": "1"}
 LABELS = ("sports", "politics", "technology")
@@ -213,8 +214,8 @@ class BatchClient:
                     for ack in response.acks:
                         if ack.task_id:
                             self.acked[ack.item_id] = ack.task_id
-                        else:
-                            self.refused[str(ack.error.code)] += 1
+                        else:  # refused, to be resent: "item <code>"
+                            self.refused[f"item {Code(ack.error.code).name}"] += 1
                 if len(self.acked) == len(self.items):
                     return
             except grpc.RpcError as exc:
