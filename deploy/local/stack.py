@@ -90,6 +90,21 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return tuple(kinds)
 
 
+def parse_models(text: str) -> tuple[str, str, Path]:
+    """``"classification=models.json"`` → the kind, its ``NLP_MODELS`` (the file's JSON,
+    checked here: a typo fails now, not in a worker a minute later) and the file."""
+    kind, sep, file = text.partition("=")
+    if not sep or kind not in ALL_KINDS:
+        raise ValueError(f"models: expected KIND=FILE (a JSON file), got {text!r}")
+    try:
+        models = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"models: {file}: {exc}") from None
+    if not isinstance(models, dict) or not models:
+        raise ValueError(f"models: {file} must hold an object: model name -> spec")
+    return kind, json.dumps(models), Path(file).resolve()
+
+
 _T = TypeVar("_T")
 
 
@@ -188,6 +203,9 @@ class LocalStack(Started):
     http_port: int = 0
     namespace: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
+    # Further environment of one kind's workers, over ``env`` (a deployment sets each
+    # worker's own, e.g. NLP_MODELS: the setting names no kind).
+    worker_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     ready_timeout: float = 180.0
     keep_data: bool = False
     # Replicated: a KRaft cluster of this many nodes (topics at that replication factor,
@@ -305,9 +323,9 @@ class LocalStack(Started):
             replicas = {**DEFAULT_REPLICAS, **self.replicas}
             for kind in self.kinds:
                 for replica in range(1, replicas.get(kind, 1) + 1):
-                    self._add(
-                        worker_name(kind, replica), f"services.{kind}.worker", f"{kind}-worker"
-                    )
+                    name = worker_name(kind, replica)
+                    self._add(name, f"services.{kind}.worker", f"{kind}-worker")
+                    self.services[name].env.update(self.worker_env.get(kind, {}))
                 self._add(f"{kind}-intake", f"services.{kind}.intake", f"{kind}-intake")
             self._add("gateway", "services.gateway", "gateway")
             if "generation" in self.kinds:
@@ -423,6 +441,7 @@ def _run(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         kafka_brokers=args.kafka_brokers,
         redis_sentinel=args.redis_sentinel,
+        worker_env={kind: {"NLP_MODELS": models} for kind, models, _ in args.models},
     )
     print(f"starting Kafka, Redis, the gateway and workers for: {', '.join(stack.kinds)}")
     started = time.monotonic()
@@ -491,6 +510,8 @@ def _up(args: argparse.Namespace) -> int:
     argv += ["--kafka-brokers", str(args.kafka_brokers)]
     if args.redis_sentinel:
         argv.append("--redis-sentinel")
+    for kind, _, file in args.models:
+        argv += ["--models", f"{kind}={file}"]
     with log_file.open("ab") as log:
         proc = subprocess.Popen(
             argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -582,6 +603,15 @@ def main(argv: list[str] | None = None) -> int:
             "--redis-sentinel",
             action="store_true",
             help="Redis as a primary, a replica and three Sentinels",
+        )
+        command.add_argument(
+            "--models",
+            type=_arg_type(parse_models),
+            action="append",
+            default=[],
+            metavar="KIND=FILE",
+            help="the models one kind's workers serve: NLP_MODELS as a JSON file "
+            "(repeat per kind; docs/models.md)",
         )
     down = sub.add_parser("down", help="stop a stack started with up")
     down.add_argument("--state-dir", default=".run")

@@ -18,6 +18,10 @@ import numpy.typing as npt
 from pydantic import Field
 
 from nlp.v1 import classification_pb2, common_pb2
+from services.classification.scores import ranked_response
+from services.classification.sentiment import VaderSentiment
+from services.classification.supervised import HfSequenceClassifier
+from shared.contracts.envelope import classification_model_problems
 from shared.contracts.settings import ModelSpec
 from shared.models.minilm import EmbedderParams, MiniLMEmbedder, Vector
 from shared.runtime.engines import EngineFactory
@@ -39,9 +43,14 @@ class ZeroShotParams(EmbedderParams):
 
 
 class ZeroShotClassifier:
-    """Batched zero-shot classification; thread-safe (onnxruntime sessions are)."""
+    """Batched zero-shot classification; thread-safe (onnxruntime sessions are). It has
+    no labels of its own: each request brings its candidates."""
+
+    labels: tuple[str, ...] = ()
+    multi_label = False
 
     def __init__(self, name: str, spec: ModelSpec) -> None:
+        self.name = name
         self.params = ZeroShotParams.model_validate(spec.params)
         self.embedder = MiniLMEmbedder(spec.path, self.params)
         self._info = common_pb2.ModelInfo(name=name, version=self.embedder.version)
@@ -51,6 +60,9 @@ class ZeroShotClassifier:
     @property
     def info(self) -> common_pb2.ModelInfo:
         return self._info
+
+    def problems(self, request: classification_pb2.ClassifyRequest) -> list[str]:
+        return classification_model_problems(request, self.name, self.labels)
 
     def _hypothesis(self, label: classification_pb2.Label) -> str:
         return label.description.strip() or self.params.hypothesis_template.format(
@@ -86,19 +98,9 @@ class ZeroShotClassifier:
         for request, text_vec, hs in zip(requests, texts, hypotheses, strict=True):
             sims = np.array([float(label_vectors[h] @ text_vec) for h in hs], dtype=np.float64)
             names = [label.name.strip() for label in request.labels]
-            ranked = sorted(
-                zip(names, self._scores(request.multi_label, sims), strict=True),
-                key=lambda p: p[1],
-                reverse=True,
-            )
             responses.append(
-                classification_pb2.ClassifyResponse(
-                    scores=[
-                        classification_pb2.LabelScore(label=name, score=score)
-                        for name, score in ranked
-                    ],
-                    top_label=ranked[0][0],
-                    model=self._info,
+                ranked_response(
+                    zip(names, self._scores(request.multi_label, sims), strict=True), self._info
                 )
             )
         return responses
@@ -119,4 +121,8 @@ class ZeroShotClassifier:
         return self.run_batch([request])[0]
 
 
-FACTORIES: dict[str, EngineFactory] = {"minilm-zero-shot": ZeroShotClassifier}
+FACTORIES: dict[str, EngineFactory] = {
+    "minilm-zero-shot": ZeroShotClassifier,
+    "vader-sentiment": VaderSentiment,
+    "hf-sequence-classification": HfSequenceClassifier,
+}

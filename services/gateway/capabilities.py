@@ -151,5 +151,7 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
                     version=model["version"],
                     engine=model["engine"],
                     default=model["default"],
+                    labels=model.get("labels", ()),
+                    multi_label=model.get("multi_label", False),
                 )
         return response

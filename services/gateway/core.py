@@ -309,7 +309,7 @@ class Gateway:
         tenant's highest lane when that is lower."""
         lane = lane_of(owner, lane, default_lane)
         validate_request(kind, request, owner.request_limits(self.settings.limits))
-        await self.catalog.check(kind, request.model)
+        await self.catalog.check(kind, request)
         return make_envelope(
             kind,
             request,

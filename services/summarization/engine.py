@@ -26,12 +26,13 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import nupunkt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from nlp.v1 import common_pb2, summarization_pb2
 from shared.contracts.errors import InvalidRequestError
 from shared.contracts.settings import ModelSpec
 from shared.models.minilm import EmbedderParams, MiniLMEmbedder, Vector
+from shared.models.vllm_cpu import VllmCpuParams, configure_vllm_environment
 from shared.observability.telemetry import count_tokens
 from shared.runtime.engines import EngineFactory
 
@@ -335,10 +336,9 @@ DEFAULT_PROMPT = (
 )
 
 
-class AbstractiveParams(BaseModel):
-    """Parameters of an ``abstractive-llm`` model (its ``params`` in ``NLP_MODELS``)."""
-
-    model_config = ConfigDict(extra="forbid")
+class AbstractiveParams(VllmCpuParams):
+    """Parameters of an ``abstractive-llm`` model (its ``params`` in ``NLP_MODELS``); on
+    vLLM's CPU build those of :class:`VllmCpuParams` too."""
 
     backend: Literal["auto", "vllm", "transformers"] = Field(
         "auto", description="auto: vLLM when installed, else transformers"
@@ -389,6 +389,7 @@ def _pick_backend(name: str, wanted: str) -> str:
 
 
 def _load_vllm(path: Path, params: AbstractiveParams) -> Generate:
+    configure_vllm_environment(params)
     vllm = import_module("vllm")  # by name: an optional, untyped dependency
 
     llm = vllm.LLM(model=str(path), **params.load_kwargs)

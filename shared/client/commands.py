@@ -75,7 +75,12 @@ def _add_text_args(p: argparse.ArgumentParser) -> None:
 
 def _classify_args(p: argparse.ArgumentParser) -> None:
     _add_text_args(p)
-    p.add_argument("--labels", required=True, help="comma-separated candidate labels")
+    p.add_argument(
+        "--labels",
+        default="",
+        help="comma-separated candidate labels (a model with labels of its own, such as "
+        "sentiment, needs none: names given keep only those)",
+    )
     p.add_argument(
         "--describe",
         action="append",

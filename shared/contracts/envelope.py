@@ -159,9 +159,8 @@ def _model_problems(model: str, limits: Limits) -> list[str]:
 
 def _classification_problems(req: classification_pb2.ClassifyRequest, limits: Limits) -> list[str]:
     problems = _text_problems("text", req.text, limits)
-    if not req.labels:
-        problems.append("at least one label is required")
-    elif len(req.labels) > limits.max_labels:
+    # Whether labels are needed depends on the model: classification_model_problems.
+    if len(req.labels) > limits.max_labels:
         problems.append(f"{len(req.labels)} labels given; the limit is {limits.max_labels}")
     seen: set[str] = set()
     for i, label in enumerate(req.labels):
@@ -177,6 +176,44 @@ def _classification_problems(req: classification_pb2.ClassifyRequest, limits: Li
             problems.append(
                 f"labels[{i}].description longer than {limits.max_description_chars} characters"
             )
+    return problems
+
+
+def classification_model_problems(
+    req: classification_pb2.ClassifyRequest,
+    model: str,
+    own_labels: Sequence[str],
+    multi_label_head: bool = False,
+) -> list[str]:
+    """What ``req`` asks that the classification model ``model`` cannot do. A zero-shot
+    model (no ``own_labels``) needs candidate labels; a model with labels of its own
+    takes none, or a subset of them (without descriptions), and its head decides
+    ``multi_label``. The gateway checks this from the catalog, the worker from the
+    engine: one rule."""
+    if not own_labels:
+        if not req.labels:
+            return [f"model {model!r} is zero-shot: give at least one candidate label"]
+        return []
+    known = ", ".join(own_labels)
+    problems = []
+    for i, label in enumerate(req.labels):
+        if label.name.strip() not in own_labels:
+            problems.append(
+                f"labels[{i}]: {label.name.strip()!r} is not a label of model {model!r} "
+                f"(its labels: {known})"
+            )
+        if label.description:
+            problems.append(
+                f"labels[{i}].description: model {model!r} has labels of its own; "
+                "a description would have no effect"
+            )
+    if req.multi_label != multi_label_head:
+        problems.append(
+            f"model {model!r} scores its labels independently: set multi_label"
+            if multi_label_head
+            else f"model {model!r} is single-label (its scores sum to one): "
+            "multi_label is not available"
+        )
     return problems
 
 

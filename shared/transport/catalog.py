@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from shared.contracts.envelope import classification_model_problems
 from shared.contracts.errors import InvalidRequestError
 from shared.contracts.names import Names
 
@@ -48,12 +49,26 @@ class ModelCatalog:
         self._cache[kind] = (now, models)
         return models
 
-    async def check(self, kind: str, model: str) -> None:
-        """Reject a model name the kind's workers do not serve (when they said what they serve)."""
-        if not model:
-            return
-        served = {m["name"] for m in await self.models(kind)}
-        if served and model not in served:
+    async def check(self, kind: str, request: Any) -> None:
+        """Reject a model name the kind's workers do not serve, and a classification the
+        model cannot do (labels it lacks, or none for a zero-shot one), when the workers
+        said what they serve."""
+        served = {m["name"]: m for m in await self.models(kind)}
+        if not served:
+            return  # nothing advertised yet: the worker checks
+        model = request.model
+        if model and model not in served:
             raise InvalidRequestError(
                 [f"unknown {kind} model {model!r}; available: {', '.join(sorted(served))}"]
             )
+        if kind == "classification":
+            chosen = served.get(model) or next((m for m in served.values() if m["default"]), None)
+            if chosen is not None:
+                problems = classification_model_problems(
+                    request,
+                    chosen["name"],
+                    chosen.get("labels", ()),
+                    bool(chosen.get("multi_label", False)),
+                )
+                if problems:
+                    raise InvalidRequestError(problems)

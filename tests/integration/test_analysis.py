@@ -10,17 +10,24 @@ from pathlib import Path
 
 import grpc
 import pytest
+from kafka import KafkaProducer
 
 from deploy.local.stack import LocalStack
 from nlp.v1 import (
     classification_pb2,
     classification_pb2_grpc,
+    common_pb2,
+    models_pb2,
+    models_pb2_grpc,
     ner_pb2,
     ner_pb2_grpc,
     summarization_pb2,
     summarization_pb2_grpc,
+    tasks_pb2_grpc,
 )
 from shared.client.cli import main as cli_main
+from tests.factories import classification_envelope
+from tests.integration.support import wait_terminal
 
 NAMES = ["Angela Merkel", "Barack Obama", "Emmanuel Macron", "Jacinda Ardern", "Olaf Scholz"]
 CITIES = ["Paris", "Berlin", "Tokyo", "Madrid", "Chicago"]
@@ -166,3 +173,62 @@ def test_200_concurrent_mixed_requests_each_get_their_own_result(channel: grpc.C
 
     with ThreadPoolExecutor(64) as pool:
         list(pool.map(one, range(200)))
+
+
+def test_cli_sentiment_needs_no_labels(
+    stack: LocalStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "Terrible. It broke after one day and support never answered."
+    argv = ["classify", "--json", "--target", stack.gateway_target, "--model", "sentiment", text]
+    assert cli_main(argv) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["top_label"] == "negative"
+    assert {s["label"] for s in answer["scores"]} == {"positive", "negative", "neutral"}
+    assert answer["model"]["name"] == "sentiment"
+
+
+def test_models_list_the_sentiment_models_own_labels(channel: grpc.Channel) -> None:
+    listed = models_pb2_grpc.ModelsStub(channel).List(
+        models_pb2.ListModelsRequest(kind=common_pb2.KIND_CLASSIFICATION), timeout=10
+    )
+    by_name = {m.name: m for m in listed.models}
+    assert list(by_name["sentiment"].labels) == ["positive", "negative", "neutral"]
+    assert by_name["sentiment"].engine == "vader-sentiment" and not by_name["sentiment"].default
+    zero_shot = next(m for m in listed.models if m.default)
+    assert list(zero_shot.labels) == [] and zero_shot.engine == "minilm-zero-shot"
+
+
+@pytest.mark.parametrize(
+    ("model", "labels", "multi_label", "expected"),
+    [
+        ("", (), False, "zero-shot: give at least one candidate label"),
+        ("sentiment", ("angry",), False, "'angry' is not a label of model 'sentiment'"),
+        ("sentiment", (), True, "is single-label"),
+    ],
+)
+def test_a_classification_its_model_cannot_do_is_invalid_argument(
+    channel: grpc.Channel, model: str, labels: tuple[str, ...], multi_label: bool, expected: str
+) -> None:
+    request = classification_pb2.ClassifyRequest(
+        text="Fine.",
+        labels=[classification_pb2.Label(name=n) for n in labels],
+        multi_label=multi_label,
+        model=model,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        classification_pb2_grpc.ClassificationStub(channel).Classify(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in (info.value.details() or "")
+
+
+def test_a_direct_producers_task_its_model_cannot_do_is_dead_lettered(
+    stack: LocalStack, tasks: tasks_pb2_grpc.TasksStub, producer: KafkaProducer
+) -> None:
+    # Past the gateway's check (straight to Kafka): the worker refuses it with the reason.
+    envelope = classification_envelope("Fine.", ("angry",))
+    envelope.classification.model = "sentiment"
+    topic = stack.settings().names.task_topic("classification", "standard")
+    producer.send(topic, envelope.SerializeToString()).get(timeout=30)
+    result = wait_terminal(tasks, envelope.task_id)
+    assert result.status == common_pb2.TASK_STATUS_FAILED and result.dead_lettered
+    assert "'angry' is not a label of model 'sentiment'" in result.error.message

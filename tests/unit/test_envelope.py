@@ -50,7 +50,6 @@ def test_every_problem_is_reported_at_once() -> None:
 @pytest.mark.parametrize(
     ("kind", "request_", "expected"),
     [
-        ("classification", classify_request(TEXT, ()), "at least one label"),
         ("classification", classify_request(TEXT, tuple(f"l{i}" for i in range(65))), "65 labels"),
         ("classification", classify_request("x" * (LIMITS.max_text_bytes + 1), LABELS), "bytes"),
         (

@@ -21,12 +21,12 @@ from nlp.v1 import common_pb2, generation_pb2
 from services.generation.engine import (
     VllmGenerator,
     VllmParams,
-    configure_vllm_environment,
     engine_args,
     warn_thread_shortfall,
 )
 from services.generation.settings import DEFAULT_MODEL, Settings
 from shared.contracts.names import ALL_LANES
+from shared.models.vllm_cpu import configure_vllm_environment
 from shared.runtime.engines import Job
 
 

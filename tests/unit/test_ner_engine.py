@@ -23,6 +23,7 @@ from services.ner.settings import Settings
 from shared.contracts.errors import InvalidRequestError
 from shared.contracts.settings import ModelSpec
 from tests.factories import ner_request
+from tests.tiny_models import save_tiny_bert
 
 SETTINGS = Settings()
 
@@ -271,35 +272,8 @@ def test_hf_entities_map_chunk_offsets() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="no transformers")
 def test_hf_engine_with_a_local_model(tmp_path: Path) -> None:
     """A tiny randomly initialised BERT saved to disk: checks the plumbing, not quality."""
-    transformers = pytest.importorskip("transformers")
-    tokenizers = pytest.importorskip("tokenizers")
-    words = sorted({w for t in TEMPLATES for w in t.replace(".", " .").split()} | set(FIRST))
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    backend = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = tokenizers.processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        model_max_length=32,
-    )
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        id2label={0: "O", 1: "B-PER", 2: "I-PER"},
-        label2id={"O": 0, "B-PER": 1, "I-PER": 2},
-    )
-    transformers.BertForTokenClassification(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    words = {w for t in TEMPLATES for w in t.replace(".", " .").split()} | set(FIRST)
+    save_tiny_bert(tmp_path, "BertForTokenClassification", ("O", "B-PER", "I-PER"), words)
 
     hf = HfTokenClassificationEngine(
         "tiny", ModelSpec(engine="hf-token-classification", path=tmp_path, params={"device": "cpu"})

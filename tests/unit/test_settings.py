@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import redis.asyncio.sentinel
 import redis.sentinel
@@ -88,6 +91,26 @@ def test_stack_replicas_parse_and_reject_bad_input() -> None:
         with pytest.raises(ValueError, match="replicas"):
             parse_replicas(bad)
     assert [worker_name("ner", i) for i in (1, 2)] == ["ner-worker", "ner-worker-2"]
+
+
+def test_stack_models_files_are_read_per_kind(tmp_path: Path) -> None:
+    from deploy.local.stack import main, parse_models
+
+    file = tmp_path / "ner.json"
+    file.write_text('{"mine": {"engine": "hf-token-classification", "path": "/m"}}')
+    kind, models, path = parse_models(f"ner={file}")
+    assert kind == "ner" and json.loads(models)["mine"]["path"] == "/m" and path == file
+    (tmp_path / "bad.json").write_text("[1]")
+    for bad in [
+        "ner",
+        f"nope={file}",
+        f"ner={tmp_path / 'missing.json'}",
+        f"ner={tmp_path}/bad.json",
+    ]:
+        with pytest.raises(ValueError, match="models"):
+            parse_models(bad)
+    with pytest.raises(SystemExit):  # argparse refuses it before anything starts
+        main(["run", "--models", "ner=/nonexistent.json"])
 
 
 def test_the_gateway_is_secured_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nlp.v1 import common_pb2 as nlp_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nlp/v1/models.proto\x12\x06nlp.v1\x1a\x13nlp/v1/common.proto\"m\n\x0fModelDescriptor\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x05 \x01(\x08\"/\n\x11ListModelsRequest\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.nlp.v1.Kind\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.nlp.v1.ModelDescriptor2G\n\x06Models\x12=\n\x04List\x12\x19.nlp.v1.ListModelsRequest\x1a\x1a.nlp.v1.ListModelsResponseB\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13nlp/v1/models.proto\x12\x06nlp.v1\x1a\x13nlp/v1/common.proto\"\x92\x01\n\x0fModelDescriptor\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.nlp.v1.Kind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x05 \x01(\x08\x12\x0e\n\x06labels\x18\x06 \x03(\t\x12\x13\n\x0bmulti_label\x18\x07 \x01(\x08\"/\n\x11ListModelsRequest\x12\x1a\n\x04kind\x18\x01 \x01(\x0e\x32\x0c.nlp.v1.Kind\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.nlp.v1.ModelDescriptor2G\n\x06Models\x12=\n\x04List\x12\x19.nlp.v1.ListModelsRequest\x1a\x1a.nlp.v1.ListModelsResponseB\x1b\n\tio.nlp.v1P\x01Z\x0cnlp/v1;nlpv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nlp.v1.models_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\tio.nlp.v1P\001Z\014nlp/v1;nlpv1'
-  _globals['_MODELDESCRIPTOR']._serialized_start=52
-  _globals['_MODELDESCRIPTOR']._serialized_end=161
-  _globals['_LISTMODELSREQUEST']._serialized_start=163
-  _globals['_LISTMODELSREQUEST']._serialized_end=210
-  _globals['_LISTMODELSRESPONSE']._serialized_start=212
-  _globals['_LISTMODELSRESPONSE']._serialized_end=273
-  _globals['_MODELS']._serialized_start=275
-  _globals['_MODELS']._serialized_end=346
+  _globals['_MODELDESCRIPTOR']._serialized_start=53
+  _globals['_MODELDESCRIPTOR']._serialized_end=199
+  _globals['_LISTMODELSREQUEST']._serialized_start=201
+  _globals['_LISTMODELSREQUEST']._serialized_end=248
+  _globals['_LISTMODELSRESPONSE']._serialized_start=250
+  _globals['_LISTMODELSRESPONSE']._serialized_end=311
+  _globals['_MODELS']._serialized_start=313
+  _globals['_MODELS']._serialized_end=384
 # @@protoc_insertion_point(module_scope)
