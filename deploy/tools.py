@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 KUSTOMIZE_VERSION = "v5.7.1"
@@ -93,19 +94,24 @@ def render(overlay: Path) -> str:
     return done.stdout
 
 
-def main(argv: list[str] | None = None) -> int:
+def fetch_command(argv: list[str] | None, doc: str | None, *fetchers: Callable[[], Path]) -> int:
+    """``python -m <module> fetch``: run each fetcher, print what it fetched (its usage,
+    exit status 2, for anything else; 1 when a fetch fails)."""
     args = sys.argv[1:] if argv is None else argv
     if args != ["fetch"]:
-        print(__doc__)
+        print(doc)
         return 2
     try:
-        print(kustomize())
-        print(keda_crds())
-        print(compose_schema())
+        for fetch in fetchers:
+            print(fetch())
     except ToolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return fetch_command(argv, __doc__, kustomize, keda_crds, compose_schema)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from deploy.local.kafka import free_port
-from deploy.local.lifecycle import Started
+from deploy.local.lifecycle import Started, terminate
 
 
 @dataclass
@@ -80,14 +80,7 @@ class _RedisProcess:
             client.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        terminate(self._proc, timeout)
 
 
 @dataclass

@@ -41,6 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.local.kafka import KafkaBroker, KafkaCluster, ensure_jars, free_port
 from deploy.local.lifecycle import Started
+from deploy.local.observe import Prometheus, Zipkin
 from deploy.local.redis import RedisHA, RedisSentinel, RedisServer
 from deploy.local.supervisor import Child, Supervisor, stack_children
 from shared.contracts.names import ALL_KINDS
@@ -213,6 +214,10 @@ class LocalStack(Started):
     # replica and three Sentinels instead of one server.
     kafka_brokers: int = 1
     redis_sentinel: bool = False
+    # A real Prometheus scraping every process and Zipkin receiving their spans (with UI).
+    observe: bool = False
+    prometheus: Prometheus | None = field(default=None, init=False)
+    zipkin: Zipkin | None = field(default=None, init=False)
     kafka: KafkaBroker | None = field(default=None, init=False)
     redis: RedisServer | None = field(default=None, init=False)
     kafka_cluster: KafkaCluster | None = field(default=None, init=False)
@@ -269,6 +274,7 @@ class LocalStack(Started):
             # A development stack: no API keys (the gateway says so loudly). Pass
             # NLP_AUTH_MODE=keys and NLP_AUTH_KEYS_FILE in ``env`` for a secured one.
             "NLP_AUTH_MODE": "dev",
+            **(self.zipkin.exporter_env if self.zipkin is not None else {}),
             **self.env,
         }
 
@@ -315,10 +321,16 @@ class LocalStack(Started):
         else:
             redis = self.redis = RedisServer(self.data_dir / "redis")
         try:
+            if self.observe:
+                # First: the services export their spans to it from their start.
+                self.zipkin = Zipkin(self.data_dir / "zipkin")
+                self.zipkin.start()
             kafka.start()
             redis.start()
             redis.wait_ready()
             kafka.wait_ready()
+            if self.zipkin is not None:
+                self.zipkin.wait_ready()
             ensure_topics(self.settings(), replication=self.kafka_brokers)
             replicas = {**DEFAULT_REPLICAS, **self.replicas}
             for kind in self.kinds:
@@ -344,6 +356,10 @@ class LocalStack(Started):
             for service in self.services.values():
                 service.wait_ready(self.ready_timeout)
             self._wait_serving()
+            if self.observe:
+                self.prometheus = Prometheus(self.data_dir / "prometheus", self.scrape_targets())
+                self.prometheus.start()
+                self.prometheus.wait_ready()
         except BaseException:
             self.stop()
             raise
@@ -391,11 +407,21 @@ class LocalStack(Started):
         service.start()
         service.wait_ready(self.ready_timeout)
 
+    def scrape_targets(self) -> dict[str, list[str]]:
+        """Each process role's ``/metrics`` URLs (its replicas), as Prometheus jobs."""
+        jobs: dict[str, list[str]] = {}
+        for service in self.services.values():
+            role = service.env["OTEL_SERVICE_NAME"].removeprefix("nlp-")
+            jobs.setdefault(role, []).append(service.metrics_url)
+        return jobs
+
     def stop(self) -> None:
         # Reverse order: stop taking work before the things it needs go away.
+        if self.prometheus is not None:
+            self.prometheus.stop()
         for service in reversed(list(self.services.values())):
             service.stop()
-        for dependency in (self.redis, self.redis_ha, self.kafka, self.kafka_cluster):
+        for dependency in (self.redis, self.redis_ha, self.kafka, self.kafka_cluster, self.zipkin):
             if dependency is not None:
                 dependency.stop()
         if self._own_dir and not self.keep_data and self.data_dir is not None:
@@ -415,6 +441,11 @@ def _write_state(path: Path, stack: LocalStack, children: Iterable[Child]) -> No
         # Refreshed on every restart: where to find (or kill) each process.
         "pids": {child.name: child.pid for child in children},
         "metrics": stack.metrics_urls,
+        **(
+            {"zipkin": f"{stack.zipkin.url}/zipkin/", "prometheus": stack.prometheus.url}
+            if stack.zipkin is not None and stack.prometheus is not None
+            else {}
+        ),
         **stack.service_env,
     }
     # Replaced whole: `up` and users read it while a restart rewrites it.
@@ -442,6 +473,7 @@ def _run(args: argparse.Namespace) -> int:
         kafka_brokers=args.kafka_brokers,
         redis_sentinel=args.redis_sentinel,
         worker_env={kind: {"NLP_MODELS": models} for kind, models, _ in args.models},
+        observe=args.observe,
     )
     print(f"starting Kafka, Redis, the gateway and workers for: {', '.join(stack.kinds)}")
     started = time.monotonic()
@@ -455,6 +487,9 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(f"  Redis   {stack.redis_url}")
         print(f"  gateway {stack.gateway_target} (gRPC; health + reflection on)")
+        if stack.zipkin is not None and stack.prometheus is not None:
+            print(f"  traces  {stack.zipkin.url}/zipkin/ (Zipkin UI)")
+            print(f"  metrics {stack.prometheus.url} (Prometheus, every process scraped)")
         if stack.http_url:
             print(f"  openai  {stack.http_url} (HTTP, OpenAI-compatible: base_url for the SDK)")
         if stack.service_env.get("NLP_AUTH_MODE") == "dev":
@@ -510,6 +545,8 @@ def _up(args: argparse.Namespace) -> int:
     argv += ["--kafka-brokers", str(args.kafka_brokers)]
     if args.redis_sentinel:
         argv.append("--redis-sentinel")
+    if args.observe:
+        argv.append("--observe")
     for kind, _, file in args.models:
         argv += ["--models", f"{kind}={file}"]
     with log_file.open("ab") as log:
@@ -603,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
             "--redis-sentinel",
             action="store_true",
             help="Redis as a primary, a replica and three Sentinels",
+        )
+        command.add_argument(
+            "--observe",
+            action="store_true",
+            help="also Prometheus (scraping every process) and Zipkin (traces, with its UI)",
         )
         command.add_argument(
             "--models",

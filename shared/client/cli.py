@@ -47,7 +47,7 @@ from nlp.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from shared.client import bulk, deadletters
+from shared.client import bulk, deadletters, top
 from shared.client.commands import (
     BATCH_KINDS,
     BY_COMMAND,
@@ -125,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--wait", type=float, default=30.0, help="seconds to wait at most")
     _batch_parsers(sub, common)
     deadletters.add_parsers(sub, common)
+    watch = sub.add_parser(
+        "top", parents=[common], help="live rates, stage latencies, queues and lag (/metrics)"
+    )
+    watch.add_argument(
+        "--state",
+        type=Path,
+        default=top.DEFAULT_STATE,
+        help="the local stack's state file, naming its processes (default: %(default)s)",
+    )
+    watch.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a process's /metrics URL besides the state file's (repeatable)",
+    )
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds per view")
+    watch.add_argument("--once", action="store_true", help="one view, then exit")
     return parser
 
 
@@ -304,6 +322,17 @@ def _task_command(channel: grpc.Channel, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "top":  # reads /metrics, not the gateway
+        try:
+            urls = top.endpoints(args.state, args.metrics)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if args.interval <= 0:
+            raise UsageError("--interval must be above 0")
+        try:
+            return top.run(urls, args.interval, args.once, args.json)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     settings = ClientSettings()
     if args.api_key_file:
         settings = settings.model_copy(update={"api_key_file": Path(args.api_key_file)})

@@ -66,7 +66,7 @@ class OtelSettings(BaseSettings):
 
     otel_sdk_disabled: bool = False
     otel_service_name: str = ""
-    otel_traces_exporter: str = Field("otlp", description="otlp, console or none")
+    otel_traces_exporter: str = Field("otlp", description="otlp, zipkin, console or none")
     otel_exporter_otlp_endpoint: str = ""
     otel_exporter_otlp_traces_endpoint: str = ""
     otel_exporter_otlp_protocol: str = "grpc"
@@ -74,7 +74,8 @@ class OtelSettings(BaseSettings):
 
     @property
     def exporter(self) -> str:
-        """``otlp``, ``console`` or ``none``: what this process exports traces to."""
+        """``otlp``, ``zipkin``, ``console`` or ``none``: what this process exports traces
+        to (``zipkin``: to ``OTEL_EXPORTER_ZIPKIN_ENDPOINT``, which the exporter reads)."""
         name = self.otel_traces_exporter.strip().lower() or "otlp"
         if self.otel_sdk_disabled or name == "none":
             return "none"
@@ -92,9 +93,13 @@ class OtelSettings(BaseSettings):
 def _exporter(settings: OtelSettings) -> SpanExporter:
     if settings.exporter == "console":
         return ConsoleSpanExporter()
+    if settings.exporter == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return ZipkinExporter()
     if settings.exporter != "otlp":
         raise ValueError(
-            f"OTEL_TRACES_EXPORTER={settings.exporter!r}: expected otlp, console or none"
+            f"OTEL_TRACES_EXPORTER={settings.exporter!r}: expected otlp, zipkin, console or none"
         )
     if settings.protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

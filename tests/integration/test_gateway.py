@@ -187,7 +187,8 @@ def test_models_are_listed_and_chosen_by_name(
     listing = models_pb2_grpc.ModelsStub(channel).List(
         models_pb2.ListModelsRequest(kind=common_pb2.KIND_CLASSIFICATION), timeout=10
     )
-    (model,) = listing.models
+    assert {m.name for m in listing.models} == {"minilm-l6-v2-int8", "sentiment"}
+    (model,) = [m for m in listing.models if m.default]
     assert (model.name, model.engine, model.default) == (
         "minilm-l6-v2-int8",
         "minilm-zero-shot",
