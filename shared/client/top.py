@@ -7,7 +7,8 @@ submitted and finished per second, failures and errors by code, each stage's p50
 ``rate`` does), the Celery queue depth and the Kafka lag now, generation's output tokens
 per second and time to first token. The local stack's state file (``make up``) names the
 processes; ``--metrics NAME=URL`` names others (a port-forwarded pod). ``--once
---json`` prints one view as JSON for scripts.
+--json`` prints one view as JSON for scripts; ``--json`` alone, one JSON line per
+interval.
 """
 
 from __future__ import annotations
@@ -281,7 +282,8 @@ def render(snapshot: Mapping[str, Any]) -> Any:
 
 
 def run(urls: Mapping[str, str], interval_s: float, once: bool, as_json: bool) -> int:
-    """``nlp top``: one view (``once``) or a live one until Ctrl-C."""
+    """``nlp top``: one view (``once``) or a live one until Ctrl-C; with ``as_json``, a
+    JSON view (live: one JSON line per interval)."""
     if not urls:
         raise ValueError(
             "no processes to watch: start a stack with `make up` (its state file is "
@@ -296,6 +298,12 @@ def run(urls: Mapping[str, str], interval_s: float, once: bool, as_json: bool) -
 
             Console().print(render(snapshot))
         return 0
+    if as_json:
+        try:
+            while True:
+                print(json.dumps(measure(urls, interval_s)), flush=True)
+        except KeyboardInterrupt:
+            return 0
     from rich.live import Live
 
     with Live(render(measure(urls, interval_s)), auto_refresh=False) as live:

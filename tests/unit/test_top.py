@@ -4,6 +4,7 @@ as the processes fill them, exposed and parsed back."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,20 @@ def test_the_command_refuses_nothing_to_watch(
     assert main(["top", "--once", "--state", str(tmp_path / "none.json")]) == 2
     assert "no processes to watch" in capsys.readouterr().err
     assert main(["top", "--once", "--interval", "0", "--metrics", "a=http://x/m"]) == 2
+
+
+def test_live_json_is_one_line_per_interval(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    views: Iterator[dict[str, object]] = iter([{"n": 1}, {"n": 2}])
+
+    def measure(urls: object, interval_s: float) -> dict[str, object]:
+        try:
+            return next(views)
+        except StopIteration:
+            raise KeyboardInterrupt from None  # Ctrl-C during the third interval
+
+    monkeypatch.setattr(top, "measure", measure)
+    assert top.run({"a": "http://x/metrics"}, 1.0, once=False, as_json=True) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["n"] for line in lines] == [1, 2]
