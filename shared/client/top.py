@@ -296,7 +296,10 @@ def run(urls: Mapping[str, str], interval_s: float, once: bool, as_json: bool) -
         else:
             from rich.console import Console
 
-            Console().print(render(snapshot))
+            console = Console()
+            if not console.is_terminal:  # piped: the whole table, not 80 squeezed columns
+                console = Console(width=max(console.width, 150))
+            console.print(render(snapshot))
         return 0
     if as_json:
         try:
