@@ -92,6 +92,7 @@ def build_model(folder: Path, texts: list[str]) -> tuple[Path, Path]:
         hidden=384,
         layers=6,
         heads=12,
+        intermediate=1536,
     )
     return weights, export(weights, folder / "onnx")
 

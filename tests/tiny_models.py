@@ -23,12 +23,14 @@ def save_tiny_bert(
     hidden: int = 16,
     layers: int = 1,
     heads: int = 2,
+    intermediate: int = 32,
 ) -> Path:
     """A ``transformers.<head>`` (e.g. ``BertForTokenClassification``) with ``labels``
     (id order) and a tokenizer knowing ``words``, saved under ``path``. ``label_bias``
     is added to the head's bias of those labels (e.g. -10 for ``O``: every token is then
-    some entity, whatever the random weights). ``hidden``, ``layers`` and ``heads`` size
-    it (a benchmark's model has a real one's shape)."""
+    some entity, whatever the random weights). ``hidden``, ``layers``, ``heads`` and
+    ``intermediate`` (the feed-forward width) size it: a benchmark's model has a real
+    one's shape."""
     import tokenizers
     import torch
     import transformers
@@ -56,7 +58,7 @@ def save_tiny_bert(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=4 * hidden if hidden > 16 else 32,
+        intermediate_size=intermediate,
         max_position_embeddings=max(64, max_tokens),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},

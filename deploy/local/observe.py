@@ -22,7 +22,8 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from deploy import tools
 from deploy.local.kafka import free_port
@@ -56,6 +57,12 @@ def zipkin_jar() -> Path:
         if done.returncode != 0 or not path.exists():
             raise tools.ToolError(f"mvn could not fetch {ZIPKIN_ARTIFACT}:\n{done.stdout[-3000:]}")
     return path
+
+
+def _get_json(url: str, params: Mapping[str, object], timeout: float = 10.0) -> Any:
+    """An HTTP API's JSON answer; None when it does not answer."""
+    body = _get(f"{url}?{urlencode(params)}", timeout)
+    return None if body is None else json.loads(body)
 
 
 def _get(url: str, timeout: float = 2.0) -> bytes | None:
@@ -160,12 +167,10 @@ class Prometheus(_Server):
 
     def query(self, promql: str) -> list[dict[str, object]]:
         """An instant query's result vector."""
-        from urllib.parse import urlencode
-
-        body = _get(f"{self.url}/api/v1/query?{urlencode({'query': promql})}", timeout=10)
-        if body is None:
+        answer = _get_json(f"{self.url}/api/v1/query", {"query": promql})
+        if answer is None:
             raise RuntimeError(f"prometheus did not answer the query {promql!r}")
-        result: list[dict[str, object]] = json.loads(body)["data"]["result"]
+        result: list[dict[str, object]] = answer["data"]["result"]
         return result
 
 
@@ -222,13 +227,9 @@ class Zipkin(_Server):
 
     def traces(self, annotation_query: str, limit: int = 10) -> list[list[dict[str, object]]]:
         """Traces whose spans match ``annotation_query`` (e.g. ``nlp.task_id=<id>``)."""
-        from urllib.parse import urlencode
-
-        query = urlencode(
-            {"annotationQuery": annotation_query, "limit": limit, "lookback": 3_600_000}
-        )
-        body = _get(f"{self.url}/api/v2/traces?{query}", timeout=10)
-        return json.loads(body) if body else []
+        params = {"annotationQuery": annotation_query, "limit": limit, "lookback": 3_600_000}
+        traces: list[list[dict[str, object]]] = _get_json(f"{self.url}/api/v2/traces", params) or []
+        return traces
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from nlp.v1 import classification_pb2, common_pb2
 from services.classification.scores import ranked_response
 from services.classification.sentiment import VaderSentiment
 from services.classification.supervised import HfSequenceClassifier
-from shared.contracts.envelope import classification_model_problems
 from shared.contracts.settings import ModelSpec
 from shared.models.minilm import EmbedderParams, MiniLMEmbedder, Vector
 from shared.runtime.engines import EngineFactory
@@ -50,7 +49,6 @@ class ZeroShotClassifier:
     multi_label = False
 
     def __init__(self, name: str, spec: ModelSpec) -> None:
-        self.name = name
         self.params = ZeroShotParams.model_validate(spec.params)
         self.embedder = MiniLMEmbedder(spec.path, self.params)
         self._info = common_pb2.ModelInfo(name=name, version=self.embedder.version)
@@ -60,9 +58,6 @@ class ZeroShotClassifier:
     @property
     def info(self) -> common_pb2.ModelInfo:
         return self._info
-
-    def problems(self, request: classification_pb2.ClassifyRequest) -> list[str]:
-        return classification_model_problems(request, self.name, self.labels)
 
     def _hypothesis(self, label: classification_pb2.Label) -> str:
         return label.description.strip() or self.params.hypothesis_template.format(

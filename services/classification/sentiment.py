@@ -20,7 +20,6 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from nlp.v1 import classification_pb2, common_pb2
 from services.classification.scores import ranked_response
-from shared.contracts.envelope import classification_model_problems
 from shared.contracts.settings import ModelSpec
 
 LABELS = ("positive", "negative", "neutral")
@@ -51,7 +50,6 @@ class VaderSentiment:
             raise ValueError(
                 f"model {name!r}: vader-sentiment takes no path (its lexicon ships with it)"
             )
-        self.name = name
         self.params = VaderParams.model_validate(spec.params)
         self.analyzer = SentimentIntensityAnalyzer()
         self._info = common_pb2.ModelInfo(
@@ -61,9 +59,6 @@ class VaderSentiment:
     @property
     def info(self) -> common_pb2.ModelInfo:
         return self._info
-
-    def problems(self, request: classification_pb2.ClassifyRequest) -> list[str]:
-        return classification_model_problems(request, self.name, self.labels, self.multi_label)
 
     def scores(self, compound: float) -> dict[str, float]:
         """The three labels' scores for a compound score."""

@@ -35,7 +35,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nlp.v1 import classification_pb2, common_pb2
 from services.classification.scores import ranked_response
-from shared.contracts.envelope import classification_model_problems
 from shared.contracts.settings import ModelSpec
 from shared.models.hf import model_version
 from shared.observability.telemetry import count_tokens
@@ -182,7 +181,6 @@ class HfSequenceClassifier:
             raise ValueError(
                 f"model {name!r}: engine hf-sequence-classification needs a local 'path'"
             )
-        self.name = name
         self.params = params = HfSequenceClassificationParams.model_validate(spec.params)
         config = _read_json(spec.path / "config.json")
         id2label = config.get("id2label") or {}
@@ -208,9 +206,6 @@ class HfSequenceClassifier:
     @property
     def info(self) -> common_pb2.ModelInfo:
         return self._info
-
-    def problems(self, request: classification_pb2.ClassifyRequest) -> list[str]:
-        return classification_model_problems(request, self.name, self.labels, self.multi_label)
 
     def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """One row of logits per text (averaged over its windows)."""

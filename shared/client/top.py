@@ -92,25 +92,28 @@ class _Window:
         self.seconds = seconds
         self.before = {n: s for n, s in before.items() if s is not None}
         self.after = {n: s for n, s in after.items() if s is not None}
+        # The later scrape by series name, each sample with its process and labels: a
+        # view asks for a few names a hundred times over.
+        self.series: dict[str, list[tuple[str, Key, dict[str, str], float]]] = defaultdict(list)
+        for process, samples in self.after.items():
+            for key, value in samples.items():
+                self.series[key[0]].append((process, key, dict(key[1]), value))
 
     def increase(self, name: str, match: Callable[[dict[str, str]], bool]) -> dict[Key, float]:
         """Increase of each series ``name`` matching, summed over processes by labels."""
         out: dict[Key, float] = defaultdict(float)
-        for process, samples in self.after.items():
-            earlier = self.before.get(process, {})
-            for key, value in samples.items():
-                if key[0] == name and match(dict(key[1])):
-                    out[key] += _delta(value, earlier.get(key))
+        for process, key, labels, value in self.series.get(name, ()):
+            if match(labels):
+                out[key] += _delta(value, self.before.get(process, {}).get(key))
         return out
 
     def latest(self, name: str, match: Callable[[dict[str, str]], bool]) -> dict[Key, float]:
         """A gauge now: each series' largest value over processes (intakes of one kind
         report the same queue; each reports only its own partitions' lag)."""
         out: dict[Key, float] = {}
-        for samples in self.after.values():
-            for key, value in samples.items():
-                if key[0] == name and match(dict(key[1])):
-                    out[key] = max(out.get(key, value), value)
+        for _, key, labels, value in self.series.get(name, ()):
+            if match(labels):
+                out[key] = max(out.get(key, value), value)
         return out
 
     def rate(self, name: str, match: Callable[[dict[str, str]], bool]) -> float:
@@ -142,10 +145,11 @@ def view(
     w = _Window(before, after, seconds)
     kinds = sorted(
         {
-            dict(key[1])["kind"]
-            for samples in w.after.values()
-            for key in samples
-            if key[0].startswith("nlp_") and "kind" in dict(key[1])
+            labels["kind"]
+            for name, samples in w.series.items()
+            if name.startswith("nlp_")
+            for _, _, labels, _ in samples
+            if "kind" in labels
         }
     )
     out: dict[str, Any] = {
@@ -183,8 +187,8 @@ def view(
             "errors_per_s": errors,
             "lanes": lanes,
         }
-        tokens = w.rate("nlp_tokens_total", _is(kind=kind, direction="output"))
         if kind == "generation":
+            tokens = w.rate("nlp_tokens_total", _is(kind=kind, direction="output"))
             entry["tokens_out_per_s"] = round(tokens, 1)
             entry["time_to_first_token"] = w.quantiles(
                 "nlp_time_to_first_token_seconds", _is(kind=kind)

@@ -18,7 +18,8 @@ import redis
 from google.protobuf.message import Message
 from opentelemetry import trace
 
-from nlp.v1 import common_pb2
+from nlp.v1 import classification_pb2, common_pb2
+from shared.contracts.envelope import classification_model_problems
 from shared.contracts.errors import Code, InvalidRequestError
 from shared.contracts.names import Names
 from shared.contracts.settings import ModelSpec
@@ -102,15 +103,6 @@ EngineFactory = Callable[[str, ModelSpec], Engine | StreamingEngine]
 
 
 @runtime_checkable
-class ChecksRequests(Protocol):
-    """An engine that refuses some requests by their model (a classifier's labels)."""
-
-    def problems(self, request: Any) -> list[str]:
-        """What the request asks that this model cannot do (empty: nothing)."""
-        ...
-
-
-@runtime_checkable
 class OwnLabels(Protocol):
     """A classifier: the labels it was trained with (empty for a zero-shot one) and
     whether it scores them independently; advertised in the catalog."""
@@ -119,9 +111,14 @@ class OwnLabels(Protocol):
     multi_label: bool
 
 
-def request_problems(engine: object, request: Any) -> list[str]:
-    """:meth:`ChecksRequests.problems` of engines that check requests, else none."""
-    return engine.problems(request) if isinstance(engine, ChecksRequests) else []
+def request_problems(engine: Engine | StreamingEngine, request: Any) -> list[str]:
+    """What ``request`` asks that ``engine``'s model cannot do: for a classifier, the rule
+    the gateway checks from the catalog (:func:`classification_model_problems`)."""
+    if isinstance(engine, OwnLabels) and isinstance(request, classification_pb2.ClassifyRequest):
+        return classification_model_problems(
+            request, engine.info.name, engine.labels, engine.multi_label
+        )
+    return []
 
 
 @dataclass
